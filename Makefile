@@ -1,0 +1,42 @@
+# xpcs-io developer commands. Every target bootstraps .venv on first use.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DATA ?= demo-data
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: run test check bench fmt openapi clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[client,server,test,dev]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	test -f $(DATA)/.complete || $(BIN)/xpcs-io demo $(DATA)
+	$(BIN)/xpcs-io serve --root $(DATA) --host $(HOST) --port $(PORT)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+check: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+fmt: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+openapi: $(STAMP)
+	$(BIN)/python scripts/export_openapi.py
+
+bench: $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[bench]'
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

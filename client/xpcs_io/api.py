@@ -1,0 +1,76 @@
+"""The facade API as a ``typing.Protocol``: what ``HDF5Facade`` (local) and
+``RemoteHDF5Facade`` (HTTP) both provide, with the seed's names, parameters and defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from xpcs_io.schemas import G2Data, GeometryMetadata, MaskSchema, PartitionSchema, QMapSchema
+
+__all__ = ["FacadeAPI", "PathLike", "VersionRecord"]
+
+PathLike = str | Path
+VersionRecord = dict[str, Any]
+
+
+@runtime_checkable
+class FacadeAPI(Protocol):
+    """Reads of q-maps, G2 and geometry; versioned mask and partition writes; pool control."""
+
+    validate: bool
+
+    def read_qmap(self, file_path: PathLike, group: str = "/xpcs/qmap") -> QMapSchema: ...
+
+    def read_g2_data(
+        self, file_path: PathLike, q_idx: int | None = None, group: str = "/xpcs/g2"
+    ) -> G2Data: ...
+
+    def read_geometry_metadata(
+        self, file_path: PathLike, group: str = "/xpcs/metadata"
+    ) -> GeometryMetadata: ...
+
+    def write_mask(
+        self,
+        file_path: PathLike,
+        mask_schema: MaskSchema,
+        group: str = "/simplemask/mask",
+        compression: str | None = "gzip",
+        compression_opts: int | None = 4,
+        *,
+        writer: str | None = None,
+    ) -> None: ...
+
+    def write_partition(
+        self,
+        file_path: PathLike,
+        partition_schema: PartitionSchema,
+        group: str = "/simplemask/partition",
+        compression: str | None = "gzip",
+        compression_opts: int | None = 4,
+        *,
+        writer: str | None = None,
+    ) -> None: ...
+
+    def read_mask(
+        self, file_path: PathLike, group: str = "/simplemask/mask", version: int | None = None
+    ) -> MaskSchema: ...
+
+    def read_partition(
+        self,
+        file_path: PathLike,
+        group: str = "/simplemask/partition",
+        version: int | None = None,
+    ) -> PartitionSchema: ...
+
+    def list_mask_versions(
+        self, file_path: PathLike, group: str = "/simplemask/mask"
+    ) -> list[VersionRecord]: ...
+
+    def list_partition_versions(
+        self, file_path: PathLike, group: str = "/simplemask/partition"
+    ) -> list[VersionRecord]: ...
+
+    def get_pool_stats(self) -> dict[str, Any]: ...
+
+    def clear_pool(self) -> None: ...

@@ -1,0 +1,433 @@
+"""``HDF5Facade``: validated reads and versioned, crash-safe writes of XPCS data in HDF5.
+
+The API mirrors the seed (``read_qmap``, ``read_g2_data``, ``read_geometry_metadata``,
+``write_mask``, ``write_partition``, ``get_pool_stats``, ``clear_pool``) and adds reading back
+what was written (``read_mask``, ``read_partition``, ``list_mask_versions``,
+``list_partition_versions``). Errors follow ``xpcs_io.errors``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+
+from xpcs_io.api import PathLike, VersionRecord
+from xpcs_io.atomic import edit_atomically
+from xpcs_io.errors import HDF5ValidationError, SchemaError, SchemaTypeError
+from xpcs_io.h5access import Locator, decode_str
+from xpcs_io.layouts import native
+from xpcs_io.paths import resolve_under_root
+from xpcs_io.pool import FileIdentity, HDF5ConnectionPool, get_default_pool
+from xpcs_io.schemas import (
+    G2Data,
+    GeometryMetadata,
+    MaskSchema,
+    PartitionSchema,
+    QMapSchema,
+    Schema,
+)
+from xpcs_io.versions import default_writer, list_versions, read_version, write_version
+
+__all__ = ["HDF5Facade", "HDF5ValidationError"]
+
+S = TypeVar("S", bound=Schema)
+
+_COMPRESSIONS = {"gzip", "lzf", "szip"}
+_VALIDATED_CACHE_SIZE = 4096
+
+
+class HDF5Facade:
+    """Unified facade for HDF5 I/O with schema validation, pooling and consistent errors.
+
+    Args:
+        pool: the connection pool to use; ``None`` uses the process-wide default pool.
+        validate: check every object read against its schema (``False`` returns it unchecked).
+        root: when set, ``file_path`` arguments are paths under this directory; anything that
+            leads outside it (``..``, absolute paths, symlinks, HDF5 external links or virtual
+            datasets) raises ``PermissionError``, and errors name files relative to it.
+        lock_timeout: seconds a write waits for another writer of the same file.
+    """
+
+    def __init__(
+        self,
+        pool: HDF5ConnectionPool | None = None,
+        validate: bool = True,
+        *,
+        root: PathLike | None = None,
+        lock_timeout: float = 60.0,
+    ) -> None:
+        self.pool = pool if pool is not None else get_default_pool()
+        self.validate = validate
+        self.root = Path(os.path.realpath(root)) if root is not None else None
+        self.lock_timeout = lock_timeout
+        # Validation of a 4-megapixel q-map costs milliseconds; an unchanged file (same
+        # identity) holds the same bytes, so each (file version, group) is checked once.
+        self._validated: OrderedDict[tuple[Any, ...], None] = OrderedDict()
+        self._validated_lock = threading.Lock()
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _resolve(self, file_path: PathLike) -> tuple[str, str]:
+        if self.root is not None:
+            real, display = resolve_under_root(self.root, file_path)
+            return os.fspath(real), display
+        if not isinstance(file_path, str | os.PathLike):
+            raise TypeError(f"file_path must be str or Path, got {type(file_path).__name__}")
+        return os.fspath(file_path), os.fspath(file_path)
+
+    @contextlib.contextmanager
+    def _open(self, file_path: PathLike) -> Iterator[tuple[Locator, FileIdentity]]:
+        path, display = self._resolve(file_path)
+        with self.pool.checkout(path, display) as handle:
+            try:
+                st = os.fstat(handle.id.get_vfd_handle())
+                identity = FileIdentity(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+            except (OSError, ValueError, TypeError):
+                identity = FileIdentity.of(path)
+            yield Locator(handle, display, self.root), identity
+
+    @staticmethod
+    def _check_group(group: Any) -> str:
+        if not isinstance(group, str):
+            raise TypeError(f"group must be a string, got {type(group).__name__}")
+        if not group.strip("/") or "\x00" in group:
+            raise ValueError(f"group must name an HDF5 group, got {group!r}")
+        return group
+
+    def _checked(
+        self, obj: S, loc: Locator, group: str, key: tuple[Any, ...], validate: bool
+    ) -> S:
+        if not validate:
+            return obj
+        with self._validated_lock:
+            if key in self._validated:
+                self._validated.move_to_end(key)
+                return obj
+        try:
+            obj.validate()
+        except (SchemaError, SchemaTypeError) as exc:
+            raise HDF5ValidationError(
+                f"{loc.display}:{group}: {exc}", file=loc.display, group=group, field=exc.field
+            ) from exc
+        with self._validated_lock:
+            self._validated[key] = None
+            while len(self._validated) > _VALIDATED_CACHE_SIZE:
+                self._validated.popitem(last=False)
+        return obj
+
+    def _read(
+        self,
+        file_path: PathLike,
+        group: str,
+        kind: str,
+        reader: Callable[[Locator], S],
+        *extra: Any,
+    ) -> S:
+        group = self._check_group(group)
+        with self._open(file_path) as (loc, identity):
+            obj = reader(loc)
+            key = (loc.file.filename, identity, group, kind, *extra)
+            return self._checked(obj, loc, group, key, self.validate)
+
+    # ------------------------------------------------------------------ reads
+
+    def read_qmap(self, file_path: PathLike, group: str = "/xpcs/qmap") -> QMapSchema:
+        """Read the q-map group into a ``QMapSchema``.
+
+        Raises:
+            FileNotFoundError: the file does not exist.
+            KeyError: the group or a required dataset is missing.
+            HDF5ValidationError: the data break a schema rule, or the file is not HDF5.
+            PermissionError: the path leads outside the facade's root.
+        """
+        return self._read(file_path, group, "qmap", lambda loc: native.read_qmap(loc, group))
+
+    def read_g2_data(
+        self, file_path: PathLike, q_idx: int | None = None, group: str = "/xpcs/g2"
+    ) -> G2Data:
+        """Read G2 shaped (n_delay, n_q); ``q_idx=k`` reads only q bin k (n_q becomes 1).
+
+        Raises:
+            FileNotFoundError: the file does not exist.
+            KeyError: the group or a required dataset is missing.
+            IndexError: ``q_idx`` is outside 0..n_q-1 (negative values are not wrapped).
+            TypeError: ``q_idx`` is not an integer.
+            HDF5ValidationError: the data break a schema rule, or the file is not HDF5.
+            PermissionError: the path leads outside the facade's root.
+        """
+        return self._read(
+            file_path, group, "g2", lambda loc: native.read_g2(loc, group, q_idx), q_idx
+        )
+
+    def read_geometry_metadata(
+        self, file_path: PathLike, group: str = "/xpcs/metadata"
+    ) -> GeometryMetadata:
+        """Read detector geometry into ``GeometryMetadata``.
+
+        Raises:
+            FileNotFoundError: the file does not exist.
+            KeyError: the group or a required field is missing.
+            HDF5ValidationError: the data break a schema rule (NaN included), or not HDF5.
+            PermissionError: the path leads outside the facade's root.
+        """
+        return self._read(
+            file_path, group, "geometry", lambda loc: native.read_geometry(loc, group)
+        )
+
+    # ------------------------------------------------------------------ versioned reads
+
+    def read_mask(
+        self, file_path: PathLike, group: str = "/simplemask/mask", version: int | None = None
+    ) -> MaskSchema:
+        """Read a mask written by ``write_mask``: the newest, or ``version`` (1 = first).
+
+        Raises:
+            FileNotFoundError: the file does not exist.
+            KeyError: no such group or version.
+            HDF5ValidationError: the stored mask breaks a schema rule.
+        """
+        return self._read(
+            file_path, group, "mask", lambda loc: self._mask_from(loc, group, version), version
+        )
+
+    def _mask_from(self, loc: Locator, group: str, version: int | None) -> MaskSchema:
+        record, vpath, geometry, _ = read_version(loc, group, version)
+        return MaskSchema.unchecked(
+            mask=loc.read(vpath, "mask"),
+            metadata=geometry,
+            version=record["schema_version"],
+            description=record["description"],
+        )
+
+    def read_partition(
+        self,
+        file_path: PathLike,
+        group: str = "/simplemask/partition",
+        version: int | None = None,
+    ) -> PartitionSchema:
+        """Read a partition written by ``write_partition``: the newest, or ``version``.
+
+        Raises:
+            FileNotFoundError: the file does not exist.
+            KeyError: no such group or version.
+            HDF5ValidationError: the stored partition breaks a schema rule.
+        """
+        return self._read(
+            file_path,
+            group,
+            "partition",
+            lambda loc: self._partition_from(loc, group, version),
+            version,
+        )
+
+    def _partition_from(self, loc: Locator, group: str, version: int | None) -> PartitionSchema:
+        record, vpath, geometry, attrs = read_version(loc, group, version)
+        vgrp = loc.group(vpath)
+        return PartitionSchema.unchecked(
+            partition_map=loc.read(vpath, "partition_map"),
+            num_pts=int(attrs["num_pts"]),
+            val_list=loc.read(vpath, "val_list"),
+            num_list=loc.read(vpath, "num_list"),
+            metadata=geometry,
+            version=record["schema_version"],
+            mask=loc.read(vpath, "mask") if loc.has(vgrp, "mask") else None,
+            method=decode_str(attrs["method"]) if "method" in attrs else None,
+        )
+
+    def list_mask_versions(
+        self, file_path: PathLike, group: str = "/simplemask/mask"
+    ) -> list[VersionRecord]:
+        """The versions of a mask group, oldest first: dicts with version, created (UTC ISO
+        8601), description, sha256, schema_version, writer, dtype and shape.
+
+        Raises:
+            FileNotFoundError: the file does not exist.
+            KeyError: the group does not exist.
+        """
+        group = self._check_group(group)
+        with self._open(file_path) as (loc, _):
+            return list_versions(loc, group)
+
+    def list_partition_versions(
+        self, file_path: PathLike, group: str = "/simplemask/partition"
+    ) -> list[VersionRecord]:
+        """The versions of a partition group, oldest first (see ``list_mask_versions``).
+
+        Raises:
+            FileNotFoundError: the file does not exist.
+            KeyError: the group does not exist.
+        """
+        return self.list_mask_versions(file_path, group)
+
+    # ------------------------------------------------------------------ writes
+
+    def write_mask(
+        self,
+        file_path: PathLike,
+        mask_schema: MaskSchema,
+        group: str = "/simplemask/mask",
+        compression: str | None = "gzip",
+        compression_opts: int | None = 4,
+        *,
+        writer: str | None = None,
+    ) -> None:
+        """Write ``mask_schema`` as a new version of ``group`` (earlier versions are kept).
+
+        The file is changed atomically: readers see the old state or the complete new one,
+        and a crash at any moment leaves the file intact. A missing file is created.
+
+        Raises:
+            TypeError: ``mask_schema`` is not a ``MaskSchema`` or a field has a wrong type.
+            ValueError: the schema or the compression settings are invalid (file untouched).
+            WriteLockTimeout: another writer held the file too long.
+        """
+        self.write_mask_version(
+            file_path, mask_schema, group, compression, compression_opts, writer=writer
+        )
+
+    def write_mask_version(
+        self,
+        file_path: PathLike,
+        mask_schema: MaskSchema,
+        group: str = "/simplemask/mask",
+        compression: str | None = "gzip",
+        compression_opts: int | None = 4,
+        *,
+        writer: str | None = None,
+    ) -> VersionRecord:
+        """``write_mask`` returning the new version's record (what the service answers).
+
+        Raises:
+            See ``write_mask``.
+        """
+        if not isinstance(mask_schema, MaskSchema):
+            raise TypeError(f"mask_schema must be a MaskSchema, got {type(mask_schema).__name__}")
+        mask_schema.validate()
+        return self._write(
+            file_path,
+            group,
+            {"mask": mask_schema.mask},
+            primary="mask",
+            metadata=mask_schema.metadata,
+            attrs={},
+            description=mask_schema.description,
+            schema_version=mask_schema.version,
+            compression=compression,
+            compression_opts=compression_opts,
+            writer=writer,
+        )
+
+    def write_partition(
+        self,
+        file_path: PathLike,
+        partition_schema: PartitionSchema,
+        group: str = "/simplemask/partition",
+        compression: str | None = "gzip",
+        compression_opts: int | None = 4,
+        *,
+        writer: str | None = None,
+    ) -> None:
+        """Write ``partition_schema`` as a new version of ``group`` (earlier versions kept).
+
+        Raises:
+            TypeError: not a ``PartitionSchema``, or a field has a wrong type.
+            ValueError: the schema or the compression settings are invalid (file untouched).
+            WriteLockTimeout: another writer held the file too long.
+        """
+        self.write_partition_version(
+            file_path, partition_schema, group, compression, compression_opts, writer=writer
+        )
+
+    def write_partition_version(
+        self,
+        file_path: PathLike,
+        partition_schema: PartitionSchema,
+        group: str = "/simplemask/partition",
+        compression: str | None = "gzip",
+        compression_opts: int | None = 4,
+        *,
+        writer: str | None = None,
+    ) -> VersionRecord:
+        """``write_partition`` returning the new version's record.
+
+        Raises:
+            See ``write_partition``.
+        """
+        if not isinstance(partition_schema, PartitionSchema):
+            raise TypeError(
+                "partition_schema must be a PartitionSchema, "
+                f"got {type(partition_schema).__name__}"
+            )
+        partition_schema.validate()
+        p = partition_schema
+        return self._write(
+            file_path,
+            group,
+            {
+                "partition_map": p.partition_map,
+                "val_list": p.val_list,
+                "num_list": p.num_list,
+                "mask": p.mask,
+            },
+            primary="partition_map",
+            metadata=p.metadata,
+            attrs={"num_pts": p.num_pts, "method": p.method},
+            description=None,
+            schema_version=p.version,
+            compression=compression,
+            compression_opts=compression_opts,
+            writer=writer,
+        )
+
+    @staticmethod
+    def _check_compression(compression: Any, opts: Any) -> None:
+        if compression is None:
+            return
+        if isinstance(compression, bool) or not isinstance(compression, str | int):
+            raise TypeError(f"compression must be a string or None, got {compression!r}")
+        if isinstance(compression, str) and compression not in _COMPRESSIONS:
+            raise ValueError(
+                f"compression {compression!r} is not supported (use {sorted(_COMPRESSIONS)})"
+            )
+        if compression == "gzip" and opts is not None:
+            if isinstance(opts, bool) or not isinstance(opts, int) or not 0 <= opts <= 9:
+                raise ValueError(f"compression_opts for gzip must be 0..9, got {opts!r}")
+        if compression == "lzf" and opts is not None:
+            raise ValueError("lzf takes no compression_opts (pass None)")
+
+    def _write(
+        self,
+        file_path: PathLike,
+        group: str,
+        arrays: dict[str, np.ndarray[Any, Any] | None],
+        *,
+        writer: str | None,
+        **kwargs: Any,
+    ) -> VersionRecord:
+        group = self._check_group(group)
+        self._check_compression(kwargs["compression"], kwargs["compression_opts"])
+        if writer is not None and not isinstance(writer, str):
+            raise TypeError(f"writer must be a string, got {type(writer).__name__}")
+        path, display = self._resolve(file_path)
+        with edit_atomically(path, lock_timeout=self.lock_timeout, display=display) as h5:
+            record = write_version(h5, group, arrays, writer=writer or default_writer(), **kwargs)
+        self.pool.invalidate(path)
+        return record
+
+    # ------------------------------------------------------------------ pool
+
+    def get_pool_stats(self) -> dict[str, Any]:
+        """Connection pool statistics: hits, misses, opens, evictions, reopens_on_change,
+        pool_size, max_pool_size, hit_ratio and the open files with their access counts."""
+        return self.pool.stats()
+
+    def clear_pool(self) -> None:
+        """Close every pooled handle (e.g. before shutdown); later reads reopen files."""
+        self.pool.clear()
