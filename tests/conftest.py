@@ -4,15 +4,23 @@ uvicorn server on 127.0.0.1)."""
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from xpcs_io.api import FacadeAPI
+from xpcs_io.client import RemoteHDF5Facade
 from xpcs_io.demo import DemoSpec, write_native_file
 from xpcs_io.facade import HDF5Facade
 from xpcs_io.pool import HDF5ConnectionPool
@@ -53,7 +61,70 @@ class Side:
         return p.relative_to(self.root).as_posix()
 
 
-SIDES = ["local"]
+SIDES = ["local", "remote"]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass
+class Server:
+    """A real ``xpcs-io serve`` process on 127.0.0.1."""
+
+    process: subprocess.Popen[bytes]
+    url: str
+    root: Path
+    log: Path
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+def start_server(
+    root: Path, log: Path, *, env: dict[str, str] | None = None, args: tuple[str, ...] = ()
+) -> Server:
+    """Start ``xpcs-io serve`` on a free port and wait until /health answers."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "xpcs_io.cli", "serve", "--root", str(root), "--port", str(port),
+           "--log-level", "warning", *args]
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("XPCS_IO_")}
+    full_env.update(env or {})
+    with log.open("ab") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=full_env)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}: {log.read_text()[-2000:]}")
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return Server(proc, url, root, log)
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError(f"server did not start: {log.read_text()[-2000:]}")
+
+
+@pytest.fixture(scope="session")
+def server(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One open (no API keys, loopback) server over the session data root."""
+    srv = start_server(data_root, tmp_path_factory.mktemp("logs") / "server.log")
+    yield srv
+    # uvicorn re-raises SIGTERM after its graceful shutdown, so -SIGTERM is a clean exit.
+    assert srv.stop() in (0, -signal.SIGTERM), srv.log.read_text()[-2000:]
 
 
 @pytest.fixture(params=SIDES)
@@ -67,5 +138,15 @@ def side(request: pytest.FixtureRequest, data_root: Path) -> Iterator[Side]:
 
         yield Side("local", make(), data_root, make)
         pool.shutdown()
-    else:  # pragma: no cover - filled in by the remote fixtures
-        raise AssertionError(request.param)
+    else:
+        srv: Server = request.getfixturevalue("server")
+        clients: list[RemoteHDF5Facade] = []
+
+        def make_remote(**kwargs: Any) -> FacadeAPI:
+            client = RemoteHDF5Facade(srv.url, **kwargs)
+            clients.append(client)
+            return client
+
+        yield Side("remote", make_remote(), data_root, make_remote)
+        for client in clients:
+            client.close()

@@ -4,6 +4,7 @@ with the reference msgpack library, zero-copy behaviour, and every refusal."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -196,6 +197,60 @@ def test_scalars_match_reference(value: Any) -> None:
     assert pack(value) == msgpack.packb(value, use_bin_type=True)
     assert pack([value, np.int8(0)]) == msgpack.packb([value, 0], use_bin_type=True)
     assert unpack(pack(value)) == value
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        list(range(128)) * 2,
+        [float(i) / 3 for i in range(200)],
+        [*range(100), 128],  # a long fixint run ending in a uint8
+        [*(0.5 * i for i in range(70)), 1],  # float64 run broken by an int
+        [1.5] * 64 + [None],
+        [[1.5] * 64, list(range(64))],
+    ],
+    ids=["fixints", "floats", "broken-ints", "broken-floats", "floats-none", "nested"],
+)
+def test_long_number_lists(values: list[Any]) -> None:
+    raw = msgpack.packb(values)
+    assert pack(values) == raw
+    assert unpack(raw) == msgpack.unpackb(raw) == values
+    for cut in (len(raw) - 1, len(raw) // 2):
+        with pytest.raises(WireFormatError):
+            unpack(raw[:cut])
+
+
+PLAIN_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=40)
+    | st.binary(max_size=300)
+    | st.lists(st.integers(0, 127), min_size=64, max_size=70)
+    | st.lists(st.floats(allow_nan=False), min_size=64, max_size=70),
+    lambda inner: (
+        st.lists(inner, max_size=8) | st.dictionaries(st.text(max_size=8), inner, max_size=8)
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(PLAIN_VALUES)
+def test_plain_values_agree_with_reference(value: Any) -> None:
+    raw = msgpack.packb(value, use_bin_type=True)
+    assert pack(value) == raw
+    assert b"".join(pack_chunks(value)) == raw
+    assert unpack(raw, max_depth=64) == msgpack.unpackb(raw, strict_map_key=False)
+
+
+def test_documented_example_bytes() -> None:
+    doc = (Path(__file__).parents[1] / "docs" / "wire-format.md").read_text(encoding="utf-8")
+    block = doc.split("<!-- example-hex")[1].split("```text\n")[1].split("```")[0]
+    message = {"g2": np.array([[1.5, 2.0]], dtype="<f4"), "q": 0.5}
+    assert bytes.fromhex(block) == pack(message)
+    assert len(pack(message)) == 50
 
 
 # --- zero copy ------------------------------------------------------------------------------

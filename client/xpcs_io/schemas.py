@@ -64,7 +64,14 @@ def _as_array(value: Any, field: str) -> Array:
     return arr
 
 
+def _require_array(arr: Any, field: str) -> None:
+    # validate() also runs on ``unchecked`` objects, whose fields may hold anything.
+    if not isinstance(arr, np.ndarray):
+        raise SchemaTypeError(f"{field}: expected an array, got {type(arr).__name__}", field=field)
+
+
 def _check_numeric(arr: Array, field: str, *, kinds: str = "biuf") -> None:
+    _require_array(arr, field)
     if arr.dtype.kind not in kinds:
         names = {"b": "bool", "i": "int", "u": "uint", "f": "float", "c": "complex"}
         allowed = "/".join(names[k] for k in kinds)
@@ -74,6 +81,7 @@ def _check_numeric(arr: Array, field: str, *, kinds: str = "biuf") -> None:
 
 
 def _check_ndim(arr: Array, ndim: int, field: str) -> None:
+    _require_array(arr, field)
     if arr.ndim != ndim:
         raise SchemaError(
             f"{field}: expected a {ndim}-D array, got {arr.ndim}-D with shape {arr.shape}",
@@ -101,12 +109,11 @@ def _check_binary(arr: Array, field: str) -> None:
         return
     lo, hi = arr.min(), arr.max()
     if lo < 0 or hi > 1:
-        raise SchemaError(
-            f"{field}: values must be 0 or 1, found range [{lo}, {hi}]", field=field
-        )
+        raise SchemaError(f"{field}: values must be 0 or 1, found range [{lo}, {hi}]", field=field)
 
 
 def _check_same_shape(arr: Array, shape: tuple[int, ...], field: str, ref: str) -> None:
+    _require_array(arr, field)
     if arr.shape != shape:
         raise SchemaError(
             f"{field}: shape {arr.shape} does not match {ref} shape {shape}", field=field
@@ -122,12 +129,19 @@ def _as_float(value: Any, field: str, *, optional: bool = False) -> float | None
         raise SchemaTypeError(
             f"{field}: expected a real number, got {type(value).__name__}", field=field
         )
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:  # an int beyond float range: infinite for the finiteness rule
+        return math.inf if value > 0 else -math.inf
 
 
-def _check_float(value: float | None, field: str, *, positive: bool = False) -> None:
-    if value is None:
+def _check_float(value: Any, field: str, *, positive: bool = False, optional: bool = False) -> None:
+    if value is None and optional:
         return
+    if not isinstance(value, float):
+        raise SchemaTypeError(
+            f"{field}: expected a real number, got {type(value).__name__}", field=field
+        )
     if not math.isfinite(value):
         raise SchemaError(f"{field}: must be finite, got {value}", field=field)
     if positive and value <= 0:
@@ -150,9 +164,7 @@ def _check_str(value: Any, field: str, *, allowed: frozenset[str] | None = None)
             f"{field}: expected a string, got {type(value).__name__}", field=field
         )
     if allowed is not None and value not in allowed:
-        raise SchemaError(
-            f"{field}: {value!r} is not one of {sorted(allowed)}", field=field
-        )
+        raise SchemaError(f"{field}: {value!r} is not one of {sorted(allowed)}", field=field)
 
 
 def _values_equal(a: Any, b: Any) -> bool:
@@ -238,15 +250,11 @@ class Schema:
             SchemaTypeError: ``data`` is not a mapping or a field has the wrong type.
         """
         if not isinstance(data, Mapping):
-            raise SchemaTypeError(
-                f"{cls.__name__}: expected a mapping, got {type(data).__name__}"
-            )
+            raise SchemaTypeError(f"{cls.__name__}: expected a mapping, got {type(data).__name__}")
         known = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(str(k) for k in data if k not in known)
         if unknown:
-            raise SchemaError(
-                f"{cls.__name__}: unknown field(s) {unknown}", field=unknown[0]
-            )
+            raise SchemaError(f"{cls.__name__}: unknown field(s) {unknown}", field=unknown[0])
         missing = [
             name
             for name, f in known.items()
@@ -340,7 +348,14 @@ class GeometryMetadata(Schema):
         for name in ("det_dist", "lambda_", "pix_dim"):
             _check_float(getattr(self, name), name, positive=True)
         for name in ("det_rotation", "incident_angle"):
-            _check_float(getattr(self, name), name)
+            _check_float(getattr(self, name), name, optional=True)
+        if not isinstance(self.shape, tuple) or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in self.shape
+        ):
+            raise SchemaTypeError(
+                f"shape: expected a tuple of integers (height, width), got {self.shape!r}",
+                field="shape",
+            )
         if len(self.shape) != 2 or any(v <= 0 for v in self.shape):
             raise SchemaError(
                 f"shape: expected two positive integers (height, width), got {self.shape}",
@@ -424,7 +439,8 @@ class G2Data(Schema):
         _check_finite(self.delay_times, "delay_times")
         if n_delay and self.delay_times.min() < 0:
             raise SchemaError("delay_times: must be >= 0", field="delay_times")
-        if n_delay > 1 and not bool(np.all(np.diff(self.delay_times) > 0)):
+        # Compare neighbours rather than np.diff, which wraps around on unsigned integers.
+        if n_delay > 1 and not bool(np.all(self.delay_times[1:] > self.delay_times[:-1])):
             raise SchemaError("delay_times: must be strictly increasing", field="delay_times")
         if self.g2_err.size and bool(np.nanmin(self.g2_err, initial=0.0) < 0):
             raise SchemaError("g2_err: must be >= 0 (NaN is allowed)", field="g2_err")
@@ -494,6 +510,11 @@ class PartitionSchema(Schema):
         _check_numeric(self.partition_map, "partition_map", kinds="iu")
         _check_ndim(self.partition_map, 2, "partition_map")
         _check_same_shape(self.partition_map, metadata.shape, "partition_map", "metadata.shape")
+        if isinstance(self.num_pts, bool) or not isinstance(self.num_pts, int):
+            raise SchemaTypeError(
+                f"num_pts: expected an integer, got {type(self.num_pts).__name__}",
+                field="num_pts",
+            )
         if self.num_pts <= 0:
             raise SchemaError(f"num_pts: must be > 0, got {self.num_pts}", field="num_pts")
         for name in ("val_list", "num_list"):

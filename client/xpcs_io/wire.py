@@ -355,15 +355,17 @@ class _Reader:
 
         Long lists of numbers are the one case where per-value Python dispatch is slow.
         """
-        buf, end = self.buf, self.end
-        if pos + n <= end and np.frombuffer(buf, np.uint8, n, pos).max() < 0x80:
+        head = np.frombuffer(self.buf, np.uint8, n, pos)  # in range: the count was checked
+        if head.max() < 0x80:
             self.pos = pos + n
-            return np.frombuffer(buf, np.uint8, n, pos).tolist()
-        if buf[pos] == 0xCB and pos + 9 * n <= end:
-            rows = np.frombuffer(buf, np.uint8, 9 * n, pos).reshape(n, 9)
+            small: list[int] = head.tolist()
+            return small
+        if head[0] == 0xCB and pos + 9 * n <= self.end:
+            rows = np.frombuffer(self.buf, np.uint8, 9 * n, pos).reshape(n, 9)
             if (rows[:, 0] == 0xCB).all():
                 self.pos = pos + 9 * n
-                return rows[:, 1:].copy().view(">f8").ravel().tolist()
+                floats: list[float] = rows[:, 1:].copy().view(">f8").ravel().tolist()
+                return floats
         return None
 
     def obj(self, depth: int, parent: str, key: str | int) -> Any:

@@ -23,7 +23,7 @@ from xpcs_io.atomic import edit_atomically
 from xpcs_io.errors import HDF5ValidationError, SchemaError, SchemaTypeError
 from xpcs_io.h5access import Locator, decode_str
 from xpcs_io.layouts import native
-from xpcs_io.paths import resolve_under_root
+from xpcs_io.paths import display_path, resolve_under_root
 from xpcs_io.pool import FileIdentity, HDF5ConnectionPool, get_default_pool
 from xpcs_io.schemas import (
     G2Data,
@@ -101,9 +101,7 @@ class HDF5Facade:
             raise ValueError(f"group must name an HDF5 group, got {group!r}")
         return group
 
-    def _checked(
-        self, obj: S, loc: Locator, group: str, key: tuple[Any, ...], validate: bool
-    ) -> S:
+    def _checked(self, obj: S, loc: Locator, group: str, key: tuple[Any, ...], validate: bool) -> S:
         if not validate:
             return obj
         with self._validated_lock:
@@ -362,8 +360,7 @@ class HDF5Facade:
         """
         if not isinstance(partition_schema, PartitionSchema):
             raise TypeError(
-                "partition_schema must be a PartitionSchema, "
-                f"got {type(partition_schema).__name__}"
+                f"partition_schema must be a PartitionSchema, got {type(partition_schema).__name__}"
             )
         partition_schema.validate()
         p = partition_schema
@@ -426,7 +423,11 @@ class HDF5Facade:
     def get_pool_stats(self) -> dict[str, Any]:
         """Connection pool statistics: hits, misses, opens, evictions, reopens_on_change,
         pool_size, max_pool_size, hit_ratio and the open files with their access counts."""
-        return self.pool.stats()
+        stats = self.pool.stats()
+        if self.root is not None:
+            for entry in stats["open_files"]:
+                entry["path"] = display_path(self.root, entry["path"])
+        return stats
 
     def clear_pool(self) -> None:
         """Close every pooled handle (e.g. before shutdown); later reads reopen files."""

@@ -20,7 +20,7 @@ import os
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -59,7 +59,6 @@ class _Entry:
     accesses: int = 0
     users: int = 0
     retired: bool = False  # evicted or replaced while in use: close at the last check-in
-    opened_at: float = field(default_factory=lambda: 0.0)
 
 
 def open_hdf5(path: str, display: str | None = None) -> h5py.File:
@@ -227,6 +226,11 @@ class HDF5ConnectionPool:
 
     def __exit__(self, *exc: object) -> None:
         self.shutdown()
+
+    @property
+    def closed(self) -> bool:
+        """True after ``shutdown`` (until ``reopen``)."""
+        return self._closed
 
     def __len__(self) -> int:
         with self._lock:

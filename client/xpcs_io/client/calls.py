@@ -1,0 +1,227 @@
+"""What each facade method sends and how its answer is decoded, shared by the sync and async
+clients so both speak exactly the same protocol."""
+
+from __future__ import annotations
+
+import json
+import operator
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path, PurePath
+from typing import Any
+
+from xpcs_io import wire
+from xpcs_io.errors import ServerError, exception_from_problem
+from xpcs_io.schemas import (
+    G2Data,
+    GeometryMetadata,
+    MaskSchema,
+    PartitionSchema,
+    QMapSchema,
+    Schema,
+)
+
+__all__ = ["Call", "decode_error", "schema_decoder"]
+
+
+@dataclass(frozen=True)
+class Call:
+    """One HTTP exchange: request parts, whether it may be retried, and the decoder."""
+
+    method: str
+    path: str
+    params: dict[str, Any]
+    decode: Callable[[Any], Any]
+    body: list[bytes | memoryview] | None = None
+    idempotent: bool = True
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def _file(file_path: Any) -> str:
+    if isinstance(file_path, PurePath):
+        return file_path.as_posix()
+    if not isinstance(file_path, str):
+        raise TypeError(f"file_path must be str or Path, got {type(file_path).__name__}")
+    return file_path
+
+
+def _group(group: Any) -> str:
+    if not isinstance(group, str):
+        raise TypeError(f"group must be a string, got {type(group).__name__}")
+    return group
+
+
+def _int_or_none(value: Any, name: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be an integer, got bool")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__}") from None
+
+
+def schema_decoder(cls: type[Schema], validate: bool) -> Callable[[Any], Any]:
+    """Build ``cls`` from a decoded message. The server has already validated it when asked
+    to, so the client does not pay the checks a second time."""
+
+    del validate  # the server honoured it; see the docstring
+
+    def decode(data: Any) -> Any:
+        if not isinstance(data, dict):
+            raise ServerError(f"expected a {cls.__name__} map, got {type(data).__name__}")
+        return cls.from_dict(data, validate=False)
+
+    return decode
+
+
+def _read(path: str, cls: type[Schema], validate: bool, **params: Any) -> Call:
+    if not validate:
+        params["validate"] = "false"
+    return Call(
+        "GET",
+        path,
+        {k: v for k, v in params.items() if v is not None},
+        schema_decoder(cls, validate),
+    )
+
+
+def read_qmap(file_path: Any, group: Any, validate: bool) -> Call:
+    return _read("/v1/qmap", QMapSchema, validate, file_path=_file(file_path), group=_group(group))
+
+
+def read_g2_data(file_path: Any, q_idx: Any, group: Any, validate: bool) -> Call:
+    q = _int_or_none(q_idx, "q_idx")
+    if q is not None and q < 0:
+        raise IndexError(f"q_idx {q} out of range: negative indices are not allowed")
+    return _read(
+        "/v1/g2", G2Data, validate, file_path=_file(file_path), q_idx=q, group=_group(group)
+    )
+
+
+def read_geometry_metadata(file_path: Any, group: Any, validate: bool) -> Call:
+    return _read(
+        "/v1/geometry", GeometryMetadata, validate, file_path=_file(file_path), group=_group(group)
+    )
+
+
+def read_mask(file_path: Any, group: Any, version: Any, validate: bool) -> Call:
+    v = _int_or_none(version, "version")
+    if v is not None and v < 1:
+        raise KeyError(f"version {v} of {group} not found (versions start at 1)")
+    return _read(
+        "/v1/mask", MaskSchema, validate, file_path=_file(file_path), group=_group(group), version=v
+    )
+
+
+def read_partition(file_path: Any, group: Any, version: Any, validate: bool) -> Call:
+    v = _int_or_none(version, "version")
+    if v is not None and v < 1:
+        raise KeyError(f"version {v} of {group} not found (versions start at 1)")
+    return _read(
+        "/v1/partition",
+        PartitionSchema,
+        validate,
+        file_path=_file(file_path),
+        group=_group(group),
+        version=v,
+    )
+
+
+def list_versions(kind: str, file_path: Any, group: Any) -> Call:
+    return Call(
+        "GET", f"/v1/{kind}/versions", {"file_path": _file(file_path), "group": _group(group)}, list
+    )
+
+
+def write(
+    kind: str,
+    cls: type[Schema],
+    file_path: Any,
+    schema: Any,
+    group: Any,
+    compression: Any,
+    compression_opts: Any,
+    writer: Any,
+) -> Call:
+    if not isinstance(schema, cls):
+        raise TypeError(f"{kind}_schema must be a {cls.__name__}, got {type(schema).__name__}")
+    schema.validate()  # same ValueError/TypeError as locally, before any byte is sent
+    if compression is not None and not isinstance(compression, str):
+        raise TypeError(f"compression must be a string or None, got {compression!r}")
+    if writer is not None and not isinstance(writer, str):
+        raise TypeError(f"writer must be a string, got {type(writer).__name__}")
+    params: dict[str, Any] = {
+        "file_path": _file(file_path),
+        "group": _group(group),
+        "compression": "none" if compression is None else compression,
+    }
+    opts = _int_or_none(compression_opts, "compression_opts")
+    if opts is not None:
+        if not 0 <= opts <= 9:
+            raise ValueError(f"compression_opts must be 0..9, got {opts}")
+        params["compression_opts"] = opts
+    elif compression == "gzip":
+        params["compression_opts"] = 4
+    if compression == "lzf" and compression_opts is not None:
+        raise ValueError("lzf takes no compression_opts (pass None)")
+    if writer is not None:
+        params["writer"] = writer
+    return Call(
+        "POST",
+        f"/v1/{kind}",
+        params,
+        lambda record: None,
+        body=wire.pack_chunks(schema.to_dict()),
+        idempotent=False,
+        headers={"content-type": wire.MEDIA_TYPE},
+    )
+
+
+def pool_stats() -> Call:
+    return Call("GET", "/v1/pool/stats", {}, dict)
+
+
+def pool_clear() -> Call:
+    return Call("POST", "/v1/pool/clear", {}, lambda _: None, idempotent=False)
+
+
+def decode_error(status: int, content_type: str, body: bytes) -> BaseException:
+    """The exception a non-2xx response stands for (problem+json names the class)."""
+    name = detail = field_name = None
+    if "json" in content_type:
+        try:
+            problem = json.loads(body)
+        except ValueError:
+            problem = None
+        if isinstance(problem, dict):
+            name = problem.get("error")
+            detail = problem.get("detail")
+            field_name = problem.get("field")
+    if detail is None:
+        text = body[:500].decode("utf-8", errors="replace").strip()
+        detail = f"HTTP {status}" + (f": {text}" if text else "")
+    exc = exception_from_problem(
+        name if isinstance(name, str) else None,
+        str(detail),
+        status=status,
+        field=field_name if isinstance(field_name, str) else None,
+    )
+    if isinstance(exc, ServerError):
+        exc.status = status
+    return exc
+
+
+def decode_body(content_type: str, body: bytes | bytearray | memoryview) -> Any:
+    """Decode a success body (msgpack, or JSON if a proxy or server sent that)."""
+    if "json" in content_type:
+        return json.loads(bytes(body))
+    if not body:
+        return None
+    return wire.unpack(body)
+
+
+def posix(path: str | Path) -> str:
+    """A file path as the server expects it (forward slashes)."""
+    return _file(path)

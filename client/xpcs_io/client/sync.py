@@ -1,0 +1,224 @@
+"""``RemoteHDF5Facade``: the ``HDF5Facade`` API over HTTP, blocking."""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import Any
+
+import httpx
+
+from xpcs_io.api import PathLike, VersionRecord
+from xpcs_io.client import calls
+from xpcs_io.client.calls import Call
+from xpcs_io.client.transport import (
+    BodyBuffer,
+    RetryPolicy,
+    connection_error,
+    content_length,
+    finish,
+    sleep,
+)
+from xpcs_io.schemas import G2Data, GeometryMetadata, MaskSchema, PartitionSchema, QMapSchema
+
+__all__ = ["RemoteHDF5Facade"]
+
+CHUNK = 1 << 20
+
+
+class RemoteHDF5Facade:
+    """The facade API served by an xpcs-io server: same methods, defaults, return types and
+    exceptions as ``HDF5Facade``; file paths are relative to the server's data root.
+
+    Args:
+        base_url: e.g. ``http://127.0.0.1:8000``.
+        api_key: sent as ``Authorization: Bearer``.
+        timeout: seconds for connect/read/write (httpx semantics).
+        validate: ask the server to validate (``False`` returns unchecked objects).
+        http: an existing ``httpx.Client`` to use (not closed by this object).
+        retry: retry policy for reads.
+
+    Network failures raise ``RemoteConnectionError`` (a ``ConnectionError``).
+    """
+
+    def __init__(
+        self,
+        base_url: str = "http://127.0.0.1:8000",
+        *,
+        api_key: str | None = None,
+        timeout: float = 60.0,
+        validate: bool = True,
+        http: httpx.Client | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.validate = validate
+        self.retry = retry or RetryPolicy()
+        self._owns = http is None
+        headers = {"accept": "application/msgpack", "user-agent": "xpcs-io-client/0.1"}
+        if api_key:
+            headers["authorization"] = f"Bearer {api_key}"
+        self._headers = headers
+        self._http = http or httpx.Client(base_url=self.base_url, timeout=timeout)
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _send(self, call: Call) -> Any:
+        attempt = 0
+        while True:
+            try:
+                request = self._http.build_request(
+                    call.method,
+                    self.base_url + call.path,
+                    params=call.params,
+                    headers={**self._headers, **call.headers},
+                    content=b"".join(call.body) if call.body is not None else None,
+                )
+                response = self._http.send(request, stream=True)
+                try:
+                    if self.retry.may_retry(call, attempt, None, response.status_code):
+                        response.read()
+                        sleep(self.retry.delay(attempt))
+                        attempt += 1
+                        continue
+                    buf = BodyBuffer(content_length(response))
+                    for chunk in response.iter_bytes(CHUNK):
+                        buf.add(chunk)
+                    body = buf.result()
+                finally:
+                    response.close()
+                return finish(call, response, body)
+            except httpx.TransportError as exc:
+                if self.retry.may_retry(call, attempt, exc, None):
+                    sleep(self.retry.delay(attempt))
+                    attempt += 1
+                    continue
+                raise connection_error(call, self.base_url, exc) from exc
+
+    def close(self) -> None:
+        """Close the connection pool (unless it was passed in as ``http``)."""
+        if self._owns:
+            self._http.close()
+
+    def __enter__(self) -> RemoteHDF5Facade:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ the facade API
+
+    def read_qmap(self, file_path: PathLike, group: str = "/xpcs/qmap") -> QMapSchema:
+        """Read a q-map (see ``HDF5Facade.read_qmap``)."""
+        result: QMapSchema = self._send(calls.read_qmap(file_path, group, self.validate))
+        return result
+
+    def read_g2_data(
+        self, file_path: PathLike, q_idx: int | None = None, group: str = "/xpcs/g2"
+    ) -> G2Data:
+        """Read G2, optionally one q bin (see ``HDF5Facade.read_g2_data``)."""
+        result: G2Data = self._send(calls.read_g2_data(file_path, q_idx, group, self.validate))
+        return result
+
+    def read_geometry_metadata(
+        self, file_path: PathLike, group: str = "/xpcs/metadata"
+    ) -> GeometryMetadata:
+        """Read geometry (see ``HDF5Facade.read_geometry_metadata``)."""
+        result: GeometryMetadata = self._send(
+            calls.read_geometry_metadata(file_path, group, self.validate)
+        )
+        return result
+
+    def read_mask(
+        self, file_path: PathLike, group: str = "/simplemask/mask", version: int | None = None
+    ) -> MaskSchema:
+        """Read a mask version (see ``HDF5Facade.read_mask``)."""
+        result: MaskSchema = self._send(calls.read_mask(file_path, group, version, self.validate))
+        return result
+
+    def read_partition(
+        self,
+        file_path: PathLike,
+        group: str = "/simplemask/partition",
+        version: int | None = None,
+    ) -> PartitionSchema:
+        """Read a partition version (see ``HDF5Facade.read_partition``)."""
+        result: PartitionSchema = self._send(
+            calls.read_partition(file_path, group, version, self.validate)
+        )
+        return result
+
+    def list_mask_versions(
+        self, file_path: PathLike, group: str = "/simplemask/mask"
+    ) -> list[VersionRecord]:
+        """The versions of a mask group, oldest first."""
+        result: list[VersionRecord] = self._send(calls.list_versions("mask", file_path, group))
+        return result
+
+    def list_partition_versions(
+        self, file_path: PathLike, group: str = "/simplemask/partition"
+    ) -> list[VersionRecord]:
+        """The versions of a partition group, oldest first."""
+        result: list[VersionRecord] = self._send(calls.list_versions("partition", file_path, group))
+        return result
+
+    def write_mask(
+        self,
+        file_path: PathLike,
+        mask_schema: MaskSchema,
+        group: str = "/simplemask/mask",
+        compression: str | None = "gzip",
+        compression_opts: int | None = 4,
+        *,
+        writer: str | None = None,
+    ) -> None:
+        """Write a new mask version (see ``HDF5Facade.write_mask``); never retried blindly."""
+        self._send(
+            calls.write(
+                "mask",
+                MaskSchema,
+                file_path,
+                mask_schema,
+                group,
+                compression,
+                compression_opts,
+                writer,
+            )
+        )
+
+    def write_partition(
+        self,
+        file_path: PathLike,
+        partition_schema: PartitionSchema,
+        group: str = "/simplemask/partition",
+        compression: str | None = "gzip",
+        compression_opts: int | None = 4,
+        *,
+        writer: str | None = None,
+    ) -> None:
+        """Write a new partition version (see ``HDF5Facade.write_partition``)."""
+        self._send(
+            calls.write(
+                "partition",
+                PartitionSchema,
+                file_path,
+                partition_schema,
+                group,
+                compression,
+                compression_opts,
+                writer,
+            )
+        )
+
+    def get_pool_stats(self) -> dict[str, Any]:
+        """The server pool's statistics."""
+        result: dict[str, Any] = self._send(calls.pool_stats())
+        return result
+
+    def clear_pool(self) -> None:
+        """Close every handle in the server's pool (needs an admin key when keys are set)."""
+        self._send(calls.pool_clear())

@@ -1,0 +1,103 @@
+"""The ``xpcs-io`` command: serve a data root, or write demo data."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main"]
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from xpcs_io.server import create_app
+    from xpcs_io.settings import Settings
+
+    overrides: dict[str, Any] = {
+        name: value
+        for name, value in {
+            "data_root": args.root,
+            "host": args.host,
+            "port": args.port,
+            "pool_size": args.pool_size,
+            "api_keys_file": args.api_keys_file,
+            "log_level": args.log_level,
+        }.items()
+        if value is not None
+    }
+    if args.allow_anonymous:
+        overrides["allow_anonymous"] = True
+    try:
+        settings = Settings(**overrides)
+        app = create_app(settings)
+    except (ValueError, OSError) as exc:
+        print(f"xpcs-io serve: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=30,
+    )
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from xpcs_io.demo import write_demo_dir
+
+    for path in write_demo_dir(args.dir):
+        print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``xpcs-io``."""
+    parser = argparse.ArgumentParser(
+        prog="xpcs-io",
+        description="Typed, validated XPCS data from HDF5 files, locally and over HTTP.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve = sub.add_parser(
+        "serve",
+        help="serve the HDF5 files under a data root over HTTP",
+        description="Serve the HDF5 files under --root. Settings also come from XPCS_IO_* "
+        "environment variables; flags win.",
+    )
+    serve.add_argument("--root", type=Path, help="data root (env XPCS_IO_DATA_ROOT; default .)")
+    serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to bind (default 8000)")
+    serve.add_argument("--pool-size", type=int, help="open HDF5 handles to keep (default 32)")
+    serve.add_argument("--api-keys-file", type=Path, help="file of 'key scope' lines")
+    serve.add_argument(
+        "--allow-anonymous",
+        action="store_true",
+        help="serve without API keys on a non-loopback address (everyone can read and write)",
+    )
+    serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    serve.set_defaults(func=_serve)
+    demo = sub.add_parser(
+        "demo", help="write demo files (a small one and an Eiger-4M-sized one) into DIR"
+    )
+    demo.add_argument("dir", type=Path, help="folder to write into (created if missing)")
+    demo.set_defaults(func=_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    status: int = args.func(args)
+    return status
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""API keys with scopes: ``read`` (all reads), ``write`` (also mask / partition writes),
+``admin`` (also pool clear and detailed stats). Keys travel as ``Authorization: Bearer KEY``
+or ``X-API-Key: KEY`` and are compared in constant time. With no keys configured the service
+is open (allowed only on loopback unless ``allow_anonymous``)."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from xpcs_io.settings import SCOPES, Scope
+
+__all__ = ["AuthError", "Authenticated", "require"]
+
+_RANK = {scope: i for i, scope in enumerate(SCOPES)}
+
+
+class AuthError(PermissionError):
+    """A missing (401) or insufficient (403) credential."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.http_status = status
+
+
+def _presented(request: Request) -> str | None:
+    auth = request.headers.get("authorization", "")
+    if auth[:7].lower() == "bearer ":
+        return auth[7:].strip() or None
+    return request.headers.get("x-api-key") or None
+
+
+def _scope_of(keys: dict[str, Scope], presented: str) -> Scope | None:
+    found: Scope | None = None
+    given = presented.encode()
+    for key, scope in keys.items():
+        # Compare against every key so the time taken does not reveal which one matched.
+        if hmac.compare_digest(key.encode(), given):
+            found = scope
+    return found
+
+
+def require(needed: Scope) -> object:
+    """A dependency that lets the request through only with a key of ``needed`` or above.
+
+    Raises:
+        AuthError: no key (401), an unknown key (401) or a key of a lower scope (403).
+    """
+
+    async def check(request: Request) -> Scope | None:
+        keys: dict[str, Scope] = request.app.state.api_keys
+        if not keys:
+            return None
+        presented = _presented(request)
+        if presented is None:
+            raise AuthError("an API key is required (Authorization: Bearer KEY)", 401)
+        scope = _scope_of(keys, presented)
+        if scope is None:
+            raise AuthError("the API key is not valid", 401)
+        if _RANK[scope] < _RANK[needed]:
+            raise AuthError(f"this operation needs a key with the '{needed}' scope", 403)
+        request.state.auth_scope = scope
+        return scope
+
+    return Depends(check)
+
+
+Authenticated = Annotated[Scope | None, require("read")]

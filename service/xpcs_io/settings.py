@@ -1,0 +1,87 @@
+"""The one settings object of the service: environment variables prefixed ``XPCS_IO_``,
+overridable by command-line flags. No other module reads the environment."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["SCOPES", "Scope", "Settings", "is_loopback"]
+
+Scope = Literal["read", "write", "admin"]
+SCOPES: tuple[Scope, ...] = ("read", "write", "admin")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` only accepts connections from this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class Settings(BaseSettings):
+    """Service configuration (env prefix ``XPCS_IO_``, e.g. ``XPCS_IO_DATA_ROOT=/data``)."""
+
+    model_config = SettingsConfigDict(env_prefix="XPCS_IO_", extra="ignore")
+
+    data_root: Path = Field(Path("."), description="Directory whose files the service serves.")
+    host: str = Field("127.0.0.1", description="Address to bind.")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port to bind.")
+    pool_size: int = Field(32, ge=1, description="Open HDF5 handles kept in the pool.")
+    api_keys: str = Field(
+        "",
+        description="Comma-separated 'key:scope' pairs, scope in read, write, admin.",
+        repr=False,
+    )
+    api_keys_file: Path | None = Field(
+        None, description="File with one 'key scope' pair per line ('#' starts a comment)."
+    )
+    allow_anonymous: bool = Field(
+        False, description="Serve without API keys on a non-loopback address."
+    )
+    max_body_bytes: int = Field(256 * 1024 * 1024, ge=1, description="Largest request body.")
+    json_max_elements: int = Field(
+        1_000_000, ge=1, description="Largest array sent as JSON; bigger ones need msgpack."
+    )
+    lock_timeout: float = Field(60.0, gt=0, description="Seconds a write waits for the lock.")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+    def keys(self) -> dict[str, Scope]:
+        """The configured API keys and their scopes.
+
+        Raises:
+            ValueError: a malformed entry or an unknown scope.
+        """
+        pairs: list[tuple[str, str]] = []
+        for item in self.api_keys.split(","):
+            if item.strip():
+                key, sep, scope = item.strip().rpartition(":")
+                if not sep or not key:
+                    raise ValueError("XPCS_IO_API_KEYS entries must look like 'key:scope'")
+                pairs.append((key, scope))
+        if self.api_keys_file is not None:
+            for line in self.api_keys_file.read_text().splitlines():
+                line = line.split("#", 1)[0].strip()
+                if line:
+                    parts = line.split()
+                    if len(parts) != 2:
+                        raise ValueError(f"{self.api_keys_file}: expected 'key scope' per line")
+                    pairs.append((parts[0], parts[1]))
+        out: dict[str, Scope] = {}
+        for key, scope in pairs:
+            if scope not in SCOPES:
+                raise ValueError(f"unknown API key scope {scope!r} (use {', '.join(SCOPES)})")
+            out[key] = scope  # type: ignore[assignment]  # checked against SCOPES above
+        return out
