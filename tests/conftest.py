@@ -97,8 +97,19 @@ def start_server(
 ) -> Server:
     """Start ``xpcs-io serve`` on a free port and wait until /health answers."""
     port = free_port()
-    cmd = [sys.executable, "-m", "xpcs_io.cli", "serve", "--root", str(root), "--port", str(port),
-           "--log-level", "warning", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "xpcs_io.cli",
+        "serve",
+        "--root",
+        str(root),
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+        *args,
+    ]
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("XPCS_IO_")}
     full_env.update(env or {})
     with log.open("ab") as out:

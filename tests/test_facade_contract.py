@@ -38,10 +38,14 @@ def _h5(path: Path, name: str) -> np.ndarray:
 
 
 def _geometry(shape: tuple[int, int] = (48, 40)) -> GeometryMetadata:
-    return GeometryMetadata(bcx=20.5, bcy=22.0, det_dist=5000.0, lambda_=1.54, pix_dim=0.075, shape=shape)
+    return GeometryMetadata(
+        bcx=20.5, bcy=22.0, det_dist=5000.0, lambda_=1.54, pix_dim=0.075, shape=shape
+    )
 
 
-def _mask(seed: int = 0, shape: tuple[int, int] = (48, 40), description: str | None = "clean") -> MaskSchema:
+def _mask(
+    seed: int = 0, shape: tuple[int, int] = (48, 40), description: str | None = "clean"
+) -> MaskSchema:
     rng = np.random.default_rng(seed)
     return MaskSchema(
         mask=(rng.random(shape) > 0.1).astype(np.int32),
@@ -299,6 +303,7 @@ def test_truncated_hdf5_is_validation_error(side: Side, workdir: Path) -> None:
     cut.write_bytes(data[: len(data) // 3])
     with pytest.raises(HDF5ValidationError):
         side.api.read_qmap(side.path(cut))
+    with pytest.raises(HDF5ValidationError):
         side.api.read_g2_data(side.path(cut))
 
 
@@ -397,7 +402,9 @@ def test_unknown_version_is_key_error(side: Side, workdir: Path) -> None:
         side.api.read_mask(p, version=7)
 
 
-def test_invalid_mask_write_is_value_error_and_file_untouched(side: Side, native_file: Path) -> None:
+def test_invalid_mask_write_is_value_error_and_file_untouched(
+    side: Side, native_file: Path
+) -> None:
     p = side.path(native_file)
     before = native_file.read_bytes()
     bad = MaskSchema.unchecked(mask=np.full((48, 40), 3, np.int32), metadata=_geometry())
@@ -444,7 +451,16 @@ def test_pool_stats_and_clear(side: Side, native_file: Path) -> None:
     for _ in range(3):
         side.api.read_geometry_metadata(p)
     stats = side.api.get_pool_stats()
-    for key in ("hits", "misses", "opens", "evictions", "reopens_on_change", "pool_size", "max_pool_size", "hit_ratio"):
+    for key in (
+        "hits",
+        "misses",
+        "opens",
+        "evictions",
+        "reopens_on_change",
+        "pool_size",
+        "max_pool_size",
+        "hit_ratio",
+    ):
         assert key in stats
     assert stats["pool_size"] >= 1
     assert stats["hits"] >= 2

@@ -4,9 +4,9 @@ Every error a caller can see is a standard Python exception or a subclass of one
 written against the local ``HDF5Facade`` catches the same things remotely::
 
     Exception
-     ├── HDF5ValidationError              stored data breaks a schema rule, or the file is not HDF5
+     ├── HDF5ValidationError              stored data break a schema rule, or the file is not HDF5
      ├── ValueError
-     │    ├── SchemaError                 a schema built or sent by the caller breaks a rule (.field)
+     │    ├── SchemaError                 a schema value breaks a rule (.field)
      │    ├── WireFormatError             bytes that are not valid msgpack (HTTP 400)
      │    └── PayloadTooLargeError        a request body above the server's limit (HTTP 413)
      ├── TypeError
@@ -95,7 +95,7 @@ class RemoteConnectionError(ConnectionError):
     """The server could not be reached or the connection broke; ``__cause__`` keeps why."""
 
 
-class WriteLockTimeout(TimeoutError):
+class WriteLockTimeout(TimeoutError):  # noqa: N818  (reads as its parent, TimeoutError)
     """Another writer held the file's write lock for longer than the configured timeout."""
 
 

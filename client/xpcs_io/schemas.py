@@ -144,7 +144,7 @@ def _check_float(value: Any, field: str, *, positive: bool = False, optional: bo
         )
     if not math.isfinite(value):
         raise SchemaError(f"{field}: must be finite, got {value}", field=field)
-    if positive and value <= 0:
+    if positive and not value > 0:
         raise SchemaError(f"{field}: must be > 0, got {value}", field=field)
 
 
@@ -288,9 +288,7 @@ class Schema:
             value = getattr(self, f.name)
             if isinstance(value, np.ndarray):
                 yield f"{f.name}=<{value.dtype} {'x'.join(map(str, value.shape)) or 'scalar'}>"
-            elif isinstance(value, Schema):
-                yield f"{f.name}={value!r}"
-            elif value is not None:
+            elif isinstance(value, Schema) or value is not None:
                 yield f"{f.name}={value!r}"
 
     def __repr__(self) -> str:

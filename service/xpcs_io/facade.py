@@ -393,9 +393,9 @@ class HDF5Facade:
             raise ValueError(
                 f"compression {compression!r} is not supported (use {sorted(_COMPRESSIONS)})"
             )
-        if compression == "gzip" and opts is not None:
-            if isinstance(opts, bool) or not isinstance(opts, int) or not 0 <= opts <= 9:
-                raise ValueError(f"compression_opts for gzip must be 0..9, got {opts!r}")
+        bad_level = isinstance(opts, bool) or not isinstance(opts, int) or not 0 <= opts <= 9
+        if compression == "gzip" and opts is not None and bad_level:
+            raise ValueError(f"compression_opts for gzip must be 0..9, got {opts!r}")
         if compression == "lzf" and opts is not None:
             raise ValueError("lzf takes no compression_opts (pass None)")
 

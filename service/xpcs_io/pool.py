@@ -61,8 +61,10 @@ class _Entry:
     retired: bool = False  # evicted or replaced while in use: close at the last check-in
 
 
-def open_hdf5(path: str, display: str | None = None) -> h5py.File:
+def open_hdf5(path: str, display: str | None = None, *, driver: str | None = None) -> h5py.File:
     """Open ``path`` read-only, turning "not HDF5 / truncated" into ``HDF5ValidationError``.
+
+    ``driver`` is passed to ``h5py.File`` (``None``: HDF5's default ``sec2``).
 
     Raises:
         FileNotFoundError: the file does not exist.
@@ -77,7 +79,7 @@ def open_hdf5(path: str, display: str | None = None) -> h5py.File:
     if not os.access(path, os.R_OK):
         raise PermissionError(f"Permission denied: {name}")
     try:
-        return h5py.File(path, "r")
+        return h5py.File(path, "r", driver=driver)
     except FileNotFoundError as exc:
         raise FileNotFoundError(f"No such file: {name}") from exc
     except OSError as exc:
@@ -87,6 +89,19 @@ def open_hdf5(path: str, display: str | None = None) -> h5py.File:
         raise HDF5ValidationError(
             f"{name} is not a readable HDF5 file ({reason})", file=name
         ) from exc
+
+
+def _open_in_process(identity: FileIdentity) -> bool:
+    """Whether HDF5 already has the file ``identity`` names (device, inode) open here."""
+    for fid in h5py.h5f.get_obj_ids(types=h5py.h5f.OBJ_FILE):
+        try:
+            st = os.fstat(fid.get_vfd_handle())
+        except (OSError, ValueError, TypeError, OverflowError, RuntimeError):
+            # not a sec2 file (stdio, core...): no usable descriptor
+            continue
+        if (st.st_dev, st.st_ino) == (identity.device, identity.inode):
+            return True
+    return False
 
 
 class HDF5ConnectionPool:
@@ -153,16 +168,24 @@ class HDF5ConnectionPool:
                 self.reopens_on_change += 1
                 del self._entries[key]
                 self._retire(entry)
+            # HDF5 shares one open file, metadata cache included, between all opens of an
+            # inode through one driver. If this inode is still open in the process (a retired
+            # handle still in use, or the caller's own h5py.File) and was rewritten in place,
+            # a sec2 open would serve that handle's stale metadata: open a private view
+            # through another driver instead.
+            private = _open_in_process(identity)
             # Opening under the lock keeps the bound exact and avoids two threads opening the
             # same file at once; h5py serialises every call behind its own global lock anyway.
-            handle = open_hdf5(key, display)
+            handle = open_hdf5(key, display, driver="stdio" if private else None)
             # The identity may have changed between stat and open (a rename racing us): take
             # the identity of what was opened, so the next checkout compares against it.
-            try:
-                st = os.fstat(handle.id.get_vfd_handle())
-                identity = FileIdentity(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-            except (OSError, ValueError, TypeError):
-                pass
+            # (A stdio handle has no file descriptor: keep the identity from before the open.)
+            if not private:
+                try:
+                    st = os.fstat(handle.id.get_vfd_handle())
+                    identity = FileIdentity(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+                except (OSError, ValueError, TypeError):
+                    pass
             self.opens += 1
             entry = _Entry(handle=handle, identity=identity, accesses=1, users=1)
             self._entries[key] = entry

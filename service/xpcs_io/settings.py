@@ -83,5 +83,5 @@ class Settings(BaseSettings):
         for key, scope in pairs:
             if scope not in SCOPES:
                 raise ValueError(f"unknown API key scope {scope!r} (use {', '.join(SCOPES)})")
-            out[key] = scope  # type: ignore[assignment]  # checked against SCOPES above
+            out[key] = scope  # checked against SCOPES above
         return out

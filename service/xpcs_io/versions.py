@@ -47,7 +47,8 @@ RECORD_KEYS = ("version", "created", "description", "sha256", "schema_version", 
 
 def array_sha256(arr: np.ndarray[Any, Any]) -> str:
     """Hex sha256 of ``arr``'s bytes in C order and its own dtype."""
-    return hashlib.sha256(memoryview(np.ascontiguousarray(arr)).cast("B")).hexdigest()
+    data: Any = np.ascontiguousarray(arr)
+    return hashlib.sha256(memoryview(data).cast("B")).hexdigest()
 
 
 def default_writer() -> str:

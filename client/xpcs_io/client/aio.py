@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from types import TracebackType
 from typing import Any
-
-import asyncio
 
 import httpx
 

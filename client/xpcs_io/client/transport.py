@@ -32,7 +32,8 @@ class RetryPolicy:
 
     def delay(self, attempt: int) -> float:
         """Seconds to wait before retry number ``attempt`` (0-based)."""
-        return min(self.cap, self.base * 2**attempt) * (0.5 + random.random() / 2)
+        backoff: float = min(self.cap, self.base * 2.0**attempt)
+        return backoff * (0.5 + random.random() / 2)
 
     def may_retry(
         self, call: Call, attempt: int, exc: BaseException | None, status: int | None

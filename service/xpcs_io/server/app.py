@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -25,7 +25,7 @@ VERSION = "0.1.0"
 log = logging.getLogger("xpcs_io.server")
 
 
-def _check_security(settings: Settings, keys: dict[str, str]) -> None:
+def _check_security(settings: Settings, keys: Mapping[str, str]) -> None:
     if not keys and not is_loopback(settings.host) and not settings.allow_anonymous:
         raise ValueError(
             f"refusing to serve {settings.host} without API keys: set XPCS_IO_API_KEYS or "
@@ -50,10 +50,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         pool = HDF5ConnectionPool(max_size=settings.pool_size)
-        kw = {"root": root, "lock_timeout": settings.lock_timeout}
+        timeout = settings.lock_timeout
         app.state.pool = pool
-        app.state.facade = HDF5Facade(pool=pool, validate=True, **kw)
-        app.state.facade_unchecked = HDF5Facade(pool=pool, validate=False, **kw)
+        app.state.facade = HDF5Facade(pool, True, root=root, lock_timeout=timeout)
+        app.state.facade_unchecked = HDF5Facade(pool, False, root=root, lock_timeout=timeout)
         log.info("serving %s with a pool of %d handles", root, settings.pool_size)
         try:
             yield

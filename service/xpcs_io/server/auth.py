@@ -6,7 +6,7 @@ is open (allowed only on loopback unless ``allow_anonymous``)."""
 from __future__ import annotations
 
 import hmac
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
@@ -42,7 +42,7 @@ def _scope_of(keys: dict[str, Scope], presented: str) -> Scope | None:
     return found
 
 
-def require(needed: Scope) -> object:
+def require(needed: Scope) -> Any:
     """A dependency that lets the request through only with a key of ``needed`` or above.
 
     Raises:

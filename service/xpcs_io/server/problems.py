@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from http import HTTPStatus
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI
@@ -37,7 +38,7 @@ def problem(
     *,
     error: str | None = None,
     field: str | None = None,
-    headers: dict[str, str] | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> Response:
     """A problem+json response; ``error`` names the Python exception class for clients."""
     root = getattr(request.app.state, "root_str", None)
@@ -122,6 +123,7 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
 def install_handlers(app: FastAPI) -> None:
     """Register the handlers on ``app``."""
     for cls, _ in ERROR_TABLE:
+        assert issubclass(cls, Exception)
         app.add_exception_handler(cls, _known)
     app.add_exception_handler(OSError, _unexpected)
     app.add_exception_handler(RequestValidationError, _request_validation)

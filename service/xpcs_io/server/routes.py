@@ -31,7 +31,6 @@ FilePath = Annotated[
     Query(
         description="Path of the HDF5 file relative to the data root, e.g. run42/result.hdf5",
         min_length=1,
-        max_length=4096,
     ),
 ]
 Validate = Annotated[
