@@ -34,9 +34,17 @@ fmt: $(STAMP)
 openapi: $(STAMP)
 	$(BIN)/python scripts/export_openapi.py
 
+# Benchmarks run in their own venv: tiled pins versions the main venv does not want.
+# BENCH_ARGS=--quick for a smoke run, BENCH_ARGS='--only w1,w2' for chosen workloads.
+BENCH_VENV := .venv-bench
+BENCH_ARGS ?=
 bench: $(STAMP)
-	$(BIN)/python -m pip install -q -e '.[bench]'
-	$(BIN)/python -m bench
+	test -x $(BENCH_VENV)/bin/python || $(PY) -m venv $(BENCH_VENV)
+	echo '*' > $(BENCH_VENV)/.gitignore
+	$(BENCH_VENV)/bin/python -m pip install -q --upgrade pip
+	$(BENCH_VENV)/bin/python -m pip install -q -e '.[server,client,bench]' \
+		'h5grove>=4,<5' 'tiled[server,client]>=0.2,<0.3'
+	$(BENCH_VENV)/bin/python -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

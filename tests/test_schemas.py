@@ -125,6 +125,7 @@ def rejected(
     with pytest.raises(kind) as info:
         build()
     exc = info.value
+    assert isinstance(exc, SchemaError | SchemaTypeError)
     assert exc.field == field
     assert field in str(exc)
     return exc

@@ -418,6 +418,20 @@ class HDF5Facade:
         self.pool.invalidate(path)
         return record
 
+    def file_identity(self, file_path: PathLike) -> FileIdentity:
+        """The file's identity now (device, inode, size, mtime_ns): equal identities mean
+        the reads return equal results, which is what the service's ETags rely on.
+
+        Raises:
+            FileNotFoundError: the file does not exist.
+            PermissionError: the path leads outside the facade's root.
+        """
+        path, display = self._resolve(file_path)
+        try:
+            return FileIdentity.of(path)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"No such file: {display}") from None
+
     # ------------------------------------------------------------------ pool
 
     def get_pool_stats(self) -> dict[str, Any]:

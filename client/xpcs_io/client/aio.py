@@ -11,22 +11,16 @@ import httpx
 from xpcs_io.api import PathLike, VersionRecord
 from xpcs_io.client import calls
 from xpcs_io.client.calls import Call
-from xpcs_io.client.transport import (
-    BodyBuffer,
-    RetryPolicy,
-    connection_error,
-    content_length,
-    finish,
-)
+from xpcs_io.client.core import CHUNK, ClientCore
+from xpcs_io.client.transport import BodyBuffer, RetryPolicy, connection_error, content_length
 from xpcs_io.schemas import G2Data, GeometryMetadata, MaskSchema, PartitionSchema, QMapSchema
 
 __all__ = ["AsyncRemoteHDF5Facade"]
 
-CHUNK = 1 << 20
 
-
-class AsyncRemoteHDF5Facade:
-    """``RemoteHDF5Facade`` for asyncio: the same constructor and methods, as coroutines.
+class AsyncRemoteHDF5Facade(ClientCore):
+    """``RemoteHDF5Facade`` for asyncio: the same constructor and methods, as coroutines;
+    file paths are relative to the server's data root.
 
     Args:
         base_url: e.g. ``http://127.0.0.1:8000``.
@@ -34,7 +28,10 @@ class AsyncRemoteHDF5Facade:
         timeout: seconds for connect/read/write (httpx semantics).
         validate: ask the server to validate (``False`` returns unchecked objects).
         http: an existing ``httpx.AsyncClient`` to use (not closed by this object).
-        retry: retry policy for reads.
+        retry: retry policy for reads (writes are retried only if never sent).
+        cache_bytes: keep up to this many bytes of read results and revalidate them with
+            the server's ETag (an unchanged file answers 304 and nothing is transferred).
+            Cached arrays are read-only. 0 (the default) disables the cache.
 
     Network failures raise ``RemoteConnectionError`` (a ``ConnectionError``).
     """
@@ -48,15 +45,12 @@ class AsyncRemoteHDF5Facade:
         validate: bool = True,
         http: httpx.AsyncClient | None = None,
         retry: RetryPolicy | None = None,
+        cache_bytes: int = 0,
     ) -> None:
-        self.base_url = base_url.rstrip("/")
-        self.validate = validate
-        self.retry = retry or RetryPolicy()
+        super().__init__(
+            base_url, api_key=api_key, validate=validate, retry=retry, cache_bytes=cache_bytes
+        )
         self._owns = http is None
-        headers = {"accept": "application/msgpack", "user-agent": "xpcs-io-client/0.1"}
-        if api_key:
-            headers["authorization"] = f"Bearer {api_key}"
-        self._headers = headers
         self._http = http or httpx.AsyncClient(base_url=self.base_url, timeout=timeout)
 
     # ------------------------------------------------------------------ plumbing
@@ -65,13 +59,7 @@ class AsyncRemoteHDF5Facade:
         attempt = 0
         while True:
             try:
-                request = self._http.build_request(
-                    call.method,
-                    self.base_url + call.path,
-                    params=call.params,
-                    headers={**self._headers, **call.headers},
-                    content=b"".join(call.body) if call.body is not None else None,
-                )
+                request, cached = self.build(self._http, call)
                 response = await self._http.send(request, stream=True)
                 try:
                     if self.retry.may_retry(call, attempt, None, response.status_code):
@@ -85,7 +73,7 @@ class AsyncRemoteHDF5Facade:
                     body = buf.result()
                 finally:
                     await response.aclose()
-                return finish(call, response, body)
+                return self.complete(call, response, body, cached)
             except httpx.TransportError as exc:
                 if self.retry.may_retry(call, attempt, exc, None):
                     await asyncio.sleep(self.retry.delay(attempt))

@@ -34,6 +34,7 @@ class Call:
     decode: Callable[[Any], Any]
     body: list[bytes | memoryview] | None = None
     idempotent: bool = True
+    cacheable: bool = False
     headers: dict[str, str] = field(default_factory=dict)
 
 
@@ -79,12 +80,8 @@ def schema_decoder(cls: type[Schema], validate: bool) -> Callable[[Any], Any]:
 def _read(path: str, cls: type[Schema], validate: bool, **params: Any) -> Call:
     if not validate:
         params["validate"] = "false"
-    return Call(
-        "GET",
-        path,
-        {k: v for k, v in params.items() if v is not None},
-        schema_decoder(cls, validate),
-    )
+    params = {k: v for k, v in params.items() if v is not None}
+    return Call("GET", path, params, schema_decoder(cls, validate), cacheable=True)
 
 
 def read_qmap(file_path: Any, group: Any, validate: bool) -> Call:
@@ -130,7 +127,7 @@ def read_partition(file_path: Any, group: Any, version: Any, validate: bool) -> 
 
 
 def list_versions(kind: str, file_path: Any, group: Any) -> Call:
-    return Call(
+    return Call(  # not cached: a list is small, and callers expect to own it
         "GET", f"/v1/{kind}/versions", {"file_path": _file(file_path), "group": _group(group)}, list
     )
 

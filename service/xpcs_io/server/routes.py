@@ -7,7 +7,9 @@ in its thread pool, never on the event loop.
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
@@ -17,10 +19,11 @@ from starlette.responses import Response
 from xpcs_io import wire
 from xpcs_io.errors import SchemaError, SchemaTypeError, WireFormatError
 from xpcs_io.facade import HDF5Facade
+from xpcs_io.pool import FileIdentity
 from xpcs_io.schemas import MaskSchema, PartitionSchema, Schema
 from xpcs_io.server.auth import require
 from xpcs_io.server.openapi_docs import ERRORS, WRITE_ERRORS, body_doc, ok
-from xpcs_io.server.responses import encode
+from xpcs_io.server.responses import encode, wants_json
 
 __all__ = ["router"]
 
@@ -64,13 +67,44 @@ def _facade(request: Request, validate: bool = True) -> HDF5Facade:
     return facade
 
 
-def _send(request: Request, content: Any, status_code: int = 200) -> Response:
+def _send(
+    request: Request,
+    content: Any,
+    status_code: int = 200,
+    headers: dict[str, str] | None = None,
+) -> Response:
     return encode(
         request,
         content,
         status_code=status_code,
+        headers=headers,
         json_limit=request.app.state.settings.json_max_elements,
     )
+
+
+def _etag(request: Request, identity: FileIdentity) -> str:
+    # Same file bytes (identity) + same request + same representation = same body.
+    query = sorted(request.query_params.multi_items())
+    form = "json" if wants_json(request) else "msgpack"
+    digest = hashlib.sha256(repr((identity, request.url.path, query, form)).encode())
+    return f'"{digest.hexdigest()[:32]}"'
+
+
+def _matches(header: str | None, etag: str) -> bool:
+    if not header:
+        return False
+    tags = {t.strip().removeprefix("W/") for t in header.split(",")}
+    return etag in tags or "*" in tags
+
+
+def _conditional(request: Request, file_path: str, produce: Callable[[], Any]) -> Response:
+    """Answer 304 when the client's ETag still names this file state and request, without
+    touching HDF5; otherwise produce the body and tag it."""
+    identity = request.app.state.facade.file_identity(file_path)
+    headers = {"etag": _etag(request, identity), "cache-control": "no-cache"}
+    if _matches(request.headers.get("if-none-match"), headers["etag"]):
+        return Response(status_code=304, headers=headers)
+    return _send(request, produce(), headers=headers)
 
 
 # ---------------------------------------------------------------- reads
@@ -91,7 +125,9 @@ def read_qmap(
     validate: Validate = True,
 ) -> Response:
     """Static and dynamic q maps, azimuth map, units, and the optional mask and label map."""
-    return _send(request, _facade(request, validate).read_qmap(file_path, group))
+    return _conditional(
+        request, file_path, lambda: _facade(request, validate).read_qmap(file_path, group)
+    )
 
 
 @router.get(
@@ -112,7 +148,11 @@ def read_g2_data(
     validate: Validate = True,
 ) -> Response:
     """G2 and its error shaped (n_delay, n_q), delays in seconds and the q of each bin."""
-    return _send(request, _facade(request, validate).read_g2_data(file_path, q_idx, group))
+    return _conditional(
+        request,
+        file_path,
+        lambda: _facade(request, validate).read_g2_data(file_path, q_idx, group),
+    )
 
 
 @router.get(
@@ -130,7 +170,11 @@ def read_geometry_metadata(
     validate: Validate = True,
 ) -> Response:
     """Beam centre (pixels), detector distance and pixel size (mm), wavelength (A), shape."""
-    return _send(request, _facade(request, validate).read_geometry_metadata(file_path, group))
+    return _conditional(
+        request,
+        file_path,
+        lambda: _facade(request, validate).read_geometry_metadata(file_path, group),
+    )
 
 
 @router.get(
@@ -149,7 +193,11 @@ def read_mask(
     validate: Validate = True,
 ) -> Response:
     """The newest mask written to the group, or the given version."""
-    return _send(request, _facade(request, validate).read_mask(file_path, group, version))
+    return _conditional(
+        request,
+        file_path,
+        lambda: _facade(request, validate).read_mask(file_path, group, version),
+    )
 
 
 @router.get(
@@ -166,7 +214,9 @@ def list_mask_versions(
     group: Annotated[str, _group("mask")] = "/simplemask/mask",
 ) -> Response:
     """Every version of the mask group, oldest first, with who wrote it and when."""
-    return _send(request, _facade(request).list_mask_versions(file_path, group))
+    return _conditional(
+        request, file_path, lambda: _facade(request).list_mask_versions(file_path, group)
+    )
 
 
 @router.get(
@@ -185,7 +235,11 @@ def read_partition(
     validate: Validate = True,
 ) -> Response:
     """The newest partition written to the group, or the given version."""
-    return _send(request, _facade(request, validate).read_partition(file_path, group, version))
+    return _conditional(
+        request,
+        file_path,
+        lambda: _facade(request, validate).read_partition(file_path, group, version),
+    )
 
 
 @router.get(
@@ -202,7 +256,9 @@ def list_partition_versions(
     group: Annotated[str, _group("partition")] = "/simplemask/partition",
 ) -> Response:
     """Every version of the partition group, oldest first."""
-    return _send(request, _facade(request).list_partition_versions(file_path, group))
+    return _conditional(
+        request, file_path, lambda: _facade(request).list_partition_versions(file_path, group)
+    )
 
 
 # ---------------------------------------------------------------- writes
