@@ -131,12 +131,7 @@ def _scalar(loc: Locator, group: str, name: str) -> float:
 def _quantity(
     loc: Locator, group: str, name: str, table: dict[str, float], default: float
 ) -> float:
-    """The scalar at ``group/name`` converted by its unit attribute (``default`` factor if none).
-
-    Raises:
-        KeyError: the dataset is missing.
-        HDF5ValidationError: not a number, or a unit the table does not know.
-    """
+    """The scalar at ``group/name`` times its unit's factor (``default`` without a unit)."""
     value = _scalar(loc, group, name)
     unit = _unit(loc, group, name)
     if unit is None:
@@ -229,21 +224,15 @@ def _pixel_q_phi(geo: GeometryMetadata) -> tuple[npt.NDArray[np.float32], ...]:
     dx2 = dx * dx
     ratio = geo.pix_dim / geo.det_dist  # r / L per pixel of distance
     k4 = 4.0 * math.pi / geo.lambda_
-    rows = max(1, (1 << 21) // (8 * w))
+    rows = max(1, (1 << 21) // (8 * w))  # ~2 MB float64 blocks, written straight to float32
     for r0 in range(0, h, rows):
         dy = np.arange(r0, min(r0 + rows, h), dtype=np.float64) - geo.bcy
         blk = np.add.outer(dy * dy, dx2)
-        np.sqrt(blk, out=blk)
-        blk *= ratio
-        np.arctan(blk, out=blk)
-        blk *= 0.5
-        np.sin(blk, out=blk)
-        blk *= k4
-        q[r0 : r0 + len(dy)] = blk
-        np.arctan2(dy[:, None], dx[None, :], out=blk)
-        np.negative(blk, out=blk)
-        np.degrees(blk, out=blk)
-        phi[r0 : r0 + len(dy)] = blk
+        np.arctan(np.multiply(np.sqrt(blk, out=blk), ratio, out=blk), out=blk)
+        np.sin(np.multiply(blk, 0.5, out=blk), out=blk)
+        np.multiply(blk, k4, out=q[r0 : r0 + dy.size])
+        np.negative(np.arctan2(dy[:, None], dx[None, :], out=blk), out=blk)
+        np.degrees(blk, out=phi[r0 : r0 + dy.size])
     return q, phi
 
 
@@ -260,14 +249,15 @@ def read_qmap(loc: Locator) -> QMapSchema:
         HDF5ValidationError: the geometry is unreadable or not finite and positive.
     """
     geo = read_geometry(loc)
-    for field, value in (("det_dist", geo.det_dist), ("lambda_", geo.lambda_)):
-        if not math.isfinite(value) or value <= 0:
-            raise _invalid(loc, QMAP, field, f"derived {field} {value} is not finite and > 0")
-    if not math.isfinite(geo.pix_dim) or geo.pix_dim <= 0:
-        raise _invalid(loc, QMAP, "pixel_size", f"{geo.pix_dim} mm is not finite and > 0")
-    for name, value in (("beam_center_x", geo.bcx), ("beam_center_y", geo.bcy)):
-        if not math.isfinite(value):
-            raise _invalid(loc, QMAP, name, f"{value} is not finite")
+    for name, value, positive in (
+        ("detector_distance", geo.det_dist, True),
+        ("energy", geo.lambda_, True),
+        ("pixel_size", geo.pix_dim, True),
+        ("beam_center_x", geo.bcx, False),
+        ("beam_center_y", geo.bcy, False),
+    ):
+        if not math.isfinite(value) or (positive and value <= 0):
+            raise _invalid(loc, QMAP, name, f"gives {value}: not finite{' and > 0' * positive}")
     q, phi = _pixel_q_phi(geo)
     fields: dict[str, Any] = {"sqmap": q, "dqmap": q, "phis": phi}
     fields.update(sqmap_unit="A^-1", dqmap_unit="A^-1", phis_unit="deg")
@@ -412,13 +402,16 @@ def _decimate(loc: Locator, name: str, n: int, f: int) -> npt.NDArray[np.float32
         for i in range(1, r1 - r0):  # local j < i is the (unreliable) lower triangle
             strip[i, :i] = 0
         starts = np.arange(0, r1 - r0, f)
-        part = np.add.reduceat(strip, starts, axis=0, dtype=np.float64)
+        part = np.empty((starts.size, n - r0), dtype=np.float64)
+        for p, s in enumerate(starts.tolist()):  # (reduceat with dtype= casts the whole strip)
+            strip[s : s + f].sum(axis=0, dtype=np.float64, out=part[p])
         part = np.add.reduceat(part, np.arange(0, n - r0, f), axis=1)
         trace = np.add.reduceat(np.diagonal(strip), starts, dtype=np.float64)
         d = np.arange(starts.size)
         part[d, d] = 2 * part[d, d] - trace  # a diagonal block holds upper + its mirror
         a0 = r0 // f
         sums[a0 : a0 + starts.size, a0:] = part
+        del strip, part  # free this strip before the next one is read
     sizes = np.full(m, f, dtype=np.float64)
     sizes[-1] = n - (m - 1) * f
     sums /= np.outer(sizes, sizes)

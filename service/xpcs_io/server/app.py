@@ -9,12 +9,16 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import swagger_ui_bundle
 from fastapi import FastAPI, Request
-from starlette.responses import JSONResponse, Response
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.staticfiles import StaticFiles
+from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
 
 from xpcs_io.facade import HDF5Facade
 from xpcs_io.pool import HDF5ConnectionPool
 from xpcs_io.server.middleware import BodyLimitMiddleware, RequestIdMiddleware
+from xpcs_io.server.observability import Metrics, ObservabilityMiddleware, render
 from xpcs_io.server.problems import install_handlers, problem
 from xpcs_io.server.routes import router
 from xpcs_io.settings import Settings, is_loopback
@@ -71,13 +75,51 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "`application/problem+json`. File paths are relative to the server's data root."
         ),
         lifespan=lifespan,
+        docs_url=None,  # served below from packaged assets: no CDN, works offline
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.api_keys = keys
     app.state.root = root
     app.state.root_str = str(root)
+    metrics = Metrics(lambda: app.state.pool.stats() if hasattr(app.state, "pool") else None)
+    app.state.metrics = metrics
     install_handlers(app)
     app.include_router(router)
+    app.mount(
+        "/docs-assets",
+        StaticFiles(directory=swagger_ui_bundle.swagger_ui_path),
+        name="docs-assets",
+    )
+
+    static = Path(__file__).with_name("static")
+    app.mount("/static", StaticFiles(directory=static), name="static")
+
+    @app.get("/", include_in_schema=False)
+    def quicklook() -> FileResponse:
+        return FileResponse(static / "index.html", media_type="text/html")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title="xpcs-io API",
+            swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+            swagger_css_url="/docs-assets/swagger-ui.css",
+            swagger_favicon_url="/docs-assets/favicon-32x32.png",
+        )
+
+    @app.get(
+        "/metrics",
+        summary="Prometheus metrics",
+        operation_id="service-metrics",
+        tags=["service"],
+        response_class=Response,
+        responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}},
+    )
+    def prometheus() -> Response:
+        """Request latency by route, bytes sent, write durations, pool counters and handles."""
+        return Response(render(metrics), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     @app.get("/health", summary="Liveness", operation_id="service-health", tags=["service"])
     def health() -> dict[str, str]:
@@ -104,5 +146,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return JSONResponse({"status": "ready", "pool_size": len(pool)})  # type: ignore[arg-type]
 
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
+    app.add_middleware(ObservabilityMiddleware, metrics=metrics)
     app.add_middleware(RequestIdMiddleware)
     return app

@@ -63,6 +63,17 @@ _RECORD = {
 _OTHER: dict[str, dict[str, Any]] = {
     "VersionRecord": _RECORD,
     "VersionList": {"type": "array", "items": _RECORD},
+    "FileList": {
+        "type": "array",
+        "items": {
+            "type": "object",
+            "properties": {
+                "path": {"type": "string"},
+                "size": {"type": "integer"},
+                "mtime": {"type": "number", "description": "seconds since the epoch"},
+            },
+        },
+    },
     "PoolStats": {
         "type": "object",
         "properties": {

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Callable
 from typing import Annotated, Any
 
@@ -19,6 +20,7 @@ from starlette.responses import Response
 from xpcs_io import wire
 from xpcs_io.errors import SchemaError, SchemaTypeError, WireFormatError
 from xpcs_io.facade import HDF5Facade
+from xpcs_io.listing import list_hdf5_files
 from xpcs_io.pool import FileIdentity
 from xpcs_io.schemas import MaskSchema, PartitionSchema, Schema
 from xpcs_io.server.auth import require
@@ -328,7 +330,11 @@ async def _write(
         assert isinstance(schema, PartitionSchema)
         return facade.write_partition_version(file_path, schema, group, comp, opts, writer=who)
 
-    return _send(request, await run_in_threadpool(work), status_code=201)
+    start = time.perf_counter()
+    record = await run_in_threadpool(work)
+    kind = "mask" if cls is MaskSchema else "partition"
+    request.app.state.metrics.write_duration.labels(kind).observe(time.perf_counter() - start)
+    return _send(request, record, status_code=201)
 
 
 @router.post(
@@ -377,6 +383,28 @@ async def write_partition(
     return await _write(
         request, PartitionSchema, file_path, group, compression, compression_opts, writer
     )
+
+
+# ---------------------------------------------------------------- files
+
+
+@router.get(
+    "/files",
+    summary="List HDF5 files under the data root",
+    operation_id="files-list",
+    tags=["files"],
+    dependencies=[require("read")],
+    responses={**ok("FileList"), **ERRORS},
+)
+def list_files(
+    request: Request,
+    prefix: Annotated[
+        str | None, Query(description="Only files under this folder of the data root.")
+    ] = None,
+) -> Response:
+    """HDF5 files (.h5, .hdf5, .hdf, .nxs) under the data root with size and modification time,
+    sorted by path; symlinks leading outside the root are left out."""
+    return _send(request, list_hdf5_files(request.app.state.root, prefix))
 
 
 # ---------------------------------------------------------------- pool
