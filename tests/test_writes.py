@@ -120,10 +120,12 @@ class Writer:
         _, err = self.proc.communicate(timeout=SUBPROCESS_TIMEOUT)
         assert self.proc.returncode == 0, err
 
-    def kill(self) -> None:
+    def kill(self) -> str:
+        """SIGKILL the writer (if still running); return its stderr."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
-        self.proc.communicate(timeout=SUBPROCESS_TIMEOUT)
+        _, err = self.proc.communicate(timeout=SUBPROCESS_TIMEOUT)
+        return err or ""
 
 
 @pytest.fixture
@@ -349,7 +351,8 @@ def test_sigkill_at_random_moments_never_corrupts(tmp_path: Path) -> None:
     rng = random.Random(20240601)
     seen: dict[int, str] = {}
     kills_mid_write = 0
-    deadline = time.monotonic() + 25.0
+    deadline = time.monotonic() + 22.0
+    kills = 0
     upcoming = Writer(path, "run0", -1)
     current: Writer | None = None
     try:
@@ -360,16 +363,19 @@ def test_sigkill_at_random_moments_never_corrupts(tmp_path: Path) -> None:
             # Start the next writer now, so its imports overlap with this one's writes.
             upcoming = Writer(path, f"run{run + 1}", -1)
             time.sleep(rng.uniform(0.02, 0.25))
-            current.kill()
-            assert current.proc.returncode == -signal.SIGKILL
+            err = current.kill()
+            assert current.proc.returncode == -signal.SIGKILL, err
             if leftovers(tmp_path):
                 kills_mid_write += 1
             _check_file(path, seen, payload_sha)
-            assert time.monotonic() < deadline, f"only {run + 1} kills in the time budget"
+            kills += 1
+            if time.monotonic() > deadline:  # a loaded machine: keep the test bounded
+                break
     finally:
         upcoming.kill()
         if current is not None:
             current.kill()
+    assert kills >= 10, f"only {kills} kills in the time budget"
     assert len(seen) >= 10, "the writers hardly wrote anything"
     assert kills_mid_write >= 3, "no kill landed inside a write: the test proves nothing"
     # The next write cleans up after the killed writers and continues the numbering.

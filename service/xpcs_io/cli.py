@@ -58,6 +58,18 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _validate(args: argparse.Namespace) -> int:
+    from xpcs_io.inspect_file import validate_file
+
+    return validate_file(args.file, sys.stdout)
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from xpcs_io.inspect_file import inspect_file
+
+    return inspect_file(args.file, sys.stdout)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``xpcs-io``."""
     parser = argparse.ArgumentParser(
@@ -88,6 +100,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("dir", type=Path, help="folder to write into (created if missing)")
     demo.set_defaults(func=_demo)
+    validate = sub.add_parser(
+        "validate",
+        help="check every group xpcs-io knows in FILE against its schema",
+        description="Check the q-map, G2, geometry and every mask/partition version in FILE. "
+        "Exit status: 0 valid, 1 a group is invalid or none was found, 2 not readable HDF5.",
+    )
+    validate.add_argument("file", type=Path, help="the HDF5 file")
+    validate.set_defaults(func=_validate)
+    inspect = sub.add_parser(
+        "inspect", help="list what FILE holds: groups, datasets, dtypes, shapes, versions"
+    )
+    inspect.add_argument("file", type=Path, help="the HDF5 file")
+    inspect.set_defaults(func=_inspect)
     return parser
 
 
