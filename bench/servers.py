@@ -18,6 +18,7 @@ import httpx
 import psutil
 
 TILED_API_KEY = "xpcs-io-bench-key"
+REPO = Path(__file__).resolve().parent.parent  # so ``-m bench.*`` resolves in children
 
 
 def free_port() -> int:
@@ -105,6 +106,7 @@ def _spawn(
             stdout=out,
             stderr=subprocess.STDOUT,
             env=_env(env),
+            cwd=REPO,
             start_new_session=True,  # Ctrl-C reaches the bench, which stops servers itself
         )
     return Server(name, proc, port, log, ready)

@@ -274,6 +274,23 @@ def test_g2_column_selection(result_file: Path, k: int) -> None:
     assert np.array_equal(one.delay_times, full.delay_times)
 
 
+def test_g2_q_idx_reads_one_column_from_disk(
+    result_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    selections: dict[str, Any] = {}
+    original = Locator.read
+
+    def spy(self: Locator, group_path: str, name: str, selection: Any = ()) -> Any:
+        selections[name] = selection
+        return original(self, group_path, name, selection)
+
+    monkeypatch.setattr(Locator, "read", spy)
+    with located(result_file) as loc:
+        aps8idi.read_g2(loc, 5)
+    assert selections["normalized_g2"] == np.s_[:, 5:6]
+    assert selections["normalized_g2_err"] == np.s_[:, 5:6]
+
+
 @pytest.mark.parametrize("bad", [22, 100, -1])
 def test_g2_q_idx_out_of_range(result_file: Path, bad: int) -> None:
     with located(result_file) as loc, pytest.raises(IndexError) as exc:

@@ -32,6 +32,8 @@ class AsyncRemoteHDF5Facade(ClientCore):
         cache_bytes: keep up to this many bytes of read results and revalidate them with
             the server's ETag (an unchanged file answers 304 and nothing is transferred).
             Cached arrays are read-only. 0 (the default) disables the cache.
+        progress: show a progress bar (tqdm, ``pip install 'xpcs-io[progress]'``) for
+            downloads above 8 MiB.
 
     Network failures raise ``RemoteConnectionError`` (a ``ConnectionError``).
     """
@@ -46,9 +48,15 @@ class AsyncRemoteHDF5Facade(ClientCore):
         http: httpx.AsyncClient | None = None,
         retry: RetryPolicy | None = None,
         cache_bytes: int = 0,
+        progress: bool = False,
     ) -> None:
         super().__init__(
-            base_url, api_key=api_key, validate=validate, retry=retry, cache_bytes=cache_bytes
+            base_url,
+            api_key=api_key,
+            validate=validate,
+            retry=retry,
+            cache_bytes=cache_bytes,
+            progress=progress,
         )
         self._owns = http is None
         self._http = http or httpx.AsyncClient(base_url=self.base_url, timeout=timeout)
@@ -67,9 +75,15 @@ class AsyncRemoteHDF5Facade(ClientCore):
                         await asyncio.sleep(self.retry.delay(attempt))
                         attempt += 1
                         continue
-                    buf = BodyBuffer(content_length(response))
+                    length = content_length(response)
+                    buf = BodyBuffer(length)
+                    bar = self.progress_bar(call, length)
                     async for chunk in response.aiter_bytes(CHUNK):
                         buf.add(chunk)
+                        if bar is not None:
+                            bar.update(len(chunk))
+                    if bar is not None:
+                        bar.close()
                     body = buf.result()
                 finally:
                     await response.aclose()

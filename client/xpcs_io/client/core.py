@@ -16,6 +16,8 @@ __all__ = ["CHUNK", "ClientCore"]
 # Body reads of 1 MiB: fewer Python-level iterations per 50 MB q-map.
 CHUNK = 1 << 20
 USER_AGENT = "xpcs-io-client/0.1"
+# Bars only for downloads that take noticeable time.
+PROGRESS_MIN_BYTES = 8 << 20
 
 
 class ClientCore:
@@ -29,6 +31,7 @@ class ClientCore:
         validate: bool,
         retry: RetryPolicy | None,
         cache_bytes: int,
+        progress: bool = False,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.validate = validate
@@ -38,6 +41,25 @@ class ClientCore:
         if api_key:
             headers["authorization"] = f"Bearer {api_key}"
         self._headers = headers
+        self.progress = progress
+        if progress:
+            try:
+                import tqdm  # noqa: F401  (only checked here; imported where used)
+            except ImportError:
+                raise ImportError(
+                    "progress=True needs tqdm: pip install 'xpcs-io[progress]'"
+                ) from None
+
+    def progress_bar(self, call: Call, length: int | None) -> Any:
+        """A tqdm bar for a large download when ``progress`` is on, else None."""
+        if not self.progress or length is None or length < PROGRESS_MIN_BYTES:
+            return None
+        from tqdm.auto import tqdm
+
+        name = call.params.get("file_path", "")
+        return tqdm(
+            total=length, unit="B", unit_scale=True, leave=False, desc=f"{call.path} {name}"
+        )
 
     def build(
         self, http: httpx.Client | httpx.AsyncClient, call: Call

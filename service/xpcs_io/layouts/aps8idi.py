@@ -242,7 +242,8 @@ def read_qmap(loc: Locator) -> QMapSchema:
     ``sqmap`` and ``dqmap`` are the same float32 q array (A^-1; one array object, shared);
     ``phis`` float32 in degrees (pysimplemask convention, see the module docstring);
     ``partition_map`` is the stored ``dynamic_roi_map`` with its dtype (``None`` if the file
-    has only a static map); ``mask`` the stored mask, kept bool (``None`` if absent).
+    has only a static map); ``mask`` the stored mask unchanged (bool in these files; ``None``
+    if absent).
 
     Raises:
         KeyError: a required geometry dataset is missing.
