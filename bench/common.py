@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import statistics
 import threading
 import time
@@ -216,10 +217,8 @@ def process_rss(pid: int) -> int:
         proc = psutil.Process(pid)
         total = int(proc.memory_info().rss)
         for child in proc.children(recursive=True):
-            try:
+            with contextlib.suppress(psutil.Error):
                 total += int(child.memory_info().rss)
-            except psutil.Error:
-                pass
         return total
     except psutil.Error:
         return 0

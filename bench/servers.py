@@ -51,9 +51,7 @@ class Server:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"{self.name} exited with {self.proc.returncode}: {self.tail()}"
-                )
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}: {self.tail()}")
             with contextlib.suppress(httpx.TransportError, OSError):
                 if self.ready(self):
                     return

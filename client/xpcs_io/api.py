@@ -6,6 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+import numpy as np
+import numpy.typing as npt
+
 from xpcs_io.schemas import G2Data, GeometryMetadata, MaskSchema, PartitionSchema, QMapSchema
 
 __all__ = ["FacadeAPI", "PathLike", "VersionRecord"]
@@ -20,15 +23,26 @@ class FacadeAPI(Protocol):
 
     validate: bool
 
-    def read_qmap(self, file_path: PathLike, group: str = "/xpcs/qmap") -> QMapSchema: ...
+    def read_qmap(
+        self, file_path: PathLike, group: str = "/xpcs/qmap", *, layout: str | None = None
+    ) -> QMapSchema: ...
 
     def read_g2_data(
-        self, file_path: PathLike, q_idx: int | None = None, group: str = "/xpcs/g2"
+        self,
+        file_path: PathLike,
+        q_idx: int | None = None,
+        group: str = "/xpcs/g2",
+        *,
+        layout: str | None = None,
     ) -> G2Data: ...
 
     def read_geometry_metadata(
-        self, file_path: PathLike, group: str = "/xpcs/metadata"
+        self, file_path: PathLike, group: str = "/xpcs/metadata", *, layout: str | None = None
     ) -> GeometryMetadata: ...
+
+    def read_c2(
+        self, file_path: PathLike, q_idx: int, max_size: int | None = None
+    ) -> npt.NDArray[np.float32]: ...
 
     def write_mask(
         self,

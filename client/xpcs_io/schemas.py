@@ -132,7 +132,8 @@ def _as_float(value: Any, field: str, *, optional: bool = False) -> float | None
     try:
         return float(value)
     except OverflowError:  # an int beyond float range: infinite for the finiteness rule
-        return math.inf if value > 0 else -math.inf
+        big: Any = value
+        return math.inf if big > 0 else -math.inf
 
 
 def _check_float(value: Any, field: str, *, positive: bool = False, optional: bool = False) -> None:

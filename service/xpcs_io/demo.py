@@ -111,10 +111,14 @@ def write_native_file(path: str | os.PathLike[str], spec: DemoSpec | None = None
 
 
 def write_demo_dir(root: str | os.PathLike[str]) -> list[Path]:
-    """Write the demo data set: a small file and an Eiger-4M-sized one; mark it complete."""
+    """Write the demo data set: a small file and an Eiger-4M-sized one in the facade's layout,
+    and an APS 8-ID-I NeXus result file; mark it complete."""
+    from xpcs_io.demo_aps8idi import write_aps8idi_file
+
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     written = [
+        write_aps8idi_file(root / "aps8idi_result.hdf5", shape=(512, 640), n_q=24, n_phi=4),
         write_native_file(root / "small.hdf5", DemoSpec()),
         write_native_file(
             root / "eiger4m.hdf5", DemoSpec(shape=DETECTORS["eiger4m"], n_delay=74, n_q=360)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -31,7 +32,7 @@ def _checks(facade: HDF5Facade, path: Path) -> list[tuple[str, Callable[[], Any]
                 for name in sorted(f[group]["versions"]):
                     number = int(name.lstrip("v"))
                     checks.append(
-                        (f"{group} v{number}", lambda r=reader, g=group, n=number: r(path, g, n))
+                        (f"{group} v{number}", functools.partial(reader, path, group, number))
                     )
     return checks
 

@@ -7,6 +7,8 @@ from types import TracebackType
 from typing import Any
 
 import httpx
+import numpy as np
+import numpy.typing as npt
 
 from xpcs_io.api import PathLike, VersionRecord
 from xpcs_io.client import calls
@@ -113,26 +115,44 @@ class AsyncRemoteHDF5Facade(ClientCore):
 
     # ------------------------------------------------------------------ the facade API
 
-    async def read_qmap(self, file_path: PathLike, group: str = "/xpcs/qmap") -> QMapSchema:
+    async def read_qmap(
+        self, file_path: PathLike, group: str = "/xpcs/qmap", *, layout: str | None = None
+    ) -> QMapSchema:
         """Read a q-map (see ``HDF5Facade.read_qmap``)."""
-        result: QMapSchema = await self._send(calls.read_qmap(file_path, group, self.validate))
+        result: QMapSchema = await self._send(
+            calls.read_qmap(file_path, group, self.validate, layout)
+        )
         return result
 
     async def read_g2_data(
-        self, file_path: PathLike, q_idx: int | None = None, group: str = "/xpcs/g2"
+        self,
+        file_path: PathLike,
+        q_idx: int | None = None,
+        group: str = "/xpcs/g2",
+        *,
+        layout: str | None = None,
     ) -> G2Data:
         """Read G2, optionally one q bin (see ``HDF5Facade.read_g2_data``)."""
         result: G2Data = await self._send(
-            calls.read_g2_data(file_path, q_idx, group, self.validate)
+            calls.read_g2_data(file_path, q_idx, group, self.validate, layout)
+        )
+        return result
+
+    async def read_c2(
+        self, file_path: PathLike, q_idx: int, max_size: int | None = None
+    ) -> npt.NDArray[np.float32]:
+        """A two-time map of an APS 8-ID-I file (see ``HDF5Facade.read_c2``)."""
+        result: npt.NDArray[np.float32] = await self._send(
+            calls.read_c2(file_path, q_idx, max_size)
         )
         return result
 
     async def read_geometry_metadata(
-        self, file_path: PathLike, group: str = "/xpcs/metadata"
+        self, file_path: PathLike, group: str = "/xpcs/metadata", *, layout: str | None = None
     ) -> GeometryMetadata:
         """Read geometry (see ``HDF5Facade.read_geometry_metadata``)."""
         result: GeometryMetadata = await self._send(
-            calls.read_geometry_metadata(file_path, group, self.validate)
+            calls.read_geometry_metadata(file_path, group, self.validate, layout)
         )
         return result
 

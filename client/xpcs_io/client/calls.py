@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 from typing import Any
 
+import numpy as np
+
 from xpcs_io import wire
 from xpcs_io.errors import ServerError, exception_from_problem
 from xpcs_io.schemas import (
@@ -84,22 +86,66 @@ def _read(path: str, cls: type[Schema], validate: bool, **params: Any) -> Call:
     return Call("GET", path, params, schema_decoder(cls, validate), cacheable=True)
 
 
-def read_qmap(file_path: Any, group: Any, validate: bool) -> Call:
-    return _read("/v1/qmap", QMapSchema, validate, file_path=_file(file_path), group=_group(group))
+def _layout(layout: Any) -> str | None:
+    if layout is not None and layout not in ("native", "aps8idi"):
+        raise ValueError(f"layout must be one of ['native', 'aps8idi'] or None, got {layout!r}")
+    return layout  # type: ignore[no-any-return]
 
 
-def read_g2_data(file_path: Any, q_idx: Any, group: Any, validate: bool) -> Call:
+def read_qmap(file_path: Any, group: Any, validate: bool, layout: Any = None) -> Call:
+    return _read(
+        "/v1/qmap",
+        QMapSchema,
+        validate,
+        file_path=_file(file_path),
+        group=_group(group),
+        layout=_layout(layout),
+    )
+
+
+def read_c2(file_path: Any, q_idx: Any, max_size: Any) -> Call:
+    q = _int_or_none(q_idx, "q_idx")
+    if q is None:
+        raise TypeError("q_idx must be an integer, got None")
+    size = _int_or_none(max_size, "max_size")
+    if size is not None and size < 1:
+        raise ValueError(f"max_size must be a positive integer, got {size}")
+    params = {"file_path": _file(file_path), "q_idx": q, "max_size": size}
+
+    def decode(data: Any) -> Any:
+        if not isinstance(data, np.ndarray):
+            raise ServerError(f"expected an array, got {type(data).__name__}")
+        return data
+
+    params = {k: v for k, v in params.items() if v is not None}
+    return Call("GET", "/v1/c2", params, decode, cacheable=True)
+
+
+def read_g2_data(
+    file_path: Any, q_idx: Any, group: Any, validate: bool, layout: Any = None
+) -> Call:
     q = _int_or_none(q_idx, "q_idx")
     if q is not None and q < 0:
         raise IndexError(f"q_idx {q} out of range: negative indices are not allowed")
     return _read(
-        "/v1/g2", G2Data, validate, file_path=_file(file_path), q_idx=q, group=_group(group)
+        "/v1/g2",
+        G2Data,
+        validate,
+        file_path=_file(file_path),
+        q_idx=q,
+        group=_group(group),
+        layout=_layout(layout),
     )
 
 
-def read_geometry_metadata(file_path: Any, group: Any, validate: bool) -> Call:
+def read_geometry_metadata(file_path: Any, group: Any, validate: bool, layout: Any = None) -> Call:
     return _read(
-        "/v1/geometry", GeometryMetadata, validate, file_path=_file(file_path), group=_group(group)
+        "/v1/geometry",
+        GeometryMetadata,
+        validate,
+        file_path=_file(file_path),
+        group=_group(group),
+        layout=_layout(layout),
     )
 
 

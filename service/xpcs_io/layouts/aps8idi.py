@@ -239,7 +239,7 @@ def _pixel_q_phi(geo: GeometryMetadata) -> tuple[npt.NDArray[np.float32], ...]:
 def read_qmap(loc: Locator) -> QMapSchema:
     """Per-pixel q and phi computed from the geometry (unchecked).
 
-    ``sqmap`` and ``dqmap`` are the same float32 q array (A^-1; one array object, shared);
+    ``sqmap`` and ``dqmap`` hold the same float32 pixel q (A^-1; two separate arrays);
     ``phis`` float32 in degrees (pysimplemask convention, see the module docstring);
     ``partition_map`` is the stored ``dynamic_roi_map`` with its dtype (``None`` if the file
     has only a static map); ``mask`` the stored mask unchanged (bool in these files; ``None``
@@ -260,7 +260,8 @@ def read_qmap(loc: Locator) -> QMapSchema:
         if not math.isfinite(value) or (positive and value <= 0):
             raise _invalid(loc, QMAP, name, f"gives {value}: not finite{' and > 0' * positive}")
     q, phi = _pixel_q_phi(geo)
-    fields: dict[str, Any] = {"sqmap": q, "dqmap": q, "phis": phi}
+    # Separate arrays: callers get writable maps, and changing one must not change the other.
+    fields: dict[str, Any] = {"sqmap": q, "dqmap": q.copy(), "phis": phi}
     fields.update(sqmap_unit="A^-1", dqmap_unit="A^-1", phis_unit="deg")
     if _exists(loc, QMAP, "dynamic_roi_map"):
         fields["partition_map"] = _read_map(loc, "dynamic_roi_map")

@@ -63,6 +63,10 @@ _RECORD = {
 _OTHER: dict[str, dict[str, Any]] = {
     "VersionRecord": _RECORD,
     "VersionList": {"type": "array", "items": _RECORD},
+    "C2Map": {
+        "description": "A float32 (N, N) array: an array map in msgpack, nested lists in JSON.",
+        "oneOf": [_ARRAY_MAP, _NESTED_LIST],
+    },
     "FileList": {
         "type": "array",
         "items": {

@@ -11,7 +11,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
@@ -50,6 +50,10 @@ Compression = Annotated[
     str | None, Query(description="HDF5 filter for the new datasets: gzip, lzf, szip or none.")
 ]
 CompressionOpts = Annotated[int | None, Query(description="Filter level (gzip: 0-9).", ge=0, le=9)]
+Layout = Annotated[
+    Literal["native", "aps8idi"] | None,
+    Query(description="File layout; detected per file when omitted (native or APS 8-ID-I)."),
+]
 Writer = Annotated[
     str | None,
     Query(
@@ -125,10 +129,13 @@ def read_qmap(
     file_path: FilePath,
     group: Annotated[str, _group("q-map")] = "/xpcs/qmap",
     validate: Validate = True,
+    layout: Layout = None,
 ) -> Response:
     """Static and dynamic q maps, azimuth map, units, and the optional mask and label map."""
     return _conditional(
-        request, file_path, lambda: _facade(request, validate).read_qmap(file_path, group)
+        request,
+        file_path,
+        lambda: _facade(request, validate).read_qmap(file_path, group, layout=layout),
     )
 
 
@@ -148,12 +155,13 @@ def read_g2_data(
     ] = None,
     group: Annotated[str, _group("G2 data")] = "/xpcs/g2",
     validate: Validate = True,
+    layout: Layout = None,
 ) -> Response:
     """G2 and its error shaped (n_delay, n_q), delays in seconds and the q of each bin."""
     return _conditional(
         request,
         file_path,
-        lambda: _facade(request, validate).read_g2_data(file_path, q_idx, group),
+        lambda: _facade(request, validate).read_g2_data(file_path, q_idx, group, layout=layout),
     )
 
 
@@ -170,12 +178,35 @@ def read_geometry_metadata(
     file_path: FilePath,
     group: Annotated[str, _group("geometry")] = "/xpcs/metadata",
     validate: Validate = True,
+    layout: Layout = None,
 ) -> Response:
     """Beam centre (pixels), detector distance and pixel size (mm), wavelength (A), shape."""
     return _conditional(
         request,
         file_path,
-        lambda: _facade(request, validate).read_geometry_metadata(file_path, group),
+        lambda: _facade(request, validate).read_geometry_metadata(file_path, group, layout=layout),
+    )
+
+
+@router.get(
+    "/c2",
+    summary="Read a two-time correlation map",
+    operation_id="c2-read",
+    tags=["g2"],
+    dependencies=[require("read")],
+    responses={**ok("C2Map"), **ERRORS},
+)
+def read_c2(
+    request: Request,
+    file_path: FilePath,
+    q_idx: Annotated[int, Query(description="Dynamic q bin (0-based, as for G2).")],
+    max_size: Annotated[
+        int | None, Query(description="Block-average to at most max_size x max_size.", ge=1)
+    ] = None,
+) -> Response:
+    """The symmetric two-time map of one q bin of an APS 8-ID-I file; only that map is read."""
+    return _conditional(
+        request, file_path, lambda: _facade(request).read_c2(file_path, q_idx, max_size)
     )
 
 

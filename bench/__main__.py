@@ -1,0 +1,235 @@
+"""``python -m bench``: write the files, start the servers, run the workloads interleaved,
+print and save the report, stop the servers (also on error or Ctrl-C)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType, ModuleType
+
+from bench import (
+    data,
+    report,
+    servers,
+    w1_full_map,
+    w2_qmap,
+    w3_g2,
+    w4_geometry_load,
+    w5_repeat_read,
+    w6_readers_rss,
+    w7_gzip_viewers,
+    w8_write_mask,
+)
+from bench.common import MB, Config, Result
+from bench.env import Env
+
+WORKLOADS: dict[str, ModuleType] = {
+    m.NAME: m
+    for m in (
+        w1_full_map,
+        w2_qmap,
+        w3_g2,
+        w4_geometry_load,
+        w5_repeat_read,
+        w6_readers_rss,
+        w7_gzip_viewers,
+        w8_write_mask,
+    )
+}
+REPO = Path(__file__).resolve().parent.parent
+T0 = time.perf_counter()
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.perf_counter() - T0:6.1f}s] {msg}", file=sys.stderr, flush=True)
+
+
+def parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    p.add_argument("--quick", action="store_true", help="few repeats, small files (< 3 min)")
+    p.add_argument("--only", help="comma-separated workloads, e.g. w1,w4 (default: all)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        help="folder for BENCHMARKS.md and results.json (default: the repository for a "
+        "full run of every workload, else bench/out/)",
+    )
+    p.add_argument("--work", type=Path, help="parent folder of the temporary data directory")
+    p.add_argument("--keep", action="store_true", help="keep the data directory and logs")
+    p.add_argument("--list", action="store_true", help="list the workloads and exit")
+    return p.parse_args(argv)
+
+
+def select(only: str | None) -> list[str]:
+    if not only:
+        return list(WORKLOADS)
+    names = [n.strip() for n in only.split(",") if n.strip()]
+    unknown = [n for n in names if n not in WORKLOADS]
+    if unknown:
+        raise SystemExit(f"unknown workload(s) {unknown}; choose from {list(WORKLOADS)}")
+    return [n for n in WORKLOADS if n in names]
+
+
+def prepare(cfg: Config, root: Path, names: list[str]) -> data.Files:
+    log(f"writing files into {root}")
+    files = data.write_main(cfg, root)
+    if "w7" in names:
+        data.write_gzip(cfg, files, cfg.viewers)
+    if "w5" in names:
+        data.write_fresh(files, w5_repeat_read.copies_needed(cfg.cache_trials))
+    if "w8" in names:
+        for size in cfg.write_sizes:
+            data.write_padded(files, size)
+    os.sync()  # flush our own dirty pages now rather than during a measurement
+    log("files ready")
+    return files
+
+
+def start(
+    needs: set[str],
+    files: data.Files,
+    cfg: Config,
+    logdir: Path,
+    started: dict[str, servers.Server],
+) -> dict[str, str]:
+    """Start what the selected workloads need, concurrently, into ``started`` (the caller
+    stops them whatever happens); a peer that cannot start is returned as skipped (ours and
+    the socket must start)."""
+    skipped: dict[str, str] = {}
+    qmap_bytes = cfg.shape[0] * cfg.shape[1] * 15  # 3 x f4 + u1 + u2 per pixel
+    makers = {
+        "ours": lambda: servers.start_ours(files.root, logdir),
+        "socket": lambda: servers.start_socket(qmap_bytes + MB, logdir),
+        "h5grove": lambda: servers.start_h5grove(files.root, logdir),
+        "tiled": lambda: servers.start_tiled(
+            files.tiled_dir, logdir, f"{data.TILED_NODE}{data.QMAP}/sqmap"
+        ),
+    }
+    for name in ("ours", "socket", "h5grove", "tiled"):
+        if name not in needs:
+            continue
+        if name == "h5grove" and not _importable("h5grove"):
+            skipped[name] = "h5grove is not installed (run `make bench`, which installs it)"
+            continue
+        if name == "tiled" and servers.tiled_command() is None:
+            skipped[name] = "tiled is not installed (run `make bench`, which installs it)"
+            continue
+        started[name] = makers[name]()
+    for name, srv in list(started.items()):
+        try:
+            srv.wait_ready(timeout=120 if name == "tiled" else 60)
+            log(f"{name} ready on {srv.url} (pid {srv.pid})")
+        except RuntimeError as exc:
+            if name in ("ours", "socket"):
+                raise
+            skipped[name] = f"server did not start: {str(exc).splitlines()[0]}"
+            srv.stop()
+            del started[name]
+    return skipped
+
+
+def _importable(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def _sigterm(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def run_workloads(env: Env, names: list[str]) -> dict[str, Result]:
+    results: dict[str, Result] = {}
+    for name in names:
+        mod = WORKLOADS[name]
+        log(f"{name} starting")
+        t0 = time.perf_counter()
+        try:
+            res: Result = mod.run(env)
+        except Exception:
+            res = Result(name, (mod.__doc__ or name).splitlines()[0], "")
+            res.errors.append(traceback.format_exc())
+            log(f"{name} FAILED:\n{res.errors[-1]}")
+        res.seconds = time.perf_counter() - t0
+        results[name] = res
+        log(f"{name} done in {res.seconds:.1f} s")
+        print(report.results_text({name: res}), flush=True)
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse(argv)
+    if args.list:
+        for name, mod in WORKLOADS.items():
+            print(f"{name}: {(mod.__doc__ or '').splitlines()[0]}")
+        return 0
+    cfg = Config.quick() if args.quick else Config.full()
+    names = select(args.only)
+    if args.out is not None:
+        md_path, json_path = args.out / "BENCHMARKS.md", args.out / "results.json"
+    elif cfg.mode == "full" and names == list(WORKLOADS):
+        md_path, json_path = REPO / "BENCHMARKS.md", REPO / "bench" / "results.json"
+    else:
+        md_path, json_path = REPO / "bench/out/BENCHMARKS.md", REPO / "bench/out/results.json"
+    signal.signal(signal.SIGTERM, _sigterm)
+    if args.work is not None:
+        args.work.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="xpcs-io-bench-", dir=args.work))
+    logdir = work / "logs"
+    logdir.mkdir()
+    started: dict[str, servers.Server] = {}
+    env: Env | None = None
+    load_before = ", ".join(f"{v:.2f}" for v in os.getloadavg())
+    date = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    try:
+        files = prepare(cfg, work / "data", names)
+        needs = set().union(*(WORKLOADS[n].NEEDS for n in names))
+        skipped = start(needs, files, cfg, logdir, started)
+        with asyncio.Runner() as runner:
+            env = Env(cfg, files, started, runner, skipped=skipped)
+            results = run_workloads(env, names)
+        ts = report.targets(results)
+        info = {
+            "mode": cfg.mode,
+            "date": date,
+            "seconds": time.perf_counter() - T0,
+            "load_before": load_before,
+            "load_after": ", ".join(f"{v:.2f}" for v in os.getloadavg()),
+            "shape": list(cfg.shape),
+            "n_delay": cfg.n_delay,
+            "n_q": cfg.n_q,
+            "workloads": names,
+            "config": cfg.__dict__,
+            "machine": report.machine(),
+        }
+        report.write(md_path, json_path, info, results, ts, skipped)
+        print(report.targets_text(ts), flush=True)
+        log(f"wrote {md_path} and {json_path}")
+        failed = any(r.errors for r in results.values())
+        return 1 if failed else 0
+    except KeyboardInterrupt:
+        log("interrupted")
+        return 130
+    finally:
+        for srv in started.values():
+            srv.stop()
+        if env is not None:
+            env.pool.shutdown()
+        if args.keep:
+            log(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,275 @@
+"""Targets (PASS/MISS), the Markdown report and the JSON dump of every raw number."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+from dataclasses import asdict, dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from bench.common import MB, Result, Row, fmt_value
+
+PACKAGES = ("xpcs-io", "numpy", "h5py", "httpx", "fastapi", "uvicorn", "h5grove", "tiled")
+
+
+@dataclass
+class Target:
+    key: str
+    goal: str
+    op: str  # "<=", ">=" or "<"
+    limit: float
+    value: float | None = None
+    basis: str = ""
+    status: str = "N/A"
+
+    def judge(self, value: float | None, basis: str) -> None:
+        self.value, self.basis = value, basis
+        if value is None or math.isnan(value):
+            self.status = "N/A"
+            return
+        ok = {"<=": value <= self.limit, ">=": value >= self.limit, "<": value < self.limit}
+        self.status = "PASS" if ok[self.op] else "MISS"
+
+
+def _row(results: dict[str, Result], name: str, key: str) -> Row | None:
+    res = results.get(name)
+    if res is None:
+        return None
+    row = res.row(key)
+    return row if row is not None and row.samples else None
+
+
+def _ratio(a: Row | None, b: Row | None, field: str = "median") -> float | None:
+    if a is None or b is None:
+        return None
+    va = a.extra.get(field) if field != "median" else a.median
+    vb = b.extra.get(field) if field != "median" else b.median
+    if va is None or vb is None or vb == 0:
+        return None
+    return float(va) / float(vb)
+
+
+def targets(results: dict[str, Result]) -> list[Target]:
+    """Every ratio target, judged on medians (P5a on the worst round)."""
+    out: list[Target] = []
+    w1 = {k: _row(results, "w1", k) for k in ("ours", "h5grove", "tiled_raw", "socket_qmap")}
+    t = Target("P1a", "ours full map <= 0.5x h5grove+httpx (per MB)", "<=", 0.5)
+    t.judge(_ratio(w1["ours"], w1["h5grove"], "s_per_mb"), "w1 median s/MB, ours / h5grove")
+    out.append(t)
+    t = Target("P1b", "ours full map <= 0.2x tiled raw (per MB)", "<=", 0.2)
+    t.judge(_ratio(w1["ours"], w1["tiled_raw"], "s_per_mb"), "w1 median s/MB, ours / tiled raw")
+    out.append(t)
+    t = Target("P1c", "stretch: ours <= 2.5x raw socket (same bytes)", "<=", 2.5)
+    t.judge(_ratio(w1["ours"], w1["socket_qmap"]), "w1 median, ours / socket of read_qmap bytes")
+    out.append(t)
+    t = Target("P2", "remote read_qmap <= 3x local HDF5Facade.read_qmap", "<=", 3.0)
+    t.judge(
+        _ratio(_row(results, "w2", "remote_sync"), _row(results, "w2", "facade")),
+        "w2 median, RemoteHDF5Facade / HDF5Facade (warm)",
+    )
+    out.append(t)
+    w4 = {k: _row(results, "w4", k) for k in ("ours", "h5grove", "tiled")}
+    t = Target("P3a", "geometry, 8 clients: ours >= 1.5x h5grove req/s", ">=", 1.5)
+    t.judge(_ratio(w4["ours"], w4["h5grove"]), "w4 median req/s, ours / h5grove")
+    out.append(t)
+    t = Target("P3b", "geometry, 8 clients: ours >= 25x tiled req/s", ">=", 25.0)
+    t.judge(_ratio(w4["ours"], w4["tiled"]), "w4 median req/s, ours / tiled")
+    out.append(t)
+    mode = "cache" if _row(results, "w5", "cache_first") else "default"
+    t = Target("P4", "repeated unchanged read >= 20x faster than first", ">=", 20.0)
+    t.judge(
+        _ratio(_row(results, "w5", f"{mode}_first"), _row(results, "w5", f"{mode}_repeat")),
+        f"w5 median first / median repeated, client mode '{mode}'",
+    )
+    out.append(t)
+    over = _row(results, "w6", "ours_peak_over_idle")
+    t = Target("P5a", "server peak RSS, 16 readers <= idle + 4x payload", "<=", 4.0)
+    if over is not None and over.payload:
+        t.judge(max(over.samples) / (over.payload / MB), "w6 worst round (peak - idle) / payload")
+    out.append(t)
+    growth = _row(results, "w6", "rss_growth")
+    t = Target("P5b", "RSS growth over the small-read loop < 5%", "<", 5.0)
+    t.judge(growth.median if growth else None, "w6 (after - before) / before, in %")
+    out.append(t)
+    t = Target("P6", "gzip chunked: 8 viewers >= 1.6x single reader throughput", ">=", 1.6)
+    t.judge(
+        _ratio(_row(results, "w7", "viewers"), _row(results, "w7", "single")),
+        "w7 median MB/s, 8 viewers / 1 reader",
+    )
+    out.append(t)
+    t = Target("core", "local facade read_qmap <= 1.5x raw h5py (validation on)", "<=", 1.5)
+    t.judge(
+        _ratio(_row(results, "w2", "facade"), _row(results, "w2", "h5py")),
+        "w2 median, HDF5Facade (warm) / h5py of the same 5 datasets",
+    )
+    out.append(t)
+    return out
+
+
+def machine() -> dict[str, Any]:
+    cpu = platform.processor() or "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "packages": versions,
+    }
+
+
+def _table(res: Result) -> list[str]:
+    lines = [
+        "| system | what | median | min | max | payload | MB/s (median) | note |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for r in res.rows:
+        payload = f"{r.payload / MB:.2f} MB" if r.payload else ""
+        mbs = f"{r.mb_per_s:,.0f}" if r.mb_per_s is not None else ""
+        cells = [fmt_value(v, r.unit) for v in (r.median, r.min, r.max)]
+        lines.append(
+            f"| {r.system} | {r.what} | {' | '.join(cells)} | {payload} | {mbs} | {r.note} |"
+        )
+    return lines
+
+
+def workload_md(res: Result) -> str:
+    lines = [f"### {res.name}: {res.title}", "", res.method, ""]
+    if res.rows:
+        lines += _table(res)
+        lines.append("")
+    lines += [f"- {n}" for n in res.notes]
+    lines += [f"- **error**: `{e.strip().splitlines()[-1]}`" for e in res.errors]
+    lines.append(f"- ran in {res.seconds:.0f} s")
+    return "\n".join(lines) + "\n"
+
+
+def targets_md(ts: list[Target]) -> str:
+    lines = [
+        "| target | goal | value | limit | verdict | basis |",
+        "| --- | --- | ---: | ---: | --- | --- |",
+    ]
+    for t in ts:
+        value = "n/a" if t.value is None else f"{t.value:.3g}"
+        verdict = f"**{t.status}**" if t.status != "N/A" else "N/A"
+        lines.append(
+            f"| {t.key} | {t.goal} | {value} | {t.op} {t.limit:g} | {verdict} | {t.basis} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def render(
+    info: dict[str, Any], results: dict[str, Result], ts: list[Target], skipped: dict[str, str]
+) -> str:
+    m = info["machine"]
+    pkgs = ", ".join(f"{k} {v}" for k, v in m["packages"].items())
+    head = f"""# Benchmarks
+
+Generated by `make bench` (`python -m bench`, mode **{info["mode"]}**) on {info["date"]}.
+Total run time {info["seconds"]:.0f} s; load average {info["load_before"]} before and
+{info["load_after"]} after (1/5/15 min).
+
+**Machine**: {m["cpu"]}, {m["cores"]} cores, {m["memory_gb"]} GiB RAM, {m["platform"]},
+Python {m["python"]}. A shared, noisy machine: the servers and the clients share its cores.
+**Packages**: {pkgs}.
+
+**Rerun**: `make bench` (full run, about 10 minutes, rewrites this file and
+`bench/results.json`), `make bench BENCH_ARGS=--quick` (smoke test, under 3 minutes),
+`make bench BENCH_ARGS='--only w1,w4'` (chosen workloads). Partial and quick runs write to
+`bench/out/` unless `--out DIR` is given. The target creates `.venv-bench` with
+`.[server,client,bench]`, h5grove 4.x and `tiled[server,client]` 0.2.x from PyPI (tiled
+pins versions the main venv does not want, e.g. an older pydantic-settings).
+
+**Method**: the bench writes its files (detector {info["shape"][0]}x{info["shape"][1]}
+float32 maps, G2 {info["n_delay"]}x{info["n_q"]}) into a temporary directory and starts every
+server itself on 127.0.0.1 (free ports; `xpcs-io serve`; h5grove's FastAPI router under
+uvicorn; `tiled serve directory --public`; a raw TCP socket server), waits until each answers
+and stops each by PID at the end. Within a workload the systems run interleaved: round r
+starts at system r (A B C, B C A, ...), after one untimed warm-up each, so noise hits all
+alike. Tables give the median, min and max over the repeats; for timed reads, MB/s is
+payload / median time. Peers are asked for `Accept-Encoding: identity` so all move the
+same raw bytes; all HTTP clients keep their connections alive. Ratios in the targets use
+medians.
+
+## Targets
+
+{targets_md(ts)}
+## Workloads
+"""
+    body = "\n".join(workload_md(results[k]) for k in sorted(results))
+    missing = ""
+    if skipped:
+        missing = "\n## Not measured\n\n" + "\n".join(
+            f"- {name}: {why}" for name, why in sorted(skipped.items())
+        )
+        missing += "\n"
+    return head + "\n" + body + missing
+
+
+def results_text(results: dict[str, Result]) -> str:
+    """A compact plain-text table of medians [min .. max] for the terminal."""
+    lines = []
+    for res in results.values():
+        lines.append(f"{res.name}: {res.title}")
+        for r in res.rows:
+            lines.append(
+                f"  {r.system:30.30} {r.what:46.46} {fmt_value(r.median, r.unit):>12} "
+                f"[{fmt_value(r.min, r.unit)} .. {fmt_value(r.max, r.unit)}]"
+            )
+        lines += [f"  error: {e.strip().splitlines()[-1]}" for e in res.errors]
+    return "\n".join(lines)
+
+
+def targets_text(ts: list[Target]) -> str:
+    lines = ["targets:"]
+    for t in ts:
+        value = "n/a" if t.value is None else f"{t.value:.3g}"
+        lines.append(f"  {t.key:5} {t.status:4} {value:>8} {t.op} {t.limit:g}  {t.goal}")
+    return "\n".join(lines)
+
+
+def write(
+    md_path: Path,
+    json_path: Path,
+    info: dict[str, Any],
+    results: dict[str, Result],
+    ts: list[Target],
+    skipped: dict[str, str],
+) -> None:
+    md_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    md_path.write_text(render(info, results, ts, skipped))
+    data = {
+        "info": info,
+        "targets": [asdict(t) for t in ts],
+        "workloads": {k: results[k].to_json() for k in sorted(results)},
+        "not_measured": skipped,
+    }
+    json_path.write_text(json.dumps(data, indent=1, default=_jsonable) + "\n")
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)
