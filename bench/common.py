@@ -274,7 +274,8 @@ async def run_for(
     async def worker() -> None:
         nonlocal done, received
         while time.perf_counter() < deadline:
-            received += await fn()
+            got = await fn()  # not `received += await fn()`: that reads `received` first
+            received += got
             done += 1
 
     t0 = time.perf_counter()
@@ -294,7 +295,8 @@ async def run_count(
     async def worker(i: int) -> None:
         nonlocal received
         for _ in range(per_task):
-            received += await fn(i)
+            got = await fn(i)
+            received += got
 
     t0 = time.perf_counter()
     await asyncio.gather(*(worker(i) for i in range(concurrency)))

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-TILED_API_KEY = "xpcs-io-bench-key"
+TILED_API_KEY = "xpcsiobenchkey0123456789"  # tiled wants alphanumerics only
 REPO = Path(__file__).resolve().parent.parent  # so ``-m bench.*`` resolves in children
 
 

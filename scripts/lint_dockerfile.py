@@ -69,7 +69,9 @@ def lint(text: str) -> list[str]:
         problems.append("USER must come before CMD")
     for n, w, a in items:
         if w in ("CMD", "ENTRYPOINT") and not a.startswith("["):
-            problems.append(f"line {n}: use the exec form for {w} (JSON array) so signals reach the server")
+            problems.append(
+                f"line {n}: use the exec form for {w} (JSON array) so signals reach the server"
+            )
         if w == "ADD" and re.search(r"https?://", a):
             problems.append(f"line {n}: do not ADD from a URL")
         if w == "RUN" and re.search(r"(curl|wget)[^|]*\|\s*(ba)?sh", a):
@@ -79,7 +81,9 @@ def lint(text: str) -> list[str]:
         if w == "ENV":
             for key in re.findall(r"([A-Za-z_][A-Za-z0-9_]*)=", a):
                 if SECRET.search(key):
-                    problems.append(f"line {n}: do not bake {key} into the image; pass it at run time")
+                    problems.append(
+                        f"line {n}: do not bake {key} into the image; pass it at run time"
+                    )
     return problems
 
 

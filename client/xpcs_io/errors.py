@@ -32,6 +32,7 @@ heavier than the standard library.
 from __future__ import annotations
 
 __all__ = [
+    "CLIENT_ONLY",
     "ERROR_TABLE",
     "HDF5ValidationError",
     "PayloadTooLargeError",
@@ -123,6 +124,9 @@ ERROR_TABLE: tuple[tuple[type[BaseException], int], ...] = (
     (TypeError, 422),
     (ServerError, 500),
 )
+
+# Raised by the client itself, never sent by a server, so they have no status.
+CLIENT_ONLY: tuple[type[BaseException], ...] = (RemoteConnectionError,)
 
 _BY_NAME: dict[str, type[BaseException]] = {cls.__name__: cls for cls, _ in ERROR_TABLE}
 

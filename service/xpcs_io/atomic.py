@@ -75,20 +75,27 @@ def edit_atomically(
         _remove_leftovers(target)
         tmp = target.with_name(f".{target.name}{TMP_MARK}{os.getpid()}-{secrets.token_hex(4)}")
         exists = target.exists()
+        name = display or target.name
+        # A rename would bypass a read-only file's mode: honour it as an in-place write would.
+        if exists and not os.access(target, os.W_OK):
+            raise PermissionError(f"Permission denied: {name} is read-only")
         try:
             if exists:
                 # copyfile uses sendfile/copy_file_range: the bytes never enter Python.
                 shutil.copyfile(target, tmp)
-                _copy_ownership(target, tmp)
             try:
                 h5 = h5py.File(tmp, "r+" if exists else "w")
+            except PermissionError:
+                raise
             except OSError as exc:
                 raise HDF5ValidationError(
-                    f"{display or target.name} is not a writable HDF5 file ({exc})",
-                    file=display or target.name,
+                    f"{name} is not a writable HDF5 file ({exc})", file=name
                 ) from exc
             with h5:
                 yield h5
+            if exists:
+                # Mode and owner last: the copy had to stay writable while it was edited.
+                _copy_ownership(target, tmp)
             _fsync_path(tmp)
             os.replace(tmp, target)
         except BaseException:

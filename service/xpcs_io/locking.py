@@ -78,13 +78,15 @@ class FileWriteLock:
             raise
 
     def _release(self) -> None:
-        if self._fd is not None:
-            try:
-                fcntl.lockf(self._fd, fcntl.LOCK_UN)
-            finally:
-                os.close(self._fd)
-                self._fd = None
-        self._thread_lock.release()
+        try:
+            if self._fd is not None:
+                try:
+                    fcntl.lockf(self._fd, fcntl.LOCK_UN)
+                finally:
+                    os.close(self._fd)
+                    self._fd = None
+        finally:
+            self._thread_lock.release()
 
     def __exit__(
         self,
