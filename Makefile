@@ -12,7 +12,7 @@ PORT ?= 8000
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[client,server,test,dev]'
+	$(BIN)/python -m pip install -q -e '.[client,server,test,dev,progress]'
 	touch $(STAMP)
 
 run: $(STAMP)

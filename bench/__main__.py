@@ -132,7 +132,9 @@ def start(
         except RuntimeError as exc:
             if name in ("ours", "socket"):
                 raise
-            skipped[name] = f"server did not start: {str(exc).splitlines()[0]}"
+            errors = [ln for ln in srv.tail(4000).splitlines() if "Error" in ln]
+            why = errors[-1].strip() if errors else str(exc).splitlines()[0]
+            skipped[name] = f"server did not start ({why}); log: {srv.log}"
             srv.stop()
             del started[name]
     return skipped

@@ -12,16 +12,13 @@
   const UNITS = { sqmap: "sqmap_unit", dqmap: "dqmap_unit", phis: "phis_unit" };
 
   const state = { file: null, token: 0, qmap: null, mask: null, maskLabel: "", g2: null, bins: [] };
-  const ql = (window.quicklook = {
-    file: null, qmap: null, g2: null, geometry: null, versions: [], errors: [],
-    ready: false, poolUpdates: 0,
-  });
+  const ql = (window.quicklook = { file: null, qmap: null, g2: null, geometry: null, versions: [],
+    errors: [], ready: false, poolUpdates: 0 });
 
   // ------------------------------------------------------------ msgpack (docs/wire-format.md)
 
-  const TYPED = { b1: Uint8Array, i1: Int8Array, u1: Uint8Array, i2: Int16Array, u2: Uint16Array,
-    i4: Int32Array, u4: Uint32Array, i8: BigInt64Array, u8: BigUint64Array,
-    f4: Float32Array, f8: Float64Array };
+  const TYPED = { b1: Uint8Array, i1: Int8Array, u1: Uint8Array, i2: Int16Array, u2: Uint16Array, i4: Int32Array,
+    u4: Uint32Array, i8: BigInt64Array, u8: BigUint64Array, f4: Float32Array, f8: Float64Array };
   const HOST_LITTLE = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
   const UTF8 = new TextDecoder("utf-8", { fatal: true });
 
@@ -40,7 +37,7 @@
     const int64 = (v) => (v >= Number.MIN_SAFE_INTEGER && v <= Number.MAX_SAFE_INTEGER ? Number(v) : v);
     const bin = (n) => { const p = take(n); return bytes.subarray(p, p + n); };
     const str = (n) => UTF8.decode(bin(n));
-    const count = (n) => {
+    const count = (n) => { // each item takes at least one byte
       if (n > bytes.length - pos) throw new Error("msgpack: more items declared than bytes left");
       return n;
     };
@@ -55,7 +52,7 @@
       return out;
     };
     function value(depth) {
-      if (depth > 33) throw new Error("msgpack: nested more than 32 deep");
+      if (depth > 32) throw new Error("msgpack: nested more than 32 deep");
       const t = u8();
       if (t <= 0x7f) return t;
       if (t >= 0xe0) return t - 0x100;
@@ -148,19 +145,12 @@
     const key = apiKey();
     if (key) headers.Authorization = `Bearer ${key}`;
     const url = `/v1/${path}${params ? `?${new URLSearchParams(params)}` : ""}`;
-    let res;
-    try {
-      res = await fetch(url, { headers });
-    } catch (e) {
+    const res = await fetch(url, { headers }).catch((e) => {
       throw new Error(`cannot reach the server (${e.message})`);
-    }
-    if (!res.ok) {
-      let detail = res.statusText;
-      try {
-        const body = await res.json();
-        detail = body.detail || body.title || detail;
-      } catch { /* not problem+json */ }
-      const err = new Error(`${detail} (HTTP ${res.status})`);
+    });
+    if (!res.ok) { // problem+json: {type, title, status, detail}
+      const body = await res.json().catch(() => ({}));
+      const err = new Error(`${body.detail || body.title || res.statusText} (HTTP ${res.status})`);
       err.status = res.status;
       throw err;
     }
@@ -180,8 +170,7 @@
   };
   const fmt = (v) => {
     if (v === null || v === undefined) return "—";
-    if (typeof v !== "number") return String(v);
-    if (Number.isInteger(v)) return String(v);
+    if (typeof v !== "number" || Number.isInteger(v)) return String(v);
     const a = Math.abs(v);
     return a !== 0 && (a >= 1e5 || a < 1e-3) ? v.toExponential(3) : String(Number(v.toPrecision(5)));
   };
@@ -189,14 +178,14 @@
     : n >= 1 << 20 ? `${(n / 2 ** 20).toFixed(1)} MiB` : `${(n / 1024).toFixed(0)} KiB`);
   const kvTable = (rows) => el("table", { class: "kv" },
     ...rows.map(([k, v]) => el("tr", {}, el("th", {}, k), el("td", {}, v))));
+  const pretty = (unit) => unit.replace(/\^(-?\d)/g, (_, e) => e.replace(/./g, (ch) => SUP[ch]));
   const setContent = (id, ...nodes) => $(id).replaceChildren(...nodes);
   const note = (text, cls = "muted") => el("p", { class: cls }, text);
 
-  function showErrors(messages) {
-    const box = $("error");
-    box.hidden = messages.length === 0;
-    box.replaceChildren(...messages.map((m) => el("div", {}, m)));
-  }
+  const showErrors = (messages) => {
+    $("error").hidden = messages.length === 0;
+    $("error").replaceChildren(...messages.map((m) => el("div", {}, m)));
+  };
 
   // ------------------------------------------------------------ colour map
 
@@ -210,14 +199,11 @@
   }
 
   function drawColorbar() {
-    const c = $("colorbar"), ctx = c.getContext("2d"), img = ctx.createImageData(256, c.height);
-    for (let y = 0; y < c.height; y++) {
-      for (let x = 0; x < 256; x++) {
-        const o = 4 * (y * 256 + x);
-        img.data.set([LUT[3 * x], LUT[3 * x + 1], LUT[3 * x + 2], 255], o);
-      }
+    const c = $("colorbar"), ctx = c.getContext("2d");
+    for (let x = 0; x < 256; x++) {
+      ctx.fillStyle = `rgb(${LUT[3 * x]}, ${LUT[3 * x + 1]}, ${LUT[3 * x + 2]})`;
+      ctx.fillRect(x, 0, 1, c.height);
     }
-    ctx.putImageData(img, 0, 0);
   }
 
   // ------------------------------------------------------------ q-map image
@@ -280,8 +266,8 @@
     }
     ctx.putImageData(img, 0, 0);
     const unit = state.qmap[UNITS[name]] || "";
-    $("cmin").textContent = `${fmt(min)} ${unit}`;
-    $("cmax").textContent = `${fmt(max)} ${unit}`;
+    $("cmin").textContent = `${fmt(min)} ${pretty(unit)}`;
+    $("cmax").textContent = `${fmt(max)} ${pretty(unit)}`;
     const maskText = state.mask ? (mask ? `${state.maskLabel} overlaid` : `${state.maskLabel} hidden`)
       : "no mask";
     $("qmap-info").textContent = `${name} ${arr.dtype} ${h} × ${w}`
@@ -290,10 +276,8 @@
       maskedCanvasPixels: masked };
   }
 
-  function blockMasked(mask, w, r0, r1, c0, c1) {
-    for (let r = r0; r < r1; r++) {
-      for (let c = c0; c < c1; c++) if (!mask[r * w + c]) return true;
-    }
+  function blockMasked(mask, w, r0, r1, c0, c1) { // any pixel of the block masked (0)?
+    for (let r = r0; r < r1; r++) for (let c = c0; c < c1; c++) if (!mask[r * w + c]) return true;
     return false;
   }
 
@@ -308,14 +292,14 @@
     const i = row * w + col;
     const m = state.mask && state.mask.shape[1] === w ? ` · mask ${state.mask.values[i]}` : "";
     $("hover").textContent = `row ${row}, col ${col}: ${name} = ${fmt(Number(arr.values[i]))}`
-      + ` ${state.qmap[UNITS[name]] || ""}${m}`;
+      + ` ${pretty(state.qmap[UNITS[name]] || "")}${m}`;
   }
 
   // ------------------------------------------------------------ G2 plot
 
   const SUP = { "-": "⁻", 0: "⁰", 1: "¹", 2: "²", 3: "³", 4: "⁴", 5: "⁵", 6: "⁶", 7: "⁷", 8: "⁸", 9: "⁹" };
   const pow10 = (e) => `10${String(e).replace(/./g, (ch) => SUP[ch])}`;
-  const colour = (bin) => PALETTE[bin % PALETTE.length];
+  const colour = (bin) => PALETTE[Math.max(0, state.bins.indexOf(bin)) % PALETTE.length];
 
   function niceStep(span) {
     const raw = span / 5, p = 10 ** Math.floor(Math.log10(raw)), m = raw / p;
@@ -334,13 +318,12 @@
     if (lx1 - lx0 < 0.3) { lx0 -= 0.3; lx1 += 0.3; }
     const padX = 0.04 * (lx1 - lx0);
     lx0 -= padX; lx1 += padX;
+    // one curve per bin: [delay, g2, error] where g2 is known (JSON null = NaN on the server)
+    const curves = bins.map((b) => [b, t.flatMap((x, k) => (g.g2[k][b] === null || !(x > 0) ? []
+      : [[x, g.g2[k][b], g.g2_err[k][b] ?? 0]]))]);
     let y0 = Infinity, y1 = -Infinity;
-    for (const b of bins) {
-      t.forEach((_, k) => {
-        const v = g.g2[k][b], e = g.g2_err[k][b] ?? 0;
-        if (v === null) return;
-        y0 = Math.min(y0, v - e); y1 = Math.max(y1, v + e);
-      });
+    for (const [, pts] of curves) {
+      for (const [, v, e] of pts) { y0 = Math.min(y0, v - e); y1 = Math.max(y1, v + e); }
     }
     if (!(y1 >= y0)) { y0 = 0.9; y1 = 1.3; }
     if (y1 - y0 < 1e-6) { y0 -= 0.01; y1 += 0.01; }
@@ -382,18 +365,12 @@
     // curves: error bars, a thin line, markers
     ctx.save();
     ctx.beginPath(); ctx.rect(L, T, W - L - R, H - T - B); ctx.clip();
-    for (const b of bins) {
-      const col = colour(b);
-      ctx.strokeStyle = col; ctx.fillStyle = col;
-      const pts = [];
-      t.forEach((x, k) => {
-        const v = g.g2[k][b];
-        if (v !== null && x > 0) pts.push([X(x), Y(v), v, g.g2_err[k][b]]);
-      });
-      ctx.lineWidth = 1;
-      for (const [px, , v, e] of pts) {
-        if (!e) continue; // null (NaN on the server) or 0
-        const ya = Y(v + e), yb = Y(v - e);
+    ctx.lineWidth = 1;
+    for (const [b, pts] of curves) {
+      ctx.strokeStyle = ctx.fillStyle = colour(b);
+      for (const [x, v, e] of pts) {
+        if (!e) continue;
+        const px = X(x), ya = Y(v + e), yb = Y(v - e);
         ctx.beginPath();
         ctx.moveTo(px, ya); ctx.lineTo(px, yb);
         ctx.moveTo(px - 3, ya); ctx.lineTo(px + 3, ya);
@@ -402,25 +379,29 @@
       }
       ctx.globalAlpha = 0.5;
       ctx.beginPath();
-      pts.forEach(([px, py], i) => (i ? ctx.lineTo(px, py) : ctx.moveTo(px, py)));
+      pts.forEach(([x, v], i) => (i ? ctx.lineTo(X(x), Y(v)) : ctx.moveTo(X(x), Y(v))));
       ctx.stroke();
       ctx.globalAlpha = 1;
-      for (const [px, py] of pts) {
-        ctx.beginPath(); ctx.arc(px, py, 3, 0, 2 * Math.PI); ctx.fill();
+      for (const [x, v] of pts) {
+        ctx.beginPath(); ctx.arc(X(x), Y(v), 3, 0, 2 * Math.PI); ctx.fill();
       }
     }
     ctx.restore();
 
-    // legend
+    // legend, on a white box in the top right corner
+    const shown = bins.slice(0, 12);
+    if (shown.length) {
+      ctx.fillStyle = "rgba(255, 255, 255, 0.85)";
+      ctx.fillRect(W - R - 160, T + 4, 156, shown.length * 17 + 6);
+    }
     ctx.textAlign = "left"; ctx.textBaseline = "middle";
-    bins.slice(0, 12).forEach((b, i) => {
-      const y = T + 14 + i * 17, x = W - R - 150;
+    shown.forEach((b, i) => {
+      const y = T + 15 + i * 17, x = W - R - 150;
       ctx.fillStyle = colour(b);
       ctx.beginPath(); ctx.arc(x, y, 4, 0, 2 * Math.PI); ctx.fill();
       ctx.fillStyle = "#333";
       ctx.fillText(`q[${b}] = ${fmt(g.q_values[b])}`, x + 10, y);
     });
-
   }
 
   function renderBins() {
@@ -433,13 +414,15 @@
         updateUrl();
         g2Drawn();
       });
-      return el("label", { title: `q bin ${b}` }, box,
-        el("span", { class: "swatch", style: `background:${colour(b)}` }), ` ${b}: q = ${fmt(q)}`);
+      return el("label", { title: `q bin ${b}` }, box, el("span", { class: "swatch" }), ` ${b}: q = ${fmt(q)}`);
     }));
   }
 
   function g2Drawn() {
     drawG2();
+    for (const box of $("bins").querySelectorAll("input")) { // a selected bin's swatch: its curve colour
+      box.nextElementSibling.style.background = box.checked ? colour(Number(box.value)) : "transparent";
+    }
     const g = state.g2;
     $("g2-info").textContent = `${g.delay_times.length} delays × ${g.q_values.length} q bins; `
       + `${state.bins.length ? `showing ${state.bins.length}` : "tick q bins below to plot them"}`;
@@ -464,10 +447,7 @@
 
   function renderVersions(versions) {
     ql.versions = versions;
-    if (!versions.length) {
-      setContent("versions", note("no masks yet"));
-      return;
-    }
+    if (!versions.length) return setContent("versions", note("no masks yet"));
     const head = el("tr", {}, ...["version", "created", "writer", "description", "sha256"].map((h) => el("th", {}, h)));
     const rows = versions.map((v, i) => el("tr", i === versions.length - 1 ? { class: "newest" } : {},
       el("td", {}, `v${v.version}${i === versions.length - 1 ? " (newest)" : ""}`),
@@ -502,21 +482,14 @@
 
   let fileList = [];
 
-  async function loadFiles() {
-    try {
-      fileList = await api("files");
-      renderFiles();
-    } catch (e) {
-      setContent("files", el("li", { class: "bad" }, `file list: ${e.message}`));
-    }
-  }
+  const loadFiles = () => api("files").then((list) => { fileList = list; renderFiles(); },
+    (e) => setContent("files", el("li", { class: "bad" }, `file list: ${e.message}`)));
 
   function renderFiles() {
     const filter = $("file-filter").value.trim().toLowerCase();
     const shown = fileList.filter((f) => f.path.toLowerCase().includes(filter));
     if (!shown.length) {
-      setContent("files", el("li", { class: "muted" }, fileList.length ? "no match" : "no HDF5 files under the data root"));
-      return;
+      return setContent("files", el("li", { class: "muted" }, fileList.length ? "no match" : "no HDF5 files"));
     }
     setContent("files", ...shown.map((f) => {
       const btn = el("button", { type: "button", title: f.path, class: f.path === state.file ? "current" : "" },
@@ -544,8 +517,7 @@
     renderFiles();
     showErrors([]);
     for (const id of ["geometry", "versions"]) setContent(id, note("loading…"));
-    $("qmap-info").textContent = "loading…";
-    $("g2-info").textContent = "loading…";
+    for (const id of ["qmap-info", "g2-info"]) $(id).textContent = "loading…";
     setContent("bins");
     drawG2();
     const q = { file_path: path };
@@ -620,5 +592,6 @@
     if (params.get("file")) loadFile(params.get("file"), bins);
   }
 
+  window.quicklookWire = { unpack }; // the msgpack decoder, for tests and the console
   start();
 })();
