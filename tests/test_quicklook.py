@@ -22,16 +22,16 @@ from urllib.parse import quote
 
 import h5py
 import httpx
+import msgpack
 import numpy as np
 import pytest
 from websockets.sync.client import ClientConnection, connect
 
+from xpcs_io import wire
 from xpcs_io.demo import DemoSpec, write_native_file
 from xpcs_io.facade import HDF5Facade
 from xpcs_io.pool import HDF5ConnectionPool
 from xpcs_io.schemas import MaskSchema
-
-from xpcs_io import wire
 
 from .conftest import Server, start_server
 
@@ -81,6 +81,20 @@ class DevTools:
                     raise RuntimeError(f"{method} failed: {message['error']}")
                 result: dict[str, Any] = message.get("result", {})
                 return result
+            if "method" in message:
+                self.events.append(message)
+
+    def wait_event(self, method: str, timeout: float) -> dict[str, Any]:
+        """The first event ``method`` received since the events were last cleared."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for event in self.events:
+                if event["method"] == method:
+                    return event
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"no {method} event within {timeout} s")
+            message: dict[str, Any] = json.loads(self.ws.recv(timeout=remaining))
             if "method" in message:
                 self.events.append(message)
 
@@ -201,6 +215,23 @@ def _wait_for(devtools: DevTools, expression: str, timeout: float) -> Any:
         time.sleep(0.1)
 
 
+DECODE = """((blobs) => {
+  const bytes = (b64) => Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+  const unpack = (name) => window.quicklookWire.unpack(bytes(blobs[name]));
+  const plain = (x) => typeof x === "bigint" ? `${x}n`
+    : ArrayBuffer.isView(x) ? {typed: x.constructor.name, values: Array.from(x, plain)}
+    : Array.isArray(x) ? x.map(plain)
+    : x !== null && typeof x === "object"
+      ? Object.fromEntries(Object.entries(x).map(([k, v]) => [k, plain(v)])) : x;
+  const refuse = (name) => {
+    try { unpack(name); return "accepted"; } catch (e) { return e.message; }
+  };
+  const refused = {};
+  for (const name of ["truncated", "trailing", "ext", "bad_dtype"]) refused[name] = refuse(name);
+  return {message: plain(unpack("message")), singles: plain(unpack("singles")), refused};
+})(%s)"""
+
+
 READ_CANVAS = """(() => {
   const c = document.getElementById(%r);
   const d = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
@@ -257,10 +288,16 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevTools]:
         yield devtools
 
 
-def _open(devtools: DevTools, url: str) -> dict[str, Any]:
-    """Load the page afresh and wait until everything for its file has been drawn."""
+def _navigate(devtools: DevTools, url: str) -> None:
+    """Load ``url`` in the page and wait for its load event (deferred scripts have run)."""
     devtools.events.clear()
     devtools.call("Page.navigate", {"url": url})
+    devtools.wait_event("Page.loadEventFired", READY_TIMEOUT)
+
+
+def _open(devtools: DevTools, url: str) -> dict[str, Any]:
+    """Load the page afresh and wait until everything for its file has been drawn."""
+    _navigate(devtools, url)
     _wait_for(devtools, "window.quicklook && window.quicklook.ready === true", READY_TIMEOUT)
     state: dict[str, Any] = devtools.evaluate("window.quicklook")
     return state
@@ -394,11 +431,18 @@ def test_msgpack_decoder_reads_what_the_server_writes(server: Server, browser: D
         "long_map": {f"k{i}": i for i in range(20)},
     }
     raw = wire.pack(message)
-    singles = msgpack.packb([1.5, -0.25], use_single_float=True)  # float32 (0xca), unused by wire
-    result = browser.evaluate(
-        DECODE % (base64.b64encode(raw).decode(), base64.b64encode(singles).decode())
-    ) if _open_blank(browser, server) else None
-    assert result is not None
+    bad_dtype = {"dtype": "=f4", "shape": [1], "data": bytes(4)}
+    blobs = {
+        "message": raw,
+        "singles": msgpack.packb([1.5, -0.25], use_single_float=True),  # 0xca: unused by wire
+        "truncated": raw[:-1],
+        "trailing": raw + b"\x00",
+        "ext": b"\xd4\x01\x00",
+        "bad_dtype": msgpack.packb(bad_dtype, use_bin_type=True),
+    }
+    _navigate(browser, f"{server.url}/")
+    args = {k: base64.b64encode(v).decode() for k, v in blobs.items()}
+    result = browser.evaluate(DECODE % json.dumps(args))
     decoded, single_floats, refused = result["message"], result["singles"], result["refused"]
     for key, expected in arrays.items():
         got = decoded["arrays"][key]
@@ -413,14 +457,14 @@ def test_msgpack_decoder_reads_what_the_server_writes(server: Server, browser: D
     assert ints == message["ints"]
     for key in ("nil", "yes", "no", "float", "text", "long_list", "long_map"):
         assert decoded[key] == message[key], key
-    assert decoded["bin"] == {"bin": [0, 1, 255]}
+    assert decoded["bin"] == {"typed": "Uint8Array", "values": [0, 1, 255]}
     assert single_floats == [1.5, -0.25]
-    assert refused == [
-        "msgpack: truncated message",
-        "msgpack: bytes after the value",
-        "msgpack: unsupported type byte 0xd4",
-        "unsupported dtype =f4",
-    ]
+    assert refused == {
+        "truncated": "msgpack: truncated message",
+        "trailing": "msgpack: bytes after the value",
+        "ext": "msgpack: unsupported type byte 0xd4",
+        "bad_dtype": "unsupported dtype =f4",
+    }
     assert browser.page_errors() == []
 
 
