@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,7 @@ def _serve(args: argparse.Namespace) -> int:
             "pool_size": args.pool_size,
             "api_keys_file": args.api_keys_file,
             "log_level": args.log_level,
+            "workers": args.workers,
         }.items()
         if value is not None
     }
@@ -39,14 +42,26 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"xpcs-io serve: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level)
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=30,
-    )
+    common: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "log_config": None,
+        "access_log": False,
+        "timeout_graceful_shutdown": 30,
+    }
+    if settings.workers == 1:
+        uvicorn.run(app, **common)
+        return 0
+    # Worker processes build their own app from the environment: hand them the settings
+    # (flags included) that way, plus a folder where they share the pool's state.
+    with tempfile.TemporaryDirectory(prefix="xpcs-io-workers-") as state_dir:
+        for name, value in settings.model_dump(exclude={"api_keys"}).items():
+            if value is not None:
+                os.environ[f"XPCS_IO_{name.upper()}"] = str(value)
+        os.environ["XPCS_IO_STATE_DIR"] = state_dir
+        uvicorn.run(
+            "xpcs_io.server.app:create_app", factory=True, workers=settings.workers, **common
+        )
     return 0
 
 
@@ -94,6 +109,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve without API keys on a non-loopback address (everyone can read and write)",
     )
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    serve.add_argument(
+        "--workers",
+        type=int,
+        help="server processes sharing one logical pool (default 1; use the number of cores "
+        "for compressed data read by many viewers at once)",
+    )
     serve.set_defaults(func=_serve)
     demo = sub.add_parser(
         "demo", help="write demo files (a small one and an Eiger-4M-sized one) into DIR"

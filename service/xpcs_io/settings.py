@@ -52,6 +52,12 @@ class Settings(BaseSettings):
     )
     lock_timeout: float = Field(60.0, gt=0, description="Seconds a write waits for the lock.")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    workers: int = Field(
+        1, ge=1, le=64, description="Server processes (h5py runs one call at a time per process)."
+    )
+    state_dir: Path | None = Field(
+        None, description="Set by `xpcs-io serve --workers N`: where workers share pool state."
+    )
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -16,11 +16,14 @@ from fastapi.staticfiles import StaticFiles
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
 
 from xpcs_io.facade import HDF5Facade
+from xpcs_io.logs import configure_logging
+from xpcs_io.paths import display_path
 from xpcs_io.pool import HDF5ConnectionPool
 from xpcs_io.server.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from xpcs_io.server.observability import Metrics, ObservabilityMiddleware, render
 from xpcs_io.server.problems import install_handlers, problem
 from xpcs_io.server.routes import router
+from xpcs_io.server.workers import WorkerGroup
 from xpcs_io.settings import Settings, is_loopback
 
 __all__ = ["VERSION", "create_app"]
@@ -45,6 +48,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         FileNotFoundError: the data root does not exist.
     """
     settings = settings or Settings()
+    if settings.state_dir is not None:
+        configure_logging(settings.log_level)  # a worker process spawned by `serve --workers`
     keys = settings.keys()
     _check_security(settings, keys)
     root = Path(os.path.realpath(settings.data_root))
@@ -58,10 +63,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.pool = pool
         app.state.facade = HDF5Facade(pool, True, root=root, lock_timeout=timeout)
         app.state.facade_unchecked = HDF5Facade(pool, False, root=root, lock_timeout=timeout)
+        group = None
+        if settings.state_dir is not None:
+            group = WorkerGroup(settings.state_dir, pool, lambda p: display_path(root, p))
+            group.start()
+        app.state.workers = group
         log.info("serving %s with a pool of %d handles", root, settings.pool_size)
         try:
             yield
         finally:
+            if group is not None:
+                await group.stop()
             pool.shutdown()
             log.info("pool shut down: every handle closed")
 

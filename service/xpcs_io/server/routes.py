@@ -18,7 +18,7 @@ from fastapi.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from xpcs_io import wire
-from xpcs_io.errors import SchemaError, SchemaTypeError, WireFormatError
+from xpcs_io.errors import SchemaError, SchemaTypeError, ServerError, WireFormatError
 from xpcs_io.facade import HDF5Facade
 from xpcs_io.listing import list_hdf5_files
 from xpcs_io.pool import FileIdentity
@@ -452,7 +452,8 @@ def list_files(
 def get_pool_stats(request: Request) -> Response:
     """Hits, misses, opens, evictions, reopens on change, size; with an admin key (or on an
     open server) also the open files, named by their paths under the data root."""
-    stats = request.app.state.facade.get_pool_stats()
+    group = request.app.state.workers
+    stats = group.stats() if group is not None else request.app.state.facade.get_pool_stats()
     if request.app.state.api_keys and getattr(request.state, "auth_scope", None) != "admin":
         stats.pop("open_files", None)
     return _send(request, stats)
@@ -467,7 +468,12 @@ def get_pool_stats(request: Request) -> Response:
     dependencies=[require("admin")],
     responses={204: {"description": "The pool is empty."}, **ERRORS},
 )
-def clear_pool(request: Request) -> Response:
-    """Close all pooled handles; later reads reopen what they need."""
-    request.app.state.facade.clear_pool()
+async def clear_pool(request: Request) -> Response:
+    """Close all pooled handles (in every worker process); later reads reopen what they
+    need."""
+    group = request.app.state.workers
+    if group is None:
+        await run_in_threadpool(request.app.state.facade.clear_pool)
+    elif not await group.clear():
+        raise ServerError("not every worker confirmed the clear in time", status=503)
     return Response(status_code=204)

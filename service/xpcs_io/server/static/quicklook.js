@@ -28,8 +28,7 @@
     let pos = 0;
     const take = (n) => {
       if (n > bytes.length - pos) throw new Error("msgpack: truncated message");
-      pos += n;
-      return pos - n;
+      return (pos += n) - n;
     };
     const u8 = () => view.getUint8(take(1));
     const u16 = () => view.getUint16(take(2));
@@ -179,7 +178,8 @@
   const kvTable = (rows) => el("table", { class: "kv" },
     ...rows.map(([k, v]) => el("tr", {}, el("th", {}, k), el("td", {}, v))));
   const pretty = (unit) => unit.replace(/\^(-?\d)/g, (_, e) => e.replace(/./g, (ch) => SUP[ch]));
-  const setContent = (id, ...nodes) => $(id).replaceChildren(...nodes);
+  const setContent = (id, ...nodes) => $(id).replaceChildren(...nodes.filter((n) => n !== null));
+  const when = (date) => date.toLocaleString("sv-SE"); // local time as 2024-05-31 14:03:07
   const note = (text, cls = "muted") => el("p", { class: cls }, text);
 
   const showErrors = (messages) => {
@@ -239,8 +239,7 @@
     }
     const scale = Math.min(BOX / w, BOX / h);
     const W = Math.max(1, Math.round(w * scale)), H = Math.max(1, Math.round(h * scale));
-    canvas.width = W;
-    canvas.height = H;
+    canvas.width = W; canvas.height = H;
     const rows = blocks(h, H), cols = blocks(w, W);
     const mask = state.mask && state.mask.shape[0] === h && state.mask.shape[1] === w
       && $("mask-toggle").checked ? state.mask.values : null;
@@ -268,8 +267,7 @@
     const unit = state.qmap[UNITS[name]] || "";
     $("cmin").textContent = `${fmt(min)} ${pretty(unit)}`;
     $("cmax").textContent = `${fmt(max)} ${pretty(unit)}`;
-    const maskText = state.mask ? (mask ? `${state.maskLabel} overlaid` : `${state.maskLabel} hidden`)
-      : "no mask";
+    const maskText = state.mask ? `${state.maskLabel} ${mask ? "overlaid" : "hidden"}` : "no mask";
     $("qmap-info").textContent = `${name} ${arr.dtype} ${h} × ${w}`
       + `${W < w ? ` (shown at ${W} × ${H})` : ""}; ${maskText}`;
     ql.qmap = { name, min, max, shape: [h, w], canvas: [W, H], unit, mask: mask ? state.maskLabel : null,
@@ -451,14 +449,16 @@
     const head = el("tr", {}, ...["version", "created", "writer", "description", "sha256"].map((h) => el("th", {}, h)));
     const rows = versions.map((v, i) => el("tr", i === versions.length - 1 ? { class: "newest" } : {},
       el("td", {}, `v${v.version}${i === versions.length - 1 ? " (newest)" : ""}`),
-      el("td", { title: v.created }, v.created ? new Date(v.created).toLocaleString() : "—"),
+      el("td", { title: v.created }, v.created ? when(new Date(v.created)) : "—"),
       el("td", {}, v.writer || "—"),
       el("td", {}, v.description || "—"),
       el("td", { class: "mono", title: v.sha256 || "" }, (v.sha256 || "").slice(0, 12))));
     setContent("versions", el("table", { class: "list" }, el("thead", {}, head), el("tbody", {}, ...rows)));
   }
 
+  let poolTimer = 0;
   async function refreshPool() {
+    clearTimeout(poolTimer);
     try {
       const s = await api("pool/stats");
       const rows = [["hits / misses", `${s.hits} / ${s.misses}`],
@@ -469,12 +469,12 @@
         ` · ${f.accesses} reads${f.in_use ? `, ${f.in_use} in use` : ""}`));
       setContent("pool", kvTable(rows.map(([k, v]) => [k, String(v)])),
         files.length ? el("ul", { class: "open-files" }, ...files) : null);
-      $("pool-age").textContent = `updated ${new Date().toLocaleTimeString()}`;
+      $("pool-age").textContent = `updated ${when(new Date()).slice(11)}`;
       ql.poolUpdates++;
     } catch (e) {
       setContent("pool", note(`pool stats: ${e.message}`, "bad"));
     } finally {
-      setTimeout(refreshPool, 2000);
+      poolTimer = setTimeout(refreshPool, 2000);
     }
   }
 
@@ -494,7 +494,7 @@
     setContent("files", ...shown.map((f) => {
       const btn = el("button", { type: "button", title: f.path, class: f.path === state.file ? "current" : "" },
         el("span", { class: "path" }, f.path),
-        el("span", { class: "meta" }, `${bytesText(f.size)} · ${new Date(f.mtime * 1000).toLocaleString()}`));
+        el("span", { class: "meta" }, `${bytesText(f.size)} · ${when(new Date(f.mtime * 1000))}`));
       btn.addEventListener("click", () => loadFile(f.path, null));
       return el("li", {}, btn);
     }));
@@ -564,6 +564,7 @@
     ql.errors = errors;
     showErrors(errors);
     ql.ready = true;
+    refreshPool(); // show the reads just made
   }
 
   // ------------------------------------------------------------ start
