@@ -7,7 +7,7 @@ import contextlib
 import statistics
 import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -173,29 +173,89 @@ class Result:
 Case = tuple[str, Callable[[], int]]
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process and its children so far (0 when gone)."""
+    try:
+        proc = psutil.Process(pid)
+        t = proc.cpu_times()
+        total = t.user + t.system
+        for child in proc.children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                ct = child.cpu_times()
+                total += ct.user + ct.system
+        return float(total)
+    except psutil.Error:
+        return 0.0
+
+
+def cpu_note(client_s: float | None, server_s: float | None) -> str:
+    """'CPU/op client X ms, server Y ms' for a table's note column."""
+    parts = []
+    if client_s is not None:
+        parts.append(f"client {client_s * 1e3:.3g} ms")
+    if server_s is not None:
+        parts.append(f"server {server_s * 1e3:.3g} ms")
+    return "CPU/op " + ", ".join(parts) if parts else ""
+
+
+@dataclass
+class Timing:
+    """What ``interleave`` measured: wall seconds, payload bytes, and the CPU seconds the bench
+    process (client) and the case's server spent per call."""
+
+    times: dict[str, list[float]]
+    payload: dict[str, int]
+    client_cpu: dict[str, list[float]]
+    server_cpu: dict[str, list[float]]
+
+    def row(self, key: str, system: str, what: str) -> Row:
+        row = Row(key, system, what, self.times[key], payload=self.payload.get(key))
+        client = statistics.median(self.client_cpu[key]) if self.client_cpu[key] else None
+        server = statistics.median(self.server_cpu[key]) if self.server_cpu[key] else None
+        row.extra["client_cpu_s"] = client
+        row.extra["server_cpu_s"] = server
+        row.note = cpu_note(client, server)
+        return row
+
+
 def interleave(
-    cases: Sequence[Case], repeats: int, warmup: int = 1
-) -> tuple[dict[str, list[float]], dict[str, int]]:
+    cases: Sequence[Case],
+    repeats: int,
+    warmup: int = 1,
+    servers: Mapping[str, int] | None = None,
+) -> Timing:
     """Time each case ``repeats`` times, interleaved: round r runs the cases starting at
     offset r (A B C, B C A, ...), so no case always follows the same neighbour.
 
     Each case returns the number of payload bytes it received (recorded from the warm-up,
-    or the first timed run when ``warmup`` is 0). Returns (seconds per case, bytes per case).
+    or the first timed run when ``warmup`` is 0). ``servers`` maps a case to the PID of the
+    server it talks to, whose CPU time per call is recorded too (read outside the timed
+    window, so it does not add to the wall time).
     """
+    servers = servers or {}
     payload: dict[str, int] = {}
     for _ in range(warmup):
         for name, fn in cases:
             payload[name] = fn()
-    times: dict[str, list[float]] = {name: [] for name, _ in cases}
+    names = [name for name, _ in cases]
+    timing = Timing({n: [] for n in names}, payload, {n: [] for n in names}, {n: [] for n in names})
     n = len(cases)
     for r in range(repeats):
         for i in range(n):
             name, fn = cases[(r + i) % n]
+            pid = servers.get(name)
+            s0 = cpu_seconds(pid) if pid else 0.0
+            c0 = time.process_time()
             t0 = time.perf_counter()
             got = fn()
-            times[name].append(time.perf_counter() - t0)
+            t1 = time.perf_counter()
+            c1 = time.process_time()
+            if pid:
+                timing.server_cpu[name].append(cpu_seconds(pid) - s0)
+            timing.times[name].append(t1 - t0)
+            timing.client_cpu[name].append(c1 - c0)
             payload.setdefault(name, got)
-    return times, payload
+    return timing
 
 
 def nbytes(obj: Any) -> int:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import h5py
 import numpy as np
 
-from bench.common import Case, Result, Row, interleave, nbytes
+from bench.common import Case, Result, interleave, nbytes
 from bench.data import QMAP, TILED_NODE
 from bench.env import Env, checked
 from bench.servers import TILED_API_KEY
@@ -80,13 +80,16 @@ def run(env: Env) -> Result:
     cases.append(("ours", lambda: nbytes(api.read_qmap(files.main))))
     labels["ours"] = ("ours: RemoteHDF5Facade", "read_qmap: 3 maps + mask + partition")
 
-    times, payload = interleave(cases, env.cfg.repeats, warmup=1)
+    pids = {"socket": "socket", "socket_qmap": "socket", "h5grove": "h5grove"}
+    pids |= {"tiled_raw": "tiled", "tiled_client": "tiled", "ours": "ours"}
+    servers = {k: env.pid(v) for k, v in pids.items() if env.has(v)}
+    timing = interleave(cases, env.cfg.repeats, warmup=1, servers=servers)
     for key, _ in cases:
-        system, what = labels[key]
-        row = Row(key, system, what, times[key], payload=payload[key])
-        row.extra["per_map_s"] = row.median * map_bytes / payload[key]
-        row.extra["s_per_mb"] = row.median / (payload[key] / 1e6)
-        row.note = f"per map {row.extra['per_map_s'] * 1e3:.3g} ms"
+        row = timing.row(key, *labels[key])
+        size = timing.payload[key]
+        row.extra["per_map_s"] = row.median * map_bytes / size
+        row.extra["s_per_mb"] = row.median / (size / 1e6)
+        row.note = f"per map {row.extra['per_map_s'] * 1e3:.3g} ms; {row.note}".rstrip("; ")
         res.rows.append(row)
     res.notes.append(
         f"one map = {map_bytes / 1e6:.1f} MB; read_qmap payload = {qmap_bytes / 1e6:.1f} MB "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import h5py
 
-from bench.common import Case, Result, Row, interleave, nbytes
+from bench.common import Case, Result, interleave, nbytes
 from bench.data import QMAP
 from bench.env import Env
 from xpcs_io.client import AsyncRemoteHDF5Facade, RemoteHDF5Facade
@@ -50,9 +50,12 @@ def run(env: Env) -> Result:
         "remote_sync": ("ours: RemoteHDF5Facade", "read_qmap over HTTP"),
         "remote_async": ("ours: AsyncRemoteHDF5Facade", "await read_qmap over HTTP"),
     }
-    times, payload = interleave(cases, env.cfg.repeats, warmup=1)
+    ours = env.pid("ours")
+    timing = interleave(
+        cases, env.cfg.repeats, warmup=1, servers={"remote_sync": ours, "remote_async": ours}
+    )
     for key, _ in cases:
-        res.rows.append(Row(key, *labels[key], times[key], payload=payload[key]))
+        res.rows.append(timing.row(key, *labels[key]))
     api.close()
     env.run(aapi.aclose())
     h5.close()

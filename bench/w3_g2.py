@@ -7,7 +7,7 @@ import itertools
 import h5py
 import numpy as np
 
-from bench.common import Case, Result, Row, interleave, nbytes
+from bench.common import Case, Result, interleave, nbytes
 from bench.data import G2
 from bench.env import Env, checked
 from xpcs_io.client import RemoteHDF5Facade
@@ -72,12 +72,15 @@ def run(env: Env) -> Result:
         ]
         labels["h5grove_whole"] = ("h5grove + httpx", "GET /data g2 (one dataset)")
         labels["h5grove_q"] = ("h5grove + httpx", "GET /data g2 selection=:,k")
-    times, payload = interleave(cases, cfg.small_repeats, warmup=2)
+    servers = {k: env.pid("ours") for k in ("remote_whole", "remote_q")}
+    if env.has("h5grove"):
+        servers |= {k: env.pid("h5grove") for k in ("h5grove_whole", "h5grove_q")}
+    timing = interleave(cases, cfg.small_repeats, warmup=2, servers=servers)
     order = ["h5py_whole", "facade_whole", "remote_whole", "h5grove_whole"]
     order += ["h5py_q", "facade_q", "remote_q", "h5grove_q"]
     for key in order:
-        if key in times:
-            res.rows.append(Row(key, *labels[key], times[key], payload=payload[key]))
+        if key in timing.times:
+            res.rows.append(timing.row(key, *labels[key]))
     api.close()
     h5.close()
     return res

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bench.common import MB, Case, Result, Row, interleave
+from bench.common import MB, Case, Result, interleave
 from bench.env import Env
 from xpcs_io.client import RemoteHDF5Facade
 from xpcs_io.schemas import MaskSchema
@@ -26,6 +26,7 @@ def run(env: Env) -> Result:
         "files up to 200 MB), local and remote interleaved; gzip-4 mask, writer='bench'.",
     )
     api = RemoteHDF5Facade(env.url("ours"), timeout=600)
+    pid = env.pid("ours")
     for size in cfg.write_sizes:
         rel = files.writes[size]
         path = files.abs(rel)

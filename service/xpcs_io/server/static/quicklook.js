@@ -149,7 +149,8 @@
     });
     if (!res.ok) { // problem+json: {type, title, status, detail}
       const body = await res.json().catch(() => ({}));
-      const err = new Error(`${body.detail || body.title || res.statusText} (HTTP ${res.status})`);
+      const hint = res.status === 401 ? "; enter an API key at the top right" : "";
+      const err = new Error(`${body.detail || body.title || res.statusText} (HTTP ${res.status})${hint}`);
       err.status = res.status;
       throw err;
     }
@@ -347,8 +348,8 @@
     }
     const step = niceStep(y1 - y0), decimals = Math.max(0, -Math.floor(Math.log10(step)));
     ctx.textAlign = "right"; ctx.textBaseline = "middle";
-    for (let y = Math.ceil(y0 / step) * step; y <= y1; y += step) {
-      const py = Math.round(Y(y)) + 0.5;
+    for (let i = Math.ceil(y0 / step); i * step <= y1; i++) { // integer steps: always ends
+      const y = i * step, py = Math.round(Y(y)) + 0.5;
       ctx.strokeStyle = "#e3e6ea";
       ctx.beginPath(); ctx.moveTo(L, py); ctx.lineTo(W - R, py); ctx.stroke();
       ctx.fillText(y.toFixed(decimals), L - 6, py);
@@ -386,15 +387,13 @@
     }
     ctx.restore();
 
-    // legend, on a white box in the top right corner
-    const shown = bins.slice(0, 12);
-    if (shown.length) {
-      ctx.fillStyle = "rgba(255, 255, 255, 0.85)";
-      ctx.fillRect(W - R - 160, T + 4, 156, shown.length * 17 + 6);
-    }
+    // legend on a white box, bottom left: g2 decays towards 1 at long delays, not short ones
+    const shown = bins.slice(0, 12), top = H - B - 10 - shown.length * 17;
+    ctx.fillStyle = "rgba(255, 255, 255, 0.85)";
+    if (shown.length) ctx.fillRect(L + 6, top, 156, shown.length * 17 + 4);
     ctx.textAlign = "left"; ctx.textBaseline = "middle";
     shown.forEach((b, i) => {
-      const y = T + 15 + i * 17, x = W - R - 150;
+      const y = top + 11 + i * 17, x = L + 16;
       ctx.fillStyle = colour(b);
       ctx.beginPath(); ctx.arc(x, y, 4, 0, 2 * Math.PI); ctx.fill();
       ctx.fillStyle = "#333";
