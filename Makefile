@@ -38,7 +38,7 @@ openapi: $(STAMP)
 # BENCH_ARGS=--quick for a smoke run, BENCH_ARGS='--only w1,w2' for chosen workloads.
 BENCH_VENV := .venv-bench
 BENCH_ARGS ?=
-bench: $(STAMP)
+bench:
 	test -x $(BENCH_VENV)/bin/python || $(PY) -m venv $(BENCH_VENV)
 	echo '*' > $(BENCH_VENV)/.gitignore
 	$(BENCH_VENV)/bin/python -m pip install -q --upgrade pip

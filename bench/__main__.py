@@ -162,6 +162,8 @@ def run_workloads(env: Env, names: list[str]) -> dict[str, Result]:
             res = Result(name, (mod.__doc__ or name).splitlines()[0], "")
             res.errors.append(traceback.format_exc())
             log(f"{name} FAILED:\n{res.errors[-1]}")
+        finally:
+            env.close_http()
         res.seconds = time.perf_counter() - t0
         results[name] = res
         log(f"{name} done in {res.seconds:.1f} s")
@@ -184,6 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         md_path, json_path = REPO / "bench/out/BENCHMARKS.md", REPO / "bench/out/results.json"
     signal.signal(signal.SIGTERM, _sigterm)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with it ignored
     if args.work is not None:
         args.work.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="xpcs-io-bench-", dir=args.work))

@@ -33,6 +33,7 @@ class Env:
 
     def __post_init__(self) -> None:
         self.facade = HDF5Facade(pool=self.pool)
+        self._clients: list[httpx.Client] = []
 
     def has(self, name: str) -> bool:
         return name in self.servers
@@ -44,8 +45,15 @@ class Env:
         return self.servers[name].pid
 
     def http(self, name: str) -> httpx.Client:
-        """A kept-alive blocking client for a peer server."""
-        return httpx.Client(base_url=self.url(name), headers=IDENTITY, timeout=TIMEOUT)
+        """A kept-alive blocking client for a server, closed by ``close_http``."""
+        client = httpx.Client(base_url=self.url(name), headers=IDENTITY, timeout=TIMEOUT)
+        self._clients.append(client)
+        return client
+
+    def close_http(self) -> None:
+        """Close the clients ``http`` made (after each workload)."""
+        while self._clients:
+            self._clients.pop().close()
 
     def ahttp(self, name: str) -> httpx.AsyncClient:
         """A kept-alive asyncio client for a peer server (create it inside ``runner``)."""

@@ -192,7 +192,7 @@ Total run time {info["seconds"]:.0f} s; load average {info["load_before"]} befor
 Python {m["python"]}. A shared, noisy machine: the servers and the clients share its cores.
 **Packages**: {pkgs}.
 
-**Rerun**: `make bench` (full run, about 10 minutes, rewrites this file and
+**Rerun**: `make bench` (full run, about 5 minutes, rewrites this file and
 `bench/results.json`), `make bench BENCH_ARGS=--quick` (smoke test, under 3 minutes),
 `make bench BENCH_ARGS='--only w1,w4'` (chosen workloads). Partial and quick runs write to
 `bench/out/` unless `--out DIR` is given. The target creates `.venv-bench` with

@@ -40,7 +40,7 @@ def _serve_one(conn: socket.socket, payload: memoryview) -> None:
 
 def serve(port: int, size: int) -> None:
     """Serve forever on 127.0.0.1:``port`` from a ``size``-byte buffer."""
-    payload = memoryview(np.random.default_rng(0).integers(0, 255, size, dtype=np.uint8).data)
+    payload = np.random.default_rng(0).integers(0, 255, size, dtype=np.uint8).data
     with socket.create_server(("127.0.0.1", port)) as srv:
         while True:
             conn, _ = srv.accept()
@@ -54,7 +54,7 @@ class SocketClient:
         self.sock = socket.create_connection(("127.0.0.1", port))
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.buf = np.empty(max_size, dtype=np.uint8)
-        self.view = memoryview(self.buf)
+        self.view = self.buf.data
 
     def fetch(self, n: int) -> int:
         """Ask for ``n`` bytes and receive them all; returns ``n``."""

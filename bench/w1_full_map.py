@@ -79,9 +79,18 @@ def run(env: Env) -> Result:
         labels["tiled_client"] = ("tiled Python client", "node.read() (node looked up once)")
     cases.append(("ours", lambda: nbytes(api.read_qmap(files.main))))
     labels["ours"] = ("ours: RemoteHDF5Facade", "read_qmap: 3 maps + mask + partition")
+    ours_http = env.http("ours")
+    ours_params = {"file_path": files.main}
+    msgpack = {"accept": "application/msgpack"}
+
+    def ours_raw() -> int:
+        return len(checked(ours_http.get("/v1/qmap", params=ours_params, headers=msgpack)).content)
+
+    cases.append(("ours_raw", ours_raw))
+    labels["ours_raw"] = ("ours: raw httpx (no decode)", "GET /v1/qmap msgpack body, .content")
 
     pids = {"socket": "socket", "socket_qmap": "socket", "h5grove": "h5grove"}
-    pids |= {"tiled_raw": "tiled", "tiled_client": "tiled", "ours": "ours"}
+    pids |= {"tiled_raw": "tiled", "tiled_client": "tiled", "ours": "ours", "ours_raw": "ours"}
     servers = {k: env.pid(v) for k, v in pids.items() if env.has(v)}
     timing = interleave(cases, env.cfg.repeats, warmup=1, servers=servers)
     for key, _ in cases:

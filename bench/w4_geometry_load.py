@@ -8,11 +8,13 @@ node of the group (``/api/v1/metadata/<file>/xpcs/metadata``). That favours the 
 
 from __future__ import annotations
 
+import statistics
+import time
 from collections.abc import Awaitable, Callable
 
 import httpx
 
-from bench.common import Result, Row, run_for
+from bench.common import Result, Row, cpu_note, cpu_seconds, run_for
 from bench.data import GEOMETRY, TILED_NODE
 from bench.env import Env, checked
 from xpcs_io.client import AsyncRemoteHDF5Facade
@@ -76,11 +78,17 @@ def run(env: Env) -> Result:
     )
     loads, closers = env.run(_setup(env))
     samples: dict[str, list[float]] = {k: [] for k in loads}
+    client_cpu: dict[str, list[float]] = {k: [] for k in loads}
+    server_cpu: dict[str, list[float]] = {k: [] for k in loads}
     keys = list(loads)
     for r in range(cfg.load_rounds):
         for i in range(len(keys)):
             key = keys[(r + i) % len(keys)]
+            pid = env.pid(key)
+            s0, c0 = cpu_seconds(pid), time.process_time()
             done, _, wall = env.run(run_for(loads[key], cfg.clients, cfg.load_seconds))
+            server_cpu[key].append((cpu_seconds(pid) - s0) / done)
+            client_cpu[key].append((time.process_time() - c0) / done)
             samples[key].append(done / wall)
     labels = {
         "ours": ("ours: AsyncRemoteHDF5Facade", "read_geometry_metadata (whole geometry)"),
@@ -88,6 +96,11 @@ def run(env: Env) -> Result:
         "tiled": ("tiled + httpx", f"GET /api/v1/metadata/{TILED_NODE}{GEOMETRY}"),
     }
     for key in keys:
-        res.rows.append(Row(key, *labels[key], samples[key], unit="req/s"))
+        row = Row(key, *labels[key], samples[key], unit="req/s")
+        client = statistics.fmean(client_cpu[key])
+        server = statistics.fmean(server_cpu[key])
+        row.extra = {"client_cpu_s": client, "server_cpu_s": server}
+        row.note = cpu_note(client, server)
+        res.rows.append(row)
     env.run(_close(closers))
     return res

@@ -25,7 +25,7 @@ CACHE_BYTES = 1 << 30
 
 def modes() -> list[tuple[str, dict[str, Any]]]:
     """Client settings to measure: the default, and the response cache when it exists."""
-    found = [("default", {})]
+    found: list[tuple[str, dict[str, Any]]] = [("default", {})]
     if "cache_bytes" in inspect.signature(RemoteHDF5Facade).parameters:
         found.append(("cache", {"cache_bytes": CACHE_BYTES}))
     return found

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import time
 
+import httpx
+
 from bench.common import MB, Result, Row, RssSampler, idle_rss, nbytes, run_count
 from bench.data import QMAP
 from bench.env import Env, checked
@@ -68,10 +70,10 @@ def run(env: Env) -> Result:
         return nbytes(await aapi.read_qmap(files.main))
 
     readers = {"ours": ours}
-    grove = None
+    grove: httpx.AsyncClient | None = None
     if env.has("h5grove"):
 
-        async def _grove() -> object:
+        async def _grove() -> httpx.AsyncClient:
             return env.ahttp("h5grove")
 
         grove = env.run(_grove())
@@ -110,5 +112,5 @@ def run(env: Env) -> Result:
         res.rows.append(row)
     env.run(aapi.aclose())
     if grove is not None:
-        env.run(grove.aclose())  # type: ignore[attr-defined]
+        env.run(grove.aclose())
     return res

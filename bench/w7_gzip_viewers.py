@@ -7,8 +7,9 @@ so no cache shares work between them); the single reader cycles over the same co
 from __future__ import annotations
 
 import itertools
+import statistics
 
-from bench.common import MB, Result, Row, interleave, nbytes, run_count
+from bench.common import MB, Result, Row, cpu_seconds, interleave, nbytes, run_count
 from bench.env import Env
 from xpcs_io.client import AsyncRemoteHDF5Facade
 
@@ -46,37 +47,26 @@ def run(env: Env) -> Result:
         "viewers": (viewer, len(gz), cfg.gz_reads_per_viewer),
     }
     samples: dict[str, list[float]] = {k: [] for k in loads}
+    busy: dict[str, list[float]] = {k: [] for k in loads}  # server CPU seconds per second
+    pid = env.pid("ours")
     keys = list(loads)
     for r in range(cfg.load_rounds):
         for i in range(len(keys)):
             key = keys[(r + i) % len(keys)]
             fn, conc, per = loads[key]
+            s0 = cpu_seconds(pid)
             got, wall = env.run(run_count(fn, conc, per))
             samples[key].append(got / MB / wall)
+            busy[key].append((cpu_seconds(pid) - s0) / wall)
     payload = nbytes(env.run(aapi.read_qmap(gz[0])))
-    res.rows.append(
-        Row("single", "ours: AsyncRemoteHDF5Facade", "1 reader", samples["single"], "MB/s", payload)
-    )
-    res.rows.append(
-        Row(
-            "viewers",
-            "ours: AsyncRemoteHDF5Facade",
-            f"{len(gz)} concurrent viewers",
-            samples["viewers"],
-            "MB/s",
-            payload,
-        )
-    )
+    whats = {"single": "1 reader", "viewers": f"{len(gz)} concurrent viewers"}
+    for key in keys:
+        row = Row(key, "ours: AsyncRemoteHDF5Facade", whats[key], samples[key], "MB/s", payload)
+        row.extra["server_cores_busy"] = busy[key]
+        row.note = f"server busy {statistics.median(busy[key]):.2f} cores"
+        res.rows.append(row)
     local = files.abs(gz[0])
-    times, _ = interleave([("local", lambda: nbytes(env.facade.read_qmap(local)))], 3)
-    res.rows.append(
-        Row(
-            "local",
-            "local HDF5Facade",
-            "one gzip read_qmap (decompression cost)",
-            times["local"],
-            payload=payload,
-        )
-    )
+    timing = interleave([("local", lambda: nbytes(env.facade.read_qmap(local)))], 3)
+    res.rows.append(timing.row("local", "local HDF5Facade", "one gzip read_qmap, in-process"))
     env.run(aapi.aclose())
     return res

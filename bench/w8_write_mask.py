@@ -6,6 +6,8 @@ the time grows with the file size; local and remote writes alternate on the same
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from bench.common import MB, Case, Result, interleave
@@ -36,8 +38,8 @@ def run(env: Env) -> Result:
         schema = MaskSchema(mask=mask, metadata=geometry, description="bench")
         real = path.stat().st_size
 
-        def local(path: object = path, schema: MaskSchema = schema) -> int:
-            env.facade.write_mask(path, schema, writer="bench")  # type: ignore[arg-type]
+        def local(path: Path = path, schema: MaskSchema = schema) -> int:
+            env.facade.write_mask(path, schema, writer="bench")
             return int(schema.mask.nbytes)
 
         def remote(rel: str = rel, schema: MaskSchema = schema) -> int:
@@ -46,26 +48,12 @@ def run(env: Env) -> Result:
 
         cases: list[Case] = [("local", local), ("remote", remote)]
         warm = 1 if size <= 200 * MB else 0
-        times, payload = interleave(cases, cfg.write_repeats, warmup=warm)
+        timing = interleave(cases, cfg.write_repeats, warmup=warm, servers={"remote": pid})
         label = f"{real / MB:.0f} MB file"
-        res.rows.append(
-            Row(
-                f"local_{size // MB}",
-                "local HDF5Facade",
-                f"write_mask, {label}",
-                times["local"],
-                payload=payload["local"],
-            )
-        )
-        res.rows.append(
-            Row(
-                f"remote_{size // MB}",
-                "ours: RemoteHDF5Facade",
-                f"write_mask, {label}",
-                times["remote"],
-                payload=payload["remote"],
-            )
-        )
+        for key, system in (("local", "local HDF5Facade"), ("remote", "ours: RemoteHDF5Facade")):
+            row = timing.row(key, system, f"write_mask, {label}")
+            row.key = f"{key}_{size // MB}"
+            res.rows.append(row)
         versions = env.facade.list_mask_versions(path)
         res.notes.append(f"{label}: {len(versions)} versions after the run")
     api.close()

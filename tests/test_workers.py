@@ -24,8 +24,12 @@ def two_workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     root = tmp_path_factory.mktemp("workers-root")
     for i in range(4):
         write_native_file(root / f"f{i}.hdf5", DemoSpec(shape=(64, 64), compression="gzip", seed=i))
+    # No result cache: every read must reach a pool, so the merged pool counters can be checked.
     srv = start_server(
-        root, tmp_path_factory.mktemp("workers-log") / "log", args=("--workers", "2")
+        root,
+        tmp_path_factory.mktemp("workers-log") / "log",
+        args=("--workers", "2"),
+        env={"XPCS_IO_CACHE_BYTES": "0"},
     )
     yield srv
     srv.stop()

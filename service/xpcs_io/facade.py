@@ -490,6 +490,14 @@ class HDF5Facade:
         self.pool.invalidate(path)
         return record
 
+    def resolve(self, file_path: PathLike) -> str:
+        """The absolute, symlink-free path ``file_path`` names (checked against the root).
+
+        Raises:
+            PermissionError: the path leads outside the facade's root.
+        """
+        return os.path.realpath(self._resolve(file_path)[0])
+
     def file_identity(self, file_path: PathLike) -> FileIdentity:
         """The file's identity now (device, inode, size, mtime_ns): equal identities mean
         the reads return equal results, which is what the service's ETags rely on.

@@ -50,6 +50,11 @@ class Settings(BaseSettings):
     json_max_elements: int = Field(
         1_000_000, ge=1, description="Largest array sent as JSON; bigger ones need msgpack."
     )
+    cache_bytes: int = Field(
+        1 << 30,
+        ge=0,
+        description="Bytes of read results kept for all viewers (0 disables the cache).",
+    )
     lock_timeout: float = Field(60.0, gt=0, description="Seconds a write waits for the lock.")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     workers: int = Field(

@@ -22,6 +22,7 @@ from xpcs_io.pool import HDF5ConnectionPool
 from xpcs_io.server.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from xpcs_io.server.observability import Metrics, ObservabilityMiddleware, render
 from xpcs_io.server.problems import install_handlers, problem
+from xpcs_io.server.results import ResultCache
 from xpcs_io.server.routes import router
 from xpcs_io.server.workers import WorkerGroup
 from xpcs_io.settings import Settings, is_loopback
@@ -63,6 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.pool = pool
         app.state.facade = HDF5Facade(pool, True, root=root, lock_timeout=timeout)
         app.state.facade_unchecked = HDF5Facade(pool, False, root=root, lock_timeout=timeout)
+        app.state.results = ResultCache(settings.cache_bytes)
         group = None
         if settings.state_dir is not None:
             group = WorkerGroup(settings.state_dir, pool, lambda p: display_path(root, p))
@@ -94,7 +96,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.api_keys = keys
     app.state.root = root
     app.state.root_str = str(root)
-    metrics = Metrics(lambda: app.state.pool.stats() if hasattr(app.state, "pool") else None)
+    metrics = Metrics(
+        lambda: app.state.pool.stats() if hasattr(app.state, "pool") else None,
+        lambda: app.state.results.stats() if hasattr(app.state, "results") else None,
+    )
     app.state.metrics = metrics
     install_handlers(app)
     app.include_router(router)

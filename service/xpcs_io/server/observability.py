@@ -25,10 +25,26 @@ _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 
 
 
 class _PoolCollector(Collector):
-    def __init__(self, stats: Callable[[], dict[str, Any] | None]) -> None:
+    def __init__(
+        self,
+        stats: Callable[[], dict[str, Any] | None],
+        results: Callable[[], dict[str, Any] | None],
+    ) -> None:
         self._stats = stats
+        self._results = results
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        results = self._results()
+        if results is not None:
+            for name in ("hits", "misses", "coalesced"):
+                yield CounterMetricFamily(
+                    f"xpcs_io_result_cache_{name}", f"Result cache {name}", value=results[name]
+                )
+            yield GaugeMetricFamily(
+                "xpcs_io_result_cache_bytes",
+                "Bytes held by the result cache",
+                value=results["bytes"],
+            )
         stats = self._stats()
         if stats is None:
             return
@@ -45,9 +61,14 @@ class _PoolCollector(Collector):
 
 
 class Metrics:
-    """The app's metrics; ``pool_stats`` reads the live pool (None before start-up)."""
+    """The app's metrics; ``pool_stats`` and ``result_stats`` read the live pool and result
+    cache (None before start-up)."""
 
-    def __init__(self, pool_stats: Callable[[], dict[str, Any] | None]) -> None:
+    def __init__(
+        self,
+        pool_stats: Callable[[], dict[str, Any] | None],
+        result_stats: Callable[[], dict[str, Any] | None],
+    ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.latency = Histogram(
             "xpcs_io_request_duration_seconds",
@@ -69,7 +90,7 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
-        self.registry.register(_PoolCollector(pool_stats))
+        self.registry.register(_PoolCollector(pool_stats, result_stats))
 
 
 def render(metrics: Metrics) -> bytes:

@@ -103,14 +103,22 @@ def _matches(header: str | None, etag: str) -> bool:
     return etag in tags or "*" in tags
 
 
-def _conditional(request: Request, file_path: str, produce: Callable[[], Any]) -> Response:
-    """Answer 304 when the client's ETag still names this file state and request, without
-    touching HDF5; otherwise produce the body and tag it."""
-    identity = request.app.state.facade.file_identity(file_path)
+async def _read(request: Request, file_path: str, produce: Callable[[], Any]) -> Response:
+    """Answer a read: 304 when the client's ETag still names this file state and request
+    (no HDF5 work at all); else the shared result cache, which runs ``produce`` in the thread
+    pool on a miss (once for concurrent identical requests); then encode and tag."""
+    state = request.app.state
+    # Resolving and stat-ing a path is a couple of system calls: fine on the event loop.
+    identity = state.facade.file_identity(file_path)
     headers = {"etag": _etag(request, identity), "cache-control": "no-cache"}
     if _matches(request.headers.get("if-none-match"), headers["etag"]):
         return Response(status_code=304, headers=headers)
-    return _send(request, produce(), headers=headers)
+    real = state.facade.resolve(file_path)
+    key = (real, identity, request.url.path, tuple(sorted(request.query_params.multi_items())))
+    content = await state.results.get(key, real, identity, produce)
+    if wants_json(request):  # building nested lists is real work: not on the event loop
+        return await run_in_threadpool(_send, request, content, 200, headers)
+    return _send(request, content, headers=headers)
 
 
 # ---------------------------------------------------------------- reads
@@ -124,7 +132,7 @@ def _conditional(request: Request, file_path: str, produce: Callable[[], Any]) -
     dependencies=[require("read")],
     responses={**ok("QMapSchema"), **ERRORS},
 )
-def read_qmap(
+async def read_qmap(
     request: Request,
     file_path: FilePath,
     group: Annotated[str, _group("q-map")] = "/xpcs/qmap",
@@ -132,7 +140,7 @@ def read_qmap(
     layout: Layout = None,
 ) -> Response:
     """Static and dynamic q maps, azimuth map, units, and the optional mask and label map."""
-    return _conditional(
+    return await _read(
         request,
         file_path,
         lambda: _facade(request, validate).read_qmap(file_path, group, layout=layout),
@@ -147,7 +155,7 @@ def read_qmap(
     dependencies=[require("read")],
     responses={**ok("G2Data"), **ERRORS},
 )
-def read_g2_data(
+async def read_g2_data(
     request: Request,
     file_path: FilePath,
     q_idx: Annotated[
@@ -158,7 +166,7 @@ def read_g2_data(
     layout: Layout = None,
 ) -> Response:
     """G2 and its error shaped (n_delay, n_q), delays in seconds and the q of each bin."""
-    return _conditional(
+    return await _read(
         request,
         file_path,
         lambda: _facade(request, validate).read_g2_data(file_path, q_idx, group, layout=layout),
@@ -173,7 +181,7 @@ def read_g2_data(
     dependencies=[require("read")],
     responses={**ok("GeometryMetadata"), **ERRORS},
 )
-def read_geometry_metadata(
+async def read_geometry_metadata(
     request: Request,
     file_path: FilePath,
     group: Annotated[str, _group("geometry")] = "/xpcs/metadata",
@@ -181,7 +189,7 @@ def read_geometry_metadata(
     layout: Layout = None,
 ) -> Response:
     """Beam centre (pixels), detector distance and pixel size (mm), wavelength (A), shape."""
-    return _conditional(
+    return await _read(
         request,
         file_path,
         lambda: _facade(request, validate).read_geometry_metadata(file_path, group, layout=layout),
@@ -196,7 +204,7 @@ def read_geometry_metadata(
     dependencies=[require("read")],
     responses={**ok("C2Map"), **ERRORS},
 )
-def read_c2(
+async def read_c2(
     request: Request,
     file_path: FilePath,
     q_idx: Annotated[int, Query(description="Dynamic q bin (0-based, as for G2).")],
@@ -205,7 +213,7 @@ def read_c2(
     ] = None,
 ) -> Response:
     """The symmetric two-time map of one q bin of an APS 8-ID-I file; only that map is read."""
-    return _conditional(
+    return await _read(
         request, file_path, lambda: _facade(request).read_c2(file_path, q_idx, max_size)
     )
 
@@ -218,7 +226,7 @@ def read_c2(
     dependencies=[require("read")],
     responses={**ok("MaskSchema"), **ERRORS},
 )
-def read_mask(
+async def read_mask(
     request: Request,
     file_path: FilePath,
     group: Annotated[str, _group("mask")] = "/simplemask/mask",
@@ -226,7 +234,7 @@ def read_mask(
     validate: Validate = True,
 ) -> Response:
     """The newest mask written to the group, or the given version."""
-    return _conditional(
+    return await _read(
         request,
         file_path,
         lambda: _facade(request, validate).read_mask(file_path, group, version),
@@ -241,13 +249,13 @@ def read_mask(
     dependencies=[require("read")],
     responses={**ok("VersionList"), **ERRORS},
 )
-def list_mask_versions(
+async def list_mask_versions(
     request: Request,
     file_path: FilePath,
     group: Annotated[str, _group("mask")] = "/simplemask/mask",
 ) -> Response:
     """Every version of the mask group, oldest first, with who wrote it and when."""
-    return _conditional(
+    return await _read(
         request, file_path, lambda: _facade(request).list_mask_versions(file_path, group)
     )
 
@@ -260,7 +268,7 @@ def list_mask_versions(
     dependencies=[require("read")],
     responses={**ok("PartitionSchema"), **ERRORS},
 )
-def read_partition(
+async def read_partition(
     request: Request,
     file_path: FilePath,
     group: Annotated[str, _group("partition")] = "/simplemask/partition",
@@ -268,7 +276,7 @@ def read_partition(
     validate: Validate = True,
 ) -> Response:
     """The newest partition written to the group, or the given version."""
-    return _conditional(
+    return await _read(
         request,
         file_path,
         lambda: _facade(request, validate).read_partition(file_path, group, version),
@@ -283,13 +291,13 @@ def read_partition(
     dependencies=[require("read")],
     responses={**ok("VersionList"), **ERRORS},
 )
-def list_partition_versions(
+async def list_partition_versions(
     request: Request,
     file_path: FilePath,
     group: Annotated[str, _group("partition")] = "/simplemask/partition",
 ) -> Response:
     """Every version of the partition group, oldest first."""
-    return _conditional(
+    return await _read(
         request, file_path, lambda: _facade(request).list_partition_versions(file_path, group)
     )
 
@@ -362,7 +370,11 @@ async def _write(
         return facade.write_partition_version(file_path, schema, group, comp, opts, writer=who)
 
     start = time.perf_counter()
-    record = await run_in_threadpool(work)
+    try:
+        record = await run_in_threadpool(work)
+    finally:
+        # The file has a new identity now, so its cached results can never be served again.
+        request.app.state.results.drop_file(request.app.state.facade.resolve(file_path))
     kind = "mask" if cls is MaskSchema else "partition"
     request.app.state.metrics.write_duration.labels(kind).observe(time.perf_counter() - start)
     return _send(request, record, status_code=201)
@@ -472,6 +484,7 @@ async def clear_pool(request: Request) -> Response:
     """Close all pooled handles (in every worker process); later reads reopen what they
     need."""
     group = request.app.state.workers
+    request.app.state.results.clear()
     if group is None:
         await run_in_threadpool(request.app.state.facade.clear_pool)
     elif not await group.clear():

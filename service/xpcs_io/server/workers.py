@@ -17,7 +17,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,7 @@ from xpcs_io.pool import HDF5ConnectionPool
 __all__ = ["PUBLISH_INTERVAL", "WorkerGroup", "merge_stats"]
 
 PUBLISH_INTERVAL = 0.2
+log = logging.getLogger("xpcs_io.server")
 _COUNTERS = ("hits", "misses", "opens", "evictions", "reopens_on_change", "closes")
 
 
@@ -75,7 +78,8 @@ class WorkerGroup:
             return 0
 
     def _write(self, name: str, text: str) -> None:
-        tmp = self.dir / f".{name}.{self.pid}.tmp"
+        # Unique per thread: the stats endpoint and the background loop may publish at once.
+        tmp = self.dir / f".{name}.{self.pid}.{threading.get_ident()}.tmp"
         tmp.write_text(text)
         os.replace(tmp, self.dir / name)
 
@@ -123,11 +127,14 @@ class WorkerGroup:
 
     async def _loop(self) -> None:
         while True:
-            generation = self._generation()
-            if generation != self.seen:
-                self.pool.clear()
-                self.seen = generation
-            await asyncio.to_thread(self.publish)
+            try:
+                generation = self._generation()
+                if generation != self.seen:
+                    self.pool.clear()
+                    self.seen = generation
+                await asyncio.to_thread(self.publish)
+            except OSError:  # a full or vanished state folder must not stop the worker
+                log.warning("publishing pool statistics failed", exc_info=True)
             await asyncio.sleep(PUBLISH_INTERVAL)
 
     def start(self) -> None:
