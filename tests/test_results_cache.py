@@ -68,10 +68,6 @@ def test_cached_results_are_read_only_on_the_server_but_clients_get_writable_arr
     assert b.sqmap.flags.writeable
 
 
-def _run(coro: object) -> object:
-    return asyncio.run(coro)  # type: ignore[arg-type]
-
-
 def test_cache_is_bounded_and_skips_huge_results() -> None:
     cache = ResultCache(max_bytes=20_000)  # keeps results up to 5,000 bytes
 
@@ -111,8 +107,8 @@ def test_errors_reach_every_waiter_and_are_not_cached() -> None:
         calls.append(1)
         raise KeyError("/xpcs/qmap not found")
 
-    async def scenario() -> list[BaseException | object]:
-        return await asyncio.gather(
+    async def scenario() -> list[object]:
+        return await asyncio.gather(  # type: ignore[no-any-return]
             *(cache.get("k", "/f", 1, boom) for _ in range(5)), return_exceptions=True
         )
 
