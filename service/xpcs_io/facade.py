@@ -44,6 +44,23 @@ LAYOUTS = ("native", "aps8idi")
 _VALIDATED_CACHE_SIZE = 4096
 
 
+class _BoundedKeys(OrderedDict[Any, None]):
+    """A set of keys that forgets the oldest beyond ``limit`` (dict ops are atomic in
+    CPython, so concurrent readers at worst re-walk a path)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+
+    def __setitem__(self, key: Any, value: None) -> None:
+        super().__setitem__(key, value)
+        while len(self) > self.limit:
+            try:
+                self.popitem(last=False)
+            except KeyError:
+                break
+
+
 class HDF5Facade:
     """Unified facade for HDF5 I/O with schema validation, pooling and consistent errors.
 
@@ -72,6 +89,7 @@ class HDF5Facade:
         # identity) holds the same bytes, so each (file version, group) is checked once.
         self._validated: OrderedDict[tuple[Any, ...], None] = OrderedDict()
         self._validated_lock = threading.Lock()
+        self._verified_paths = _BoundedKeys(_VALIDATED_CACHE_SIZE * 4)
 
     # ------------------------------------------------------------------ plumbing
 
@@ -92,7 +110,7 @@ class HDF5Facade:
                 identity = FileIdentity(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
             except (OSError, ValueError, TypeError):
                 identity = FileIdentity.of(path)
-            yield Locator(handle, display, self.root), identity
+            yield Locator(handle, display, self.root, self._verified_paths, identity), identity
 
     @staticmethod
     def _check_group(group: Any) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+from collections.abc import Hashable, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,10 @@ class Locator:
     file: h5py.File
     display: str
     root: Path | None = None
+    #: Paths already walked and found safe in this very file version (shared by the facade,
+    #: keyed by file identity), so repeated reads skip the link-by-link walk.
+    verified: MutableMapping[Hashable, None] | None = None
+    version: Hashable = None
 
     def _check_external(self, target_file: str, hdf5_path: str) -> None:
         if self.root is None:
@@ -70,6 +75,19 @@ class Locator:
         if not isinstance(hdf5_path, str) or "\x00" in hdf5_path:
             raise ValueError(f"invalid HDF5 path {hdf5_path!r}")
         norm = posixpath.normpath("/" + hdf5_path.strip("/")) if hdf5_path.strip("/") else "/"
+        key = (self.file.filename, self.version, norm)
+        if self.root is None or (self.verified is not None and key in self.verified):
+            # Nothing to guard, or guarded before in this same file version: one HDF5 call.
+            try:
+                return self.file[norm]
+            except (KeyError, OSError, RuntimeError):
+                pass  # fall through to the walk, which says precisely what is wrong
+        node = self._walk(norm)
+        if self.verified is not None and self.root is not None:
+            self.verified[key] = None
+        return node
+
+    def _walk(self, norm: str) -> Any:
         node: Any = self.file["/"]
         walked = ""
         for part in [p for p in norm.split("/") if p]:

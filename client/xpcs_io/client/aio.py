@@ -13,7 +13,7 @@ import numpy.typing as npt
 from xpcs_io.api import PathLike, VersionRecord
 from xpcs_io.client import calls
 from xpcs_io.client.calls import Call
-from xpcs_io.client.core import CHUNK, ClientCore
+from xpcs_io.client.core import ClientCore
 from xpcs_io.client.transport import BodyBuffer, RetryPolicy, connection_error, content_length
 from xpcs_io.schemas import G2Data, GeometryMetadata, MaskSchema, PartitionSchema, QMapSchema
 
@@ -80,7 +80,7 @@ class AsyncRemoteHDF5Facade(ClientCore):
                     length = content_length(response)
                     buf = BodyBuffer(length)
                     bar = self.progress_bar(call, length)
-                    async for chunk in response.aiter_bytes(CHUNK):
+                    async for chunk in response.aiter_bytes():
                         buf.add(chunk)
                         if bar is not None:
                             bar.update(len(chunk))
