@@ -1,0 +1,122 @@
+"""What the ``/v1`` routes share: query parameter types, picking the facade, encoding, and
+the read path (ETag, shared result cache, thread pool)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from typing import Annotated, Any, Literal
+
+from fastapi import Query, Request
+from fastapi.concurrency import run_in_threadpool
+from starlette.responses import Response
+
+from xpcs_io.facade import HDF5Facade
+from xpcs_io.pool import FileIdentity
+from xpcs_io.server.responses import encode, wants_json
+
+__all__ = [
+    "Compression",
+    "CompressionOpts",
+    "FilePath",
+    "Layout",
+    "Validate",
+    "Version",
+    "Writer",
+    "facade_for",
+    "group_query",
+    "read_result",
+    "send",
+]
+
+FilePath = Annotated[
+    str,
+    Query(
+        description="Path of the HDF5 file relative to the data root, e.g. run42/result.hdf5",
+        min_length=1,
+    ),
+]
+Validate = Annotated[
+    bool,
+    Query(description="Check the data against its schema; false returns it unchecked."),
+]
+Version = Annotated[
+    int | None,
+    Query(description="Version number (1 = first write); omitted means the newest.", ge=1),
+]
+Compression = Annotated[
+    str | None, Query(description="HDF5 filter for the new datasets: gzip, lzf, szip or none.")
+]
+CompressionOpts = Annotated[int | None, Query(description="Filter level (gzip: 0-9).", ge=0, le=9)]
+Layout = Annotated[
+    Literal["native", "aps8idi"] | None,
+    Query(description="File layout; detected per file when omitted (native or APS 8-ID-I)."),
+]
+Writer = Annotated[
+    str | None,
+    Query(
+        description="Who wrote this version (default: the key's name or 'anonymous').",
+        max_length=256,
+    ),
+]
+
+
+def group_query(what: str) -> Any:
+    """The ``group`` query parameter for a group holding ``what``."""
+    return Query(description=f"HDF5 group holding the {what}.", min_length=1, max_length=1024)
+
+
+def facade_for(request: Request, validate: bool = True) -> HDF5Facade:
+    """The app's facade that validates, or the one that does not."""
+    state = request.app.state
+    facade: HDF5Facade = state.facade if validate else state.facade_unchecked
+    return facade
+
+
+def send(
+    request: Request,
+    content: Any,
+    status_code: int = 200,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    """Encode ``content`` as the client asked (msgpack or JSON)."""
+    return encode(
+        request,
+        content,
+        status_code=status_code,
+        headers=headers,
+        json_limit=request.app.state.settings.json_max_elements,
+    )
+
+
+def _etag(request: Request, identity: FileIdentity) -> str:
+    # Same file bytes (identity) + same request + same representation = same body.
+    query = sorted(request.query_params.multi_items())
+    form = "json" if wants_json(request) else "msgpack"
+    digest = hashlib.sha256(repr((identity, request.url.path, query, form)).encode())
+    return f'"{digest.hexdigest()[:32]}"'
+
+
+def _matches(header: str | None, etag: str) -> bool:
+    if not header:
+        return False
+    tags = {t.strip().removeprefix("W/") for t in header.split(",")}
+    return etag in tags or "*" in tags
+
+
+async def read_result(request: Request, file_path: str, produce: Callable[[], Any]) -> Response:
+    """Answer a read: 304 when the client's ETag still names this file state and request
+    (no HDF5 work at all); else the shared result cache, which runs ``produce`` in the thread
+    pool on a miss (once for concurrent identical requests); then encode and tag."""
+    state = request.app.state
+    # Resolving and stat-ing a path is a couple of system calls: fine on the event loop.
+    identity = state.facade.file_identity(file_path)
+    headers = {"etag": _etag(request, identity), "cache-control": "no-cache"}
+    if _matches(request.headers.get("if-none-match"), headers["etag"]):
+        return Response(status_code=304, headers=headers)
+    real = state.facade.resolve(file_path)
+    key = (real, identity, request.url.path, tuple(sorted(request.query_params.multi_items())))
+    content = await state.results.get(key, real, identity, produce)
+    if wants_json(request):  # building nested lists is real work: not on the event loop
+        return await run_in_threadpool(send, request, content, 200, headers)
+    return send(request, content, headers=headers)

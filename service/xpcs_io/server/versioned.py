@@ -1,0 +1,165 @@
+"""Routes of the versioned groups (masks and partitions), made once for both kinds: read a
+version, list the versions, write a new version.
+
+This module does not use postponed annotations: the route functions are built in a closure,
+and FastAPI must see their parameter types as objects, not as names to look up.
+"""
+
+import json
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from starlette.responses import Response
+
+from xpcs_io import wire
+from xpcs_io.errors import SchemaError, SchemaTypeError, WireFormatError
+from xpcs_io.schemas import Schema
+from xpcs_io.server.auth import require
+from xpcs_io.server.common import (
+    Compression,
+    CompressionOpts,
+    FilePath,
+    Validate,
+    Version,
+    Writer,
+    facade_for,
+    group_query,
+    read_result,
+    send,
+)
+from xpcs_io.server.openapi_docs import ERRORS, WRITE_ERRORS, body_doc, ok
+
+__all__ = ["add_versioned_routes"]
+
+
+async def _read_body(request: Request) -> bytearray:
+    """The request body in one writable buffer (arrays decode as zero-copy views of it)."""
+    declared = request.headers.get("content-length")
+    buf = bytearray(int(declared)) if declared and declared.isdigit() else bytearray()
+    n = 0
+    async for chunk in request.stream():
+        end = n + len(chunk)
+        if end <= len(buf):
+            buf[n:end] = chunk
+        else:
+            del buf[n:]
+            buf += chunk
+        n = end
+    del buf[n:]
+    return buf
+
+
+def _decode(body: bytearray, content_type: str, cls: type[Schema]) -> Any:
+    media = content_type.split(";", 1)[0].strip().lower()
+    if media == "application/json":
+        try:
+            data = json.loads(body)
+        except (ValueError, RecursionError) as exc:
+            raise WireFormatError(f"the body is not valid JSON ({exc})") from None
+    elif media in (wire.MEDIA_TYPE, "application/x-msgpack", ""):
+        data = wire.unpack(body)
+    else:
+        raise SchemaTypeError(
+            f"unsupported content type {media!r}: send application/msgpack or application/json"
+        )
+    if not isinstance(data, dict):
+        raise SchemaError(f"the body must be a map of {cls.__name__} fields")
+    return cls.from_dict(data)
+
+
+def _writer(request: Request, writer: str | None) -> str:
+    if writer:
+        return writer
+    scope = getattr(request.state, "auth_scope", None)
+    return f"api-key:{scope}" if scope else "anonymous"
+
+
+def add_versioned_routes(router: APIRouter, kind: str, cls: type[Schema]) -> None:
+    """Add ``GET /{kind}``, ``GET /{kind}/versions`` and ``POST /{kind}`` for ``cls``
+    (``MaskSchema`` or ``PartitionSchema``), calling the facade's ``read_{kind}``,
+    ``list_{kind}_versions`` and ``write_{kind}_version``."""
+    default = f"/simplemask/{kind}"
+    Group = Annotated[str, group_query(kind)]  # noqa: N806  (a type alias)
+    name = cls.__name__
+
+    async def read(
+        request: Request,
+        file_path: FilePath,
+        group: Group = default,
+        version: Version = None,
+        validate: Validate = True,
+    ) -> Response:
+        method = getattr(facade_for(request, validate), f"read_{kind}")
+        return await read_result(request, file_path, lambda: method(file_path, group, version))
+
+    async def versions(request: Request, file_path: FilePath, group: Group = default) -> Response:
+        method = getattr(facade_for(request), f"list_{kind}_versions")
+        return await read_result(request, file_path, lambda: method(file_path, group))
+
+    async def write(
+        request: Request,
+        file_path: FilePath,
+        group: Group = default,
+        compression: Compression = "gzip",
+        compression_opts: CompressionOpts = 4,
+        writer: Writer = None,
+    ) -> Response:
+        body = await _read_body(request)
+        state = request.app.state
+        method = getattr(state.facade, f"write_{kind}_version")
+
+        def work() -> dict[str, Any]:
+            schema = _decode(body, request.headers.get("content-type", ""), cls)
+            comp = None if compression in (None, "none") else compression
+            opts = compression_opts if comp == "gzip" else None
+            record: dict[str, Any] = method(
+                file_path, schema, group, comp, opts, writer=_writer(request, writer)
+            )
+            return record
+
+        start = time.perf_counter()
+        try:
+            record = await run_in_threadpool(work)
+        finally:
+            # The file has a new identity now: its cached results can never be served again.
+            state.results.drop_file(state.facade.resolve(file_path))
+        state.metrics.write_duration.labels(kind).observe(time.perf_counter() - start)
+        return send(request, record, status_code=201)
+
+    read.__doc__ = f"The newest {kind} written to the group, or the given version."
+    versions.__doc__ = f"Every version of the {kind} group, oldest first, with who and when."
+    write.__doc__ = f"Store the {name} in the body as a new version; earlier ones stay readable."
+    router.add_api_route(
+        f"/{kind}",
+        read,
+        methods=["GET"],
+        summary=f"Read a {kind} version",
+        operation_id=f"{kind}-read",
+        tags=[kind],
+        dependencies=[require("read")],
+        responses={**ok(name), **ERRORS},
+    )
+    router.add_api_route(
+        f"/{kind}/versions",
+        versions,
+        methods=["GET"],
+        summary=f"List {kind} versions",
+        operation_id=f"{kind}-versions",
+        tags=[kind],
+        dependencies=[require("read")],
+        responses={**ok("VersionList"), **ERRORS},
+    )
+    router.add_api_route(
+        f"/{kind}",
+        write,
+        methods=["POST"],
+        summary=f"Write a new {kind} version",
+        operation_id=f"{kind}-write",
+        tags=[kind],
+        status_code=201,
+        dependencies=[require("write")],
+        openapi_extra=body_doc(name),
+        responses={**ok("VersionRecord", 201), **WRITE_ERRORS},
+    )
