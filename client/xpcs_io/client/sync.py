@@ -14,6 +14,7 @@ from xpcs_io.api import PathLike, VersionRecord
 from xpcs_io.client import calls
 from xpcs_io.client.calls import Call
 from xpcs_io.client.core import ClientCore
+from xpcs_io.client.fasthttp import FastHTTPTransport, usable_for
 from xpcs_io.client.transport import BodyBuffer, RetryPolicy, connection_error, content_length
 from xpcs_io.schemas import G2Data, GeometryMetadata, MaskSchema, PartitionSchema, QMapSchema
 
@@ -61,7 +62,11 @@ class RemoteHDF5Facade(ClientCore):
             progress=progress,
         )
         self._owns = http is None
-        self._http = http or httpx.Client(base_url=self.base_url, timeout=timeout)
+        if http is None:
+            # Plain-http servers get the lean transport that reads bodies into numpy memory.
+            transport = FastHTTPTransport() if usable_for(self.base_url) else None
+            http = httpx.Client(base_url=self.base_url, timeout=timeout, transport=transport)
+        self._http = http
 
     # ------------------------------------------------------------------ plumbing
 

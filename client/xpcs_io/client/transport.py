@@ -67,6 +67,17 @@ class BodyBuffer:
         if isinstance(self.data, bytearray):
             self.data += chunk
             return
+        if (
+            self.n == 0
+            and isinstance(chunk, memoryview)
+            and not chunk.readonly
+            and chunk.nbytes == self.data.shape[0]
+        ):
+            # The whole body in one writable buffer (the fast transport read straight into
+            # it): adopt it instead of copying.
+            self.data = np.frombuffer(chunk, dtype=np.uint8)
+            self.n = chunk.nbytes
+            return
         end = self.n + len(chunk)
         if end > self.data.shape[0]:
             raise httpx.RemoteProtocolError("response body longer than its Content-Length")
