@@ -46,7 +46,8 @@ def files(server: Server, workdir: Path) -> list[tuple[str, dict[str, Any]]]:
 def _writer(server: Server, files: list[tuple[str, dict[str, Any]]], stop: threading.Event) -> int:
     written = 0
     with RemoteHDF5Facade(server.url) as api:
-        while not stop.is_set() and written < 40:
+        # At least one write per file (so every file has versions to count), at most 40.
+        while (not stop.is_set() or written < N_FILES) and written < 40:
             rel, _ = files[written % N_FILES]
             shape = api.read_geometry_metadata(rel).shape
             geo = GeometryMetadata(bcx=1, bcy=1, det_dist=1, lambda_=1, pix_dim=1, shape=shape)

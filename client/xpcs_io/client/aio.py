@@ -12,8 +12,10 @@ import numpy.typing as npt
 
 from xpcs_io.api import PathLike, VersionRecord
 from xpcs_io.client import calls
+from xpcs_io.client.afasthttp import AsyncFastHTTPTransport
 from xpcs_io.client.calls import Call
 from xpcs_io.client.core import ClientCore
+from xpcs_io.client.fasthttp import usable_for
 from xpcs_io.client.transport import BodyBuffer, RetryPolicy, connection_error, content_length
 from xpcs_io.schemas import G2Data, GeometryMetadata, MaskSchema, PartitionSchema, QMapSchema
 
@@ -61,7 +63,11 @@ class AsyncRemoteHDF5Facade(ClientCore):
             progress=progress,
         )
         self._owns = http is None
-        self._http = http or httpx.AsyncClient(base_url=self.base_url, timeout=timeout)
+        if http is None:
+            # Plain-http servers get the lean transport that reads bodies into numpy memory.
+            transport = AsyncFastHTTPTransport() if usable_for(self.base_url) else None
+            http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout, transport=transport)
+        self._http = http
 
     # ------------------------------------------------------------------ plumbing
 

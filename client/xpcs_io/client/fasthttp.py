@@ -14,12 +14,13 @@ import os
 import socket
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import numpy as np
 
-__all__ = ["FastHTTPTransport", "usable_for"]
+__all__ = ["FastHTTPTransport", "Head", "parse_head", "usable_for"]
 
 _MAX_HEAD = 64 * 1024
 _PROXY_VARS = ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
@@ -28,6 +29,55 @@ _PROXY_VARS = ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
 def usable_for(base_url: str) -> bool:
     """Whether the fast transport can serve ``base_url`` (plain http, no proxy set)."""
     return base_url.startswith("http://") and not any(os.environ.get(v) for v in _PROXY_VARS)
+
+
+@dataclass
+class Head:
+    """A parsed response head and how its body is framed."""
+
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    keep_alive: bool
+    framing: str  # "none", "length", "chunked" or "close"
+    length: int
+    rest: memoryview  # body bytes received with the head
+
+
+def parse_head(buf: bytearray, method: str) -> Head:
+    """Parse the status line and headers at the start of ``buf`` (which holds the blank line).
+
+    Raises:
+        httpx.RemoteProtocolError: a malformed status line or header.
+    """
+    end = buf.index(b"\r\n\r\n")
+    lines = bytes(buf[:end]).split(b"\r\n")
+    try:
+        version, status_text = lines[0].split(b" ", 2)[:2]
+        status = int(status_text)
+    except ValueError:
+        raise httpx.RemoteProtocolError(f"bad status line {lines[0]!r}") from None
+    headers = []
+    for line in lines[1:]:
+        name, sep, value = line.partition(b":")
+        if not sep:
+            raise httpx.RemoteProtocolError(f"bad header line {line!r}")
+        headers.append((name.strip(), value.strip()))
+    lookup = {n.lower(): v for n, v in headers}
+    keep = version == b"HTTP/1.1" and lookup.get(b"connection", b"").lower() != b"close"
+    length = 0
+    if method == "HEAD" or status in (204, 304) or 100 <= status < 200:
+        framing = "none"
+    elif b"content-length" in lookup:
+        framing = "length"
+        try:
+            length = int(lookup[b"content-length"])
+        except ValueError:
+            raise httpx.RemoteProtocolError("bad Content-Length") from None
+    elif lookup.get(b"transfer-encoding", b"").lower() == b"chunked":
+        framing = "chunked"
+    else:
+        framing, keep = "close", False
+    return Head(status, headers, keep, framing, length, memoryview(buf)[end + 4 :])
 
 
 class _Body(httpx.SyncByteStream):
@@ -147,31 +197,17 @@ class FastHTTPTransport(httpx.BaseTransport):
             if not chunk:
                 raise httpx.RemoteProtocolError("server closed the connection without answering")
             buf += chunk
-        end = buf.index(b"\r\n\r\n")
-        head, rest = bytes(buf[:end]), memoryview(buf)[end + 4 :]
-        lines = head.split(b"\r\n")
-        try:
-            version, status_text = lines[0].split(b" ", 2)[:2]
-            status = int(status_text)
-        except ValueError:
-            raise httpx.RemoteProtocolError(f"bad status line {lines[0]!r}") from None
-        headers = []
-        for line in lines[1:]:
-            name, sep, value = line.partition(b":")
-            if not sep:
-                raise httpx.RemoteProtocolError(f"bad header line {line!r}")
-            headers.append((name.strip(), value.strip()))
-        lookup = {n.lower(): v for n, v in headers}
-        keep = version == b"HTTP/1.1" and lookup.get(b"connection", b"").lower() != b"close"
-        if method == "HEAD" or status in (204, 304) or 100 <= status < 200:
+        head = parse_head(buf, method)
+        if head.framing == "none":
             data: Any = b""
-        elif b"content-length" in lookup:
-            data = self._read_exact(sock, int(lookup[b"content-length"]), rest)
-        elif lookup.get(b"transfer-encoding", b"").lower() == b"chunked":
-            data = self._read_chunked(sock, bytearray(rest))
+        elif head.framing == "length":
+            data = self._read_exact(sock, head.length, head.rest)
+        elif head.framing == "chunked":
+            data = self._read_chunked(sock, bytearray(head.rest))
         else:
-            data, keep = self._read_to_close(sock, bytearray(rest)), False
-        return httpx.Response(status, headers=headers, stream=_Body(data)), keep
+            data = self._read_to_close(sock, bytearray(head.rest))
+        response = httpx.Response(head.status, headers=head.headers, stream=_Body(data))
+        return response, head.keep_alive
 
     @staticmethod
     def _read_exact(sock: socket.socket, n: int, first: memoryview) -> Any:
