@@ -164,3 +164,29 @@ def test_same_results_as_the_standard_transport(server: Server, native_file: Pat
         assert fast.read_g2_data(rel, q_idx=2) == plain.read_g2_data(rel, q_idx=2)
         with pytest.raises(FileNotFoundError):
             fast.read_qmap("missing.hdf5")
+
+
+def test_async_transport_edge_cases(scripted: list[_Scripted]) -> None:
+    import asyncio
+
+    from xpcs_io.client.afasthttp import AsyncFastHTTPTransport
+
+    chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+    ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    short = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc"
+    srv = _Scripted([chunked, ok, ok, short])
+    scripted.append(srv)
+
+    async def run() -> None:
+        async with httpx.AsyncClient(transport=AsyncFastHTTPTransport()) as http:
+            base = f"http://127.0.0.1:{srv.port}"
+            assert (await http.get(f"{base}/c")).content == b"hello"  # chunked, kept alive
+            assert (await http.get(f"{base}/1")).content == b"ok"  # stale socket: reconnect
+            assert (await http.get(f"{base}/2")).content == b"ok"
+            with pytest.raises(httpx.RemoteProtocolError):
+                await http.get(f"{base}/3")
+        async with httpx.AsyncClient(transport=AsyncFastHTTPTransport()) as http:
+            with pytest.raises(httpx.ConnectError):
+                await http.get(f"http://127.0.0.1:{free_port()}/")
+
+    asyncio.run(run())
