@@ -7,7 +7,7 @@ DATA ?= demo-data
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test check bench fmt openapi clean
+.PHONY: run test check bench fmt openapi clean soak
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -34,6 +34,12 @@ fmt: $(STAMP)
 openapi: $(STAMP)
 	$(BIN)/python scripts/export_openapi.py
 
+# Reliability and security suites at full size (bounded versions run in `make test`);
+# figures go to tests/reliability/out/soak/, then RELIABILITY.md is rendered from them.
+soak: $(STAMP)
+	XPCS_IO_SOAK=1 $(BIN)/python -m pytest tests/reliability -q -p no:cacheprovider; \
+	status=$$?; $(BIN)/python tests/reliability/report.py; exit $$status
+
 # Benchmarks run in their own venv: tiled pins versions the main venv does not want.
 # BENCH_ARGS=--quick for a smoke run, BENCH_ARGS='--only w1,w2' for chosen workloads.
 BENCH_VENV := .venv-bench
@@ -47,4 +53,4 @@ bench:
 	$(BENCH_VENV)/bin/python -m bench $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(BENCH_VENV) .pytest_cache .mypy_cache .ruff_cache
