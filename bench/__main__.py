@@ -30,7 +30,7 @@ from bench import (
     w7_gzip_viewers,
     w8_write_mask,
 )
-from bench.common import MB, Config, Result
+from bench.common import MB, Config, Result, process_rss
 from bench.env import Env
 
 WORKLOADS: dict[str, ModuleType] = {
@@ -85,8 +85,9 @@ def prepare(cfg: Config, root: Path, names: list[str]) -> data.Files:
     files = data.write_main(cfg, root)
     if "w7" in names:
         data.write_gzip(cfg, files, cfg.viewers)
-    if "w5" in names:
-        data.write_fresh(files, w5_repeat_read.copies_needed(cfg.cache_trials))
+    fresh = w5_repeat_read.copies_needed(cfg) if "w5" in names else 0
+    fresh += w6_readers_rss.copies_needed(cfg) if "w6" in names else 0
+    data.write_fresh(files, fresh)
     if "w8" in names:
         for size in cfg.write_sizes:
             data.write_padded(files, size)
@@ -101,6 +102,7 @@ def start(
     cfg: Config,
     logdir: Path,
     started: dict[str, servers.Server],
+    startup_rss: dict[str, int],
 ) -> dict[str, str]:
     """Start what the selected workloads need, concurrently, into ``started`` (the caller
     stops them whatever happens); a peer that cannot start is returned as skipped (ours and
@@ -109,14 +111,20 @@ def start(
     qmap_bytes = cfg.shape[0] * cfg.shape[1] * 15  # 3 x f4 + u1 + u2 per pixel
     makers = {
         "ours": lambda: servers.start_ours(files.root, logdir),
+        "ours_nocache": lambda: servers.start_ours(
+            files.root, logdir, "xpcs-io-nocache", env=servers.NO_CACHE_ENV
+        ),
         "socket": lambda: servers.start_socket(qmap_bytes + MB, logdir),
         "h5grove": lambda: servers.start_h5grove(files.root, logdir),
         "tiled": lambda: servers.start_tiled(
             files.tiled_dir, logdir, f"{data.TILED_NODE}{data.QMAP}/sqmap"
         ),
     }
-    for name in ("ours", "socket", "h5grove", "tiled"):
+    for name in ("ours", "ours_nocache", "socket", "h5grove", "tiled"):
         if name not in needs:
+            continue
+        if name == "ours_nocache" and not servers.ours_supports("cache_bytes"):
+            skipped[name] = "xpcs-io serve has no result cache to turn off"
             continue
         if name == "h5grove" and not _importable("h5grove"):
             skipped[name] = "h5grove is not installed (run `make bench`, which installs it)"
@@ -129,6 +137,7 @@ def start(
         try:
             srv.wait_ready(timeout=120 if name == "tiled" else 60)
             log(f"{name} ready on {srv.url} (pid {srv.pid})")
+            startup_rss[name] = process_rss(srv.pid)
         except RuntimeError as exc:
             if name in ("ours", "socket"):
                 raise
@@ -138,6 +147,13 @@ def start(
             srv.stop()
             del started[name]
     return skipped
+
+
+def _command(srv: servers.Server) -> str:
+    """The server's command line with the temporary paths shortened."""
+    args = [str(a) for a in srv.proc.args]  # type: ignore[union-attr]
+    args[0] = Path(args[0]).name
+    return " ".join("<dir>" if "xpcs-io-bench-" in a else a for a in args)
 
 
 def _importable(module: str) -> bool:
@@ -175,7 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse(argv)
     if args.list:
         for name, mod in WORKLOADS.items():
-            print(f"{name}: {(mod.__doc__ or '').splitlines()[0]}")
+            print((mod.__doc__ or name).splitlines()[0])
         return 0
     cfg = Config.quick() if args.quick else Config.full()
     names = select(args.only)
@@ -199,9 +215,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         files = prepare(cfg, work / "data", names)
         needs = set().union(*(WORKLOADS[n].NEEDS for n in names))
-        skipped = start(needs, files, cfg, logdir, started)
+        startup_rss: dict[str, int] = {}
+        skipped = start(needs, files, cfg, logdir, started, startup_rss)
+        server_cmds = {k: _command(v) for k, v in started.items()}
         with asyncio.Runner() as runner:
-            env = Env(cfg, files, started, runner, skipped=skipped)
+            env = Env(cfg, files, started, runner, logdir, skipped=skipped)
+            env.startup_rss = startup_rss
             results = run_workloads(env, names)
         ts = report.targets(results)
         info = {
@@ -216,6 +235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "workloads": names,
             "config": cfg.__dict__,
             "machine": report.machine(),
+            "servers": server_cmds,
         }
         report.write(md_path, json_path, info, results, ts, skipped)
         print(report.targets_text(ts), flush=True)

@@ -43,6 +43,16 @@ class Files:
     def abs(self, rel: str) -> Path:
         return self.root / rel
 
+    def take_fresh(self) -> str:
+        """A byte copy of the main file that no server has read yet.
+
+        Raises:
+            RuntimeError: none left (``prepare`` made too few).
+        """
+        if not self.fresh:
+            raise RuntimeError("no fresh copy of the main file left")
+        return self.fresh.pop(0)
+
     @property
     def tiled_dir(self) -> Path:
         return self.root / "read"

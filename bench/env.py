@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -28,8 +29,10 @@ class Env:
     files: Files
     servers: dict[str, Server]
     runner: asyncio.Runner
+    logdir: Path
     pool: HDF5ConnectionPool = field(default_factory=lambda: HDF5ConnectionPool(max_size=16))
     skipped: dict[str, str] = field(default_factory=dict)  # system -> why it is missing
+    startup_rss: dict[str, int] = field(default_factory=dict)  # server -> RSS when ready
 
     def __post_init__(self) -> None:
         self.facade = HDF5Facade(pool=self.pool)

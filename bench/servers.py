@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,11 +122,32 @@ def _tcp_ok(server: Server) -> bool:
         return True
 
 
-def start_ours(root: Path, logdir: Path) -> Server:
+def ours_supports(setting: str) -> bool:
+    """Whether ``xpcs-io serve`` has this setting (the service evolves; the bench adapts)."""
+    from xpcs_io.settings import Settings
+
+    return setting in Settings.model_fields
+
+
+def start_ours(
+    root: Path,
+    logdir: Path,
+    name: str = "xpcs-io",
+    args: Sequence[str] = (),
+    env: dict[str, str] | None = None,
+) -> Server:
+    """``xpcs-io serve`` with its defaults, plus ``args`` flags and ``env`` settings."""
     port = free_port()
     cmd = [sys.executable, "-m", "xpcs_io.cli", "serve", "--root", str(root)]
-    cmd += ["--port", str(port), "--log-level", "warning"]
-    return _spawn("xpcs-io", cmd, port, logdir, _http_ok("/health"))
+    cmd += ["--port", str(port), "--log-level", "warning", *args]
+    tmp = logdir / f"{name}-tmp"  # e.g. the state folder of --workers
+    tmp.mkdir(exist_ok=True)
+    return _spawn(name, cmd, port, logdir, _http_ok("/health"), {"TMPDIR": str(tmp), **(env or {})})
+
+
+# The result cache of the service (when it has one) turns repeated reads of an unchanged file
+# into memory copies; a second instance with it off measures the read path itself.
+NO_CACHE_ENV = {"XPCS_IO_CACHE_BYTES": "0"}
 
 
 def start_h5grove(root: Path, logdir: Path) -> Server:

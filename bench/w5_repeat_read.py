@@ -14,7 +14,7 @@ import statistics
 import time
 from typing import Any
 
-from bench.common import Result, Row, nbytes
+from bench.common import Config, Result, Row, nbytes
 from bench.env import Env
 from xpcs_io.client import RemoteHDF5Facade
 
@@ -31,8 +31,9 @@ def modes() -> list[tuple[str, dict[str, Any]]]:
     return found
 
 
-def copies_needed(cfg_trials: int) -> int:
-    return cfg_trials * len(modes())
+def copies_needed(cfg: Config) -> int:
+    """Never-read copies of the main file this workload takes."""
+    return cfg.cache_trials * len(modes())
 
 
 def run(env: Env) -> Result:
@@ -44,14 +45,13 @@ def run(env: Env) -> Result:
         f"client: 1 first read then {cfg.cache_repeats} repeats; modes alternate per trial.",
     )
     ms = modes()
-    fresh = list(files.fresh)
     first: dict[str, list[float]] = {m: [] for m, _ in ms}
     repeat: dict[str, list[float]] = {m: [] for m, _ in ms}
     payload = 0
     for t in range(cfg.cache_trials):
         for i in range(len(ms)):
             mode, kwargs = ms[(t + i) % len(ms)]
-            rel = fresh.pop(0)
+            rel = files.take_fresh()
             with RemoteHDF5Facade(env.url("ours"), timeout=300, **kwargs) as api:
                 t0 = time.perf_counter()
                 payload = nbytes(api.read_qmap(rel))

@@ -11,7 +11,7 @@ import time
 
 import httpx
 
-from bench.common import MB, Result, Row, RssSampler, idle_rss, nbytes, run_count
+from bench.common import MB, Config, Result, Row, RssSampler, idle_rss, nbytes, run_count
 from bench.data import QMAP
 from bench.env import Env, checked
 from xpcs_io.client import AsyncRemoteHDF5Facade, RemoteHDF5Facade
@@ -22,6 +22,11 @@ NEEDS = {"ours", "h5grove"}
 
 async def _make(url: str) -> AsyncRemoteHDF5Facade:
     return AsyncRemoteHDF5Facade(url, timeout=300)
+
+
+def copies_needed(cfg: Config) -> int:
+    """Never-read copies of the main file this workload takes."""
+    return cfg.load_rounds
 
 
 def _rss_growth(env: Env, res: Result) -> None:
@@ -59,15 +64,17 @@ def run(env: Env) -> Result:
         f"{cfg.readers} concurrent full-map readers: throughput and server peak RSS",
         f"{cfg.readers} asyncio readers x {cfg.reads_per_reader} reads each, "
         f"{cfg.load_rounds} rounds alternating systems. Ours reads read_qmap (all maps), "
-        "h5grove one map (format=bin). 'payload' is one response's bytes; P5 compares the "
-        "peak above idle with 4x that.",
+        "h5grove one map (format=bin). Ours reads a never-read byte copy of the file each "
+        "round, so its result cache (if any) starts cold. 'payload' is one response's bytes; "
+        "P5 compares the peak above the idle just before the round with 4x that.",
     )
     _rss_growth(env, res)
     aapi = env.run(_make(env.url("ours")))
     payload = {"ours": nbytes(env.run(aapi.read_qmap(files.main)))}
+    target = {"ours": files.main}  # a never-read copy each round, so no cache has it yet
 
     async def ours(_: int) -> int:
-        return nbytes(await aapi.read_qmap(files.main))
+        return nbytes(await aapi.read_qmap(target["ours"]))
 
     readers = {"ours": ours}
     grove: httpx.AsyncClient | None = None
@@ -93,6 +100,8 @@ def run(env: Env) -> Result:
         for i in range(len(keys)):
             key = keys[(r + i) % len(keys)]
             pid = env.pid(server[key])
+            if key == "ours":
+                target["ours"] = files.take_fresh()
             time.sleep(0.3)
             base = idle_rss(pid)
             with RssSampler(pid) as sampler:
@@ -108,7 +117,12 @@ def run(env: Env) -> Result:
         row = Row(f"{key}_peak_over_idle", names[key], "server peak RSS above idle", over, "MB")
         row.payload = payload[key]
         row.extra = {"peak_mb": peak[key], "idle_mb": idle[key]}
-        row.note = f"idle {min(idle[key]):.0f} MB, 4x payload = {4 * payload[key] / MB:.0f} MB"
+        start = env.startup_rss.get(server[key], 0) / MB
+        row.note = (
+            f"RSS at start {start:.0f} MB, idle before rounds {min(idle[key]):.0f}-"
+            f"{max(idle[key]):.0f} MB, peak {max(peak[key]):.0f} MB; "
+            f"4x payload = {4 * payload[key] / MB:.0f} MB"
+        )
         res.rows.append(row)
     env.run(aapi.aclose())
     if grove is not None:

@@ -1,72 +1,119 @@
 """w7: gzip-4 chunked q-maps, 8 concurrent viewers vs one reader (ours).
 
-Each viewer reads its own copy of the file (byte copies: same content, different inodes,
-so no cache shares work between them); the single reader cycles over the same copies.
+Each viewer reads its own copy of the file (byte copies: same content, different inodes);
+the single reader cycles over the same copies. The server runs with its result cache off
+(when it has one), so every read decompresses: this measures the read path, not the cache.
+It runs with one process (the default) and, when ``xpcs-io serve`` has ``--workers``, with
+one worker per core, as the README recommends for compressed data and many viewers.
 """
 
 from __future__ import annotations
 
 import itertools
+import os
 import statistics
+from collections.abc import Awaitable, Callable
 
+from bench import servers
 from bench.common import MB, Result, Row, cpu_seconds, interleave, nbytes, run_count
 from bench.env import Env
 from xpcs_io.client import AsyncRemoteHDF5Facade
 
 NAME = "w7"
-NEEDS = {"ours"}
+NEEDS = {"ours", "ours_nocache"}
+WORKERS_KEY = "ours_workers"
 
 
 async def _make(url: str) -> AsyncRemoteHDF5Facade:
     return AsyncRemoteHDF5Facade(url, timeout=300)
 
 
+def _start_workers(env: Env, n: int) -> str | None:
+    """Start a ``--workers n`` server (result cache off) registered in ``env.servers`` so it
+    is stopped whatever happens; returns its key, or None when unsupported."""
+    if not servers.ours_supports("workers"):
+        env.skipped[WORKERS_KEY] = "xpcs-io serve has no --workers option"
+        return None
+    extra_env = servers.NO_CACHE_ENV if servers.ours_supports("cache_bytes") else {}
+    srv = servers.start_ours(
+        env.files.root, env.logdir, "xpcs-io-workers", ["--workers", str(n)], extra_env
+    )
+    env.servers[WORKERS_KEY] = srv
+    srv.wait_ready(timeout=60)
+    return WORKERS_KEY
+
+
 def run(env: Env) -> Result:
     cfg, files = env.cfg, env.files
+    cores = os.cpu_count() or 2
     res = Result(
         NAME,
         f"gzip-4 chunked q-maps: {cfg.viewers} concurrent viewers vs one reader",
-        f"read_qmap over HTTP (async client). One reader: {cfg.gz_single_reads} reads in a "
-        f"row; {cfg.viewers} viewers: {cfg.gz_reads_per_viewer} read(s) each, each its own "
-        f"copy. {cfg.load_rounds} rounds alternating; throughput = bytes / wall time.",
+        f"read_qmap over HTTP (async client), server result cache off. One reader: "
+        f"{cfg.gz_single_reads} reads in a row; {cfg.viewers} viewers: "
+        f"{cfg.gz_reads_per_viewer} read(s) each, each its own copy. {cfg.load_rounds} "
+        "rounds, configurations and modes alternating; throughput = bytes / wall time; "
+        "'server busy' = server CPU seconds per wall second (all its processes).",
     )
-    aapi = env.run(_make(env.url("ours")))
+    configs = {"1": "ours_nocache" if env.has("ours_nocache") else "ours"}
+    if configs["1"] == "ours":
+        res.notes.append("the server has no result cache switch: repeated reads may be cached")
+    key = _start_workers(env, cores)
+    if key is not None:
+        configs[str(cores)] = key
     gz = files.gz[: cfg.viewers]
+    clients = {c: env.run(_make(env.url(s))) for c, s in configs.items()}
     cycle = itertools.cycle(gz)
-    for rel in gz:  # open every copy once: warm pool and validation on both sides alike
-        env.run(aapi.read_qmap(rel))
+    for api in clients.values():  # open every copy once: warm pools on every side alike
+        for rel in gz:
+            env.run(api.read_qmap(rel))
 
-    async def single(_: int) -> int:
-        return nbytes(await aapi.read_qmap(next(cycle)))
+    def loads(
+        api: AsyncRemoteHDF5Facade,
+    ) -> dict[str, tuple[Callable[[int], Awaitable[int]], int, int]]:
+        async def single(_: int) -> int:
+            return nbytes(await api.read_qmap(next(cycle)))
 
-    async def viewer(i: int) -> int:
-        return nbytes(await aapi.read_qmap(gz[i]))
+        async def viewer(i: int) -> int:
+            return nbytes(await api.read_qmap(gz[i]))
 
-    loads = {
-        "single": (single, 1, cfg.gz_single_reads),
-        "viewers": (viewer, len(gz), cfg.gz_reads_per_viewer),
-    }
-    samples: dict[str, list[float]] = {k: [] for k in loads}
-    busy: dict[str, list[float]] = {k: [] for k in loads}  # server CPU seconds per second
-    pid = env.pid("ours")
-    keys = list(loads)
+        return {
+            "single": (single, 1, cfg.gz_single_reads),
+            "viewers": (viewer, len(gz), cfg.gz_reads_per_viewer),
+        }
+
+    runs = [(c, m) for c in configs for m in ("single", "viewers")]
+    samples: dict[tuple[str, str], list[float]] = {k: [] for k in runs}
+    busy: dict[tuple[str, str], list[float]] = {k: [] for k in runs}
     for r in range(cfg.load_rounds):
-        for i in range(len(keys)):
-            key = keys[(r + i) % len(keys)]
-            fn, conc, per = loads[key]
+        for i in range(len(runs)):
+            config, mode = runs[(r + i) % len(runs)]
+            fn, conc, per = loads(clients[config])[mode]
+            pid = env.pid(configs[config])
             s0 = cpu_seconds(pid)
             got, wall = env.run(run_count(fn, conc, per))
-            samples[key].append(got / MB / wall)
-            busy[key].append((cpu_seconds(pid) - s0) / wall)
-    payload = nbytes(env.run(aapi.read_qmap(gz[0])))
+            samples[config, mode].append(got / MB / wall)
+            busy[config, mode].append((cpu_seconds(pid) - s0) / wall)
+    payload = nbytes(env.run(clients["1"].read_qmap(gz[0])))
     whats = {"single": "1 reader", "viewers": f"{len(gz)} concurrent viewers"}
-    for key in keys:
-        row = Row(key, "ours: AsyncRemoteHDF5Facade", whats[key], samples[key], "MB/s", payload)
-        row.extra["server_cores_busy"] = busy[key]
-        row.note = f"server busy {statistics.median(busy[key]):.2f} cores"
+    for config, mode in runs:
+        procs = "1 process" if config == "1" else f"--workers {config}"
+        row = Row(
+            f"{mode}_{config}",
+            f"ours ({procs}), async client",
+            whats[mode],
+            samples[config, mode],
+            "MB/s",
+            payload,
+        )
+        row.extra["server_cores_busy"] = busy[config, mode]
+        row.note = f"server busy {statistics.median(busy[config, mode]):.2f} cores"
         res.rows.append(row)
     local = files.abs(gz[0])
     timing = interleave([("local", lambda: nbytes(env.facade.read_qmap(local)))], 3)
     res.rows.append(timing.row("local", "local HDF5Facade", "one gzip read_qmap, in-process"))
-    env.run(aapi.aclose())
+    for api in clients.values():
+        env.run(api.aclose())
+    if key is not None:
+        env.servers.pop(key).stop()
     return res

@@ -48,6 +48,8 @@ def _serve(args: argparse.Namespace) -> int:
         "log_config": None,
         "access_log": False,
         "timeout_graceful_shutdown": 30,
+        # Viewers poll now and then: keep their connections longer than uvicorn's 5 s.
+        "timeout_keep_alive": 75,
     }
     if settings.workers == 1:
         uvicorn.run(app, **common)

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from xpcs_io.client.fasthttp import FastHTTPTransport, parse_head
+from xpcs_io.client.fasthttp import FastHTTPTransport, alive, parse_head
 
 __all__ = ["AsyncFastHTTPTransport"]
 
@@ -35,11 +35,15 @@ class AsyncFastHTTPTransport(httpx.AsyncBaseTransport):
         self._idle: dict[tuple[str, int], list[socket.socket]] = {}
 
     async def _take(
-        self, key: tuple[str, int], timeout: float | None
+        self, key: tuple[str, int], timeout: float | None, fresh: bool = False
     ) -> tuple[socket.socket, bool]:
         idle = self._idle.get(key)
-        if idle:
-            return idle.pop(), True
+        while idle and not fresh:
+            pooled = idle.pop()
+            if alive(pooled):
+                pooled.setblocking(False)
+                return pooled, True
+            pooled.close()
         loop = asyncio.get_running_loop()
         sock: socket.socket | None = None
         try:
@@ -72,7 +76,7 @@ class AsyncFastHTTPTransport(httpx.AsyncBaseTransport):
         body = await request.aread()
         loop = asyncio.get_running_loop()
         for attempt in (0, 1):
-            sock, reused = await self._take(key, timeout)
+            sock, reused = await self._take(key, timeout, fresh=attempt > 0)
             try:
                 try:
                     await asyncio.wait_for(loop.sock_sendall(sock, head + body), timeout)

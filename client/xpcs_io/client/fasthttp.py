@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-__all__ = ["FastHTTPTransport", "Head", "parse_head", "usable_for"]
+__all__ = ["FastHTTPTransport", "Head", "alive", "parse_head", "usable_for"]
 
 _MAX_HEAD = 64 * 1024
 _PROXY_VARS = ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
@@ -80,6 +80,21 @@ def parse_head(buf: bytearray, method: str) -> Head:
     return Head(status, headers, keep, framing, length, memoryview(buf)[end + 4 :])
 
 
+def alive(sock: socket.socket) -> bool:
+    """Whether an idle keep-alive socket is still open (the server may have timed it out):
+    a non-blocking peek sees end-of-file on a closed one."""
+    try:
+        sock.setblocking(False)
+        try:
+            return sock.recv(1, socket.MSG_PEEK) != b""
+        except BlockingIOError:
+            return True
+        finally:
+            sock.setblocking(True)
+    except OSError:
+        return False
+
+
 class _Body(httpx.SyncByteStream):
     def __init__(self, data: Any) -> None:
         self.data = data
@@ -100,13 +115,19 @@ class FastHTTPTransport(httpx.BaseTransport):
 
     # ------------------------------------------------------------------ connections
 
-    def _take(self, key: tuple[str, int], timeout: float | None) -> tuple[socket.socket, bool]:
-        with self._lock:
-            idle = self._idle.get(key)
-            if idle:
-                sock = idle.pop()
+    def _take(
+        self, key: tuple[str, int], timeout: float | None, fresh: bool = False
+    ) -> tuple[socket.socket, bool]:
+        while not fresh:
+            with self._lock:
+                idle = self._idle.get(key)
+                sock = idle.pop() if idle else None
+            if sock is None:
+                break
+            if alive(sock):
                 sock.settimeout(timeout)
                 return sock, True
+            sock.close()
         try:
             sock = socket.create_connection(key, timeout=timeout)
         except OSError as exc:
@@ -142,7 +163,7 @@ class FastHTTPTransport(httpx.BaseTransport):
         head = self._head(request)
         body = request.read()
         for attempt in (0, 1):
-            sock, reused = self._take(key, timeout)
+            sock, reused = self._take(key, timeout, fresh=attempt > 0)
             try:
                 try:
                     sock.sendall(head + body if len(body) < 65536 else head)
