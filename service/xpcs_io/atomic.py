@@ -76,6 +76,9 @@ def edit_atomically(
         tmp = target.with_name(f".{target.name}{TMP_MARK}{os.getpid()}-{secrets.token_hex(4)}")
         exists = target.exists()
         name = display or target.name
+        if exists and not target.is_file():
+            # A FIFO or device would block the copy; a directory cannot be written as HDF5.
+            raise HDF5ValidationError(f"{name} is not a regular file", file=name)
         # A rename would bypass a read-only file's mode: honour it as an in-place write would.
         if exists and not os.access(target, os.W_OK):
             raise PermissionError(f"Permission denied: {name} is read-only")

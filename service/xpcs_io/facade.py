@@ -107,7 +107,7 @@ class HDF5Facade:
         with self.pool.checkout(path, display) as handle:
             try:
                 st = os.fstat(handle.id.get_vfd_handle())
-                identity = FileIdentity(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+                identity = FileIdentity.from_stat(st)
             except (OSError, ValueError, TypeError):
                 identity = FileIdentity.of(path)
             yield Locator(handle, display, self.root, self._verified_paths, identity), identity

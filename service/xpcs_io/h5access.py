@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import posixpath
 from collections.abc import Hashable, MutableMapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,8 @@ import numpy as np
 from xpcs_io.errors import HDF5ValidationError
 
 __all__ = ["Locator", "decode_str", "is_inside"]
+
+_MAX_LINK_DEPTH = 16
 
 
 def is_inside(path: str | os.PathLike[str], root: Path) -> bool:
@@ -52,17 +54,24 @@ class Locator:
     #: keyed by file identity), so repeated reads skip the link-by-link walk.
     verified: MutableMapping[Hashable, None] | None = None
     version: Hashable = None
+    #: Files this locator opened while following external links (kept open while it lives,
+    #: since objects found in them need them), shared with the locators it spawns.
+    opened: list[Any] = field(default_factory=list, repr=False, compare=False)
 
-    def _check_external(self, target_file: str, hdf5_path: str) -> None:
-        if self.root is None:
-            return
-        base = Path(os.path.dirname(os.path.realpath(self.file.filename)))
+    def _check_external(self, holder: str, target_file: str, hdf5_path: str) -> Path:
+        """Refuse a link (or virtual source) held in file ``holder`` unless its target file
+        exists inside the root. Relative names are taken from the holder's folder, as HDF5
+        does first; requiring that the file exists there stops HDF5 from searching on (its
+        later candidates, such as the working directory, may lie outside the root)."""
+        base = Path(os.path.dirname(os.path.realpath(holder)))
         target = Path(target_file)
         candidate = target if target.is_absolute() else base / target
-        if not is_inside(candidate, self.root):
+        assert self.root is not None
+        if not is_inside(candidate, self.root) or not candidate.is_file():
             raise PermissionError(
                 f"{self.display}: {hdf5_path} links to a file outside the data root"
             )
+        return Path(os.path.realpath(candidate))
 
     def get(self, hdf5_path: str) -> Any:
         """The group or dataset at ``hdf5_path``.
@@ -82,12 +91,23 @@ class Locator:
                 return self.file[norm]
             except (KeyError, OSError, RuntimeError):
                 pass  # fall through to the walk, which says precisely what is wrong
+        crossed = len(self.opened)
         node = self._walk(norm)
-        if self.verified is not None and self.root is not None:
+        # Only paths inside this one file are remembered: another file reached through a
+        # link can change without this file's identity changing.
+        if self.verified is not None and self.root is not None and len(self.opened) == crossed:
             self.verified[key] = None
         return node
 
-    def _walk(self, norm: str) -> Any:
+    def _walk(self, norm: str, depth: int = 0) -> Any:
+        """Resolve ``norm`` one link at a time: soft links are followed through this walk
+        (so a chain cannot hide an external link), external links are checked against the
+        root before HDF5 opens their file, and virtual datasets have every source checked,
+        recursively. ``depth`` bounds link chains and nesting."""
+        if depth > _MAX_LINK_DEPTH:
+            raise HDF5ValidationError(
+                f"{self.display}: too many links resolving {norm}", file=self.display
+            )
         node: Any = self.file["/"]
         walked = ""
         for part in [p for p in norm.split("/") if p]:
@@ -103,8 +123,14 @@ class Locator:
             if link is None:
                 where = "" if walked == norm else f" (no {walked})"
                 raise KeyError(f"{norm} not found in {self.display}{where}")
-            if isinstance(link, h5py.ExternalLink):
-                self._check_external(link.filename, walked)
+            if self.root is not None and isinstance(link, h5py.SoftLink):
+                target = posixpath.normpath(posixpath.join(posixpath.dirname(walked), link.path))
+                node = self._in_file(node.file).walk_from(target, depth + 1)
+                continue
+            if self.root is not None and isinstance(link, h5py.ExternalLink):
+                real = self._check_external(node.file.filename, link.filename, walked)
+                node = self._open_external(real, link.path, walked, depth)
+                continue
             try:
                 node = node[part]
             except KeyError:
@@ -113,11 +139,40 @@ class Locator:
                 raise HDF5ValidationError(
                     f"{self.display}: cannot read {walked} ({exc})", file=self.display
                 ) from exc
-        if isinstance(node, h5py.Dataset) and node.is_virtual:
-            for source in node.virtual_sources():
-                if source.file_name != ".":
-                    self._check_external(source.file_name, norm)
+        if self.root is not None and isinstance(node, h5py.Dataset) and node.is_virtual:
+            self._check_virtual(node, norm, depth)
         return node
+
+    def walk_from(self, norm: str, depth: int) -> Any:
+        """``_walk`` for a path reached through a link (depth counted)."""
+        return self._walk(norm, depth)
+
+    def _in_file(self, handle: Any) -> Locator:
+        return Locator(handle, self.display, self.root, opened=self.opened)
+
+    def _open_external(self, real: Path, path: str, walked: str, depth: int) -> Any:
+        # Open the (checked, inside) target ourselves and walk the link's path in it with the
+        # same guard, so a link found there is checked as well.
+        try:
+            target = h5py.File(real, "r")
+        except OSError as exc:
+            raise HDF5ValidationError(
+                f"{self.display}: {walked} links to a file that is not readable HDF5",
+                file=self.display,
+            ) from exc
+        self.opened.append(target)
+        return self._in_file(target).walk_from(posixpath.normpath("/" + path), depth + 1)
+
+    def _check_virtual(self, node: h5py.Dataset, norm: str, depth: int) -> None:
+        holder = node.file.filename
+        for source in node.virtual_sources():
+            if source.file_name == ".":
+                continue
+            real = self._check_external(holder, source.file_name, norm)
+            # A source that is itself virtual may point further out: check it too.
+            src = self._open_external(real, source.dset_name, norm, depth)
+            if not isinstance(src, h5py.Dataset):
+                raise KeyError(f"{norm} in {self.display}: a virtual source is not a dataset")
 
     def group(self, hdf5_path: str) -> h5py.Group:
         """The group at ``hdf5_path``.

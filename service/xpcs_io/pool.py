@@ -15,8 +15,10 @@ they build the new state in a copy and rename it over the original (see ``xpcs_i
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
+import stat
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -34,22 +36,42 @@ log = logging.getLogger(__name__)
 
 
 class FileIdentity(NamedTuple):
-    """What makes a file "the same file with the same bytes" for the pool."""
+    """What makes a file "the same file with the same bytes" for the pool.
+
+    ``ctime_ns`` is in it because tools that rewrite a file in place can keep its size and
+    restore its mtime (``cp -p``, ``rsync --inplace -t``), but nothing can set the ctime: any
+    change of the content moves it.
+    """
 
     device: int
     inode: int
     size: int
     mtime_ns: int
+    ctime_ns: int
 
     @classmethod
     def of(cls, path: str | os.PathLike[str]) -> FileIdentity:
         """Stat ``path`` (following symlinks).
 
         Raises:
-            FileNotFoundError: the file does not exist.
+            FileNotFoundError: the file does not exist, or the path cannot name a file (a
+                symlink loop, a component that is not a directory, a name too long).
         """
-        st = os.stat(path)
-        return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        try:
+            return cls.from_stat(os.stat(path))
+        except OSError as exc:
+            if exc.errno in _NOT_A_FILE:
+                raise FileNotFoundError(exc.errno, "No such file", os.fspath(path)) from None
+            raise
+
+    @classmethod
+    def from_stat(cls, st: os.stat_result) -> FileIdentity:
+        """The identity a ``stat`` result describes."""
+        return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+# stat() errors that mean "there is no file by that name", to be answered like ENOENT.
+_NOT_A_FILE = frozenset({errno.ENOENT, errno.ELOOP, errno.ENOTDIR, errno.ENAMETOOLONG})
 
 
 @dataclass
@@ -72,10 +94,17 @@ def open_hdf5(path: str, display: str | None = None, *, driver: str | None = Non
         HDF5ValidationError: the file is not HDF5, is truncated or is a directory.
     """
     name = display or path
-    if os.path.isdir(path):
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        if exc.errno in _NOT_A_FILE:
+            raise FileNotFoundError(f"No such file: {name}") from None
+        raise
+    if stat.S_ISDIR(mode):
         raise HDF5ValidationError(f"{name} is a directory, not an HDF5 file", file=name)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"No such file: {name}")
+    if not stat.S_ISREG(mode):
+        # A FIFO or device would block open(2) inside HDF5, with h5py's lock held.
+        raise HDF5ValidationError(f"{name} is not a regular file", file=name)
     if not os.access(path, os.R_OK):
         raise PermissionError(f"Permission denied: {name}")
     try:
@@ -183,7 +212,7 @@ class HDF5ConnectionPool:
             if not private:
                 try:
                     st = os.fstat(handle.id.get_vfd_handle())
-                    identity = FileIdentity(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+                    identity = FileIdentity.from_stat(st)
                 except (OSError, ValueError, TypeError):
                     pass
             self.opens += 1

@@ -16,7 +16,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from xpcs_io.errors import ERROR_TABLE, status_for
@@ -109,6 +109,16 @@ async def _json_too_large(request: Request, exc: Exception) -> Response:
     return problem(request, 406, str(exc), error="ValueError")
 
 
+async def _client_gone(request: Request, exc: Exception) -> Response:
+    # The client closed the connection mid-request: nobody will read an answer, and it is
+    # not a server fault. Logged quietly; the status says "bad request" for the metrics.
+    log.info(
+        "client disconnected before its request was complete",
+        extra={"request_id": getattr(request.state, "request_id", None)},
+    )
+    return problem(request, 400, "the client disconnected before sending the whole request")
+
+
 async def _unexpected(request: Request, exc: Exception) -> Response:
     log.error(
         "unhandled error",
@@ -129,4 +139,5 @@ def install_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _request_validation)
     app.add_exception_handler(HTTPException, _http)
     app.add_exception_handler(JsonTooLargeError, _json_too_large)
+    app.add_exception_handler(ClientDisconnect, _client_gone)
     app.add_exception_handler(Exception, _unexpected)
