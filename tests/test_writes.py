@@ -539,3 +539,14 @@ def test_lock_held_by_another_thread_times_out(tmp_path: Path) -> None:
     facade.write_mask(path, schema_for("free"))  # the lock was released on exit
     assert [r["description"] for r in facade.list_mask_versions(path)] == ["free"]
     pool.shutdown()
+
+
+def test_write_through_a_symlink_loop_is_refused_and_the_link_kept(tmp_path: Path) -> None:
+    loop = tmp_path / "loop.hdf5"
+    loop.symlink_to("loop.hdf5")
+    geo = GeometryMetadata(bcx=1, bcy=1, det_dist=1, lambda_=1, pix_dim=1, shape=(4, 4))
+    with pytest.raises(FileNotFoundError, match="symlink loop"):
+        HDF5Facade(pool=HDF5ConnectionPool(2)).write_mask(
+            loop, MaskSchema(mask=np.ones((4, 4), np.uint8), metadata=geo)
+        )
+    assert loop.is_symlink()

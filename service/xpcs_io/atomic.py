@@ -69,6 +69,8 @@ def edit_atomically(
         FileNotFoundError: the directory does not exist.
     """
     target = Path(os.path.realpath(path))
+    if target.is_symlink():  # realpath stops inside a symlink loop
+        raise FileNotFoundError(f"No such file: {display or Path(path).name} (symlink loop)")
     if not target.parent.is_dir():
         raise FileNotFoundError(f"No such directory: {target.parent.name}")
     with FileWriteLock(target, timeout=lock_timeout):

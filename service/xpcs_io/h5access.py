@@ -161,7 +161,9 @@ class Locator:
                 file=self.display,
             ) from exc
         self.opened.append(target)
-        return self._in_file(target).walk_from(posixpath.normpath("/" + path), depth + 1)
+        return self._in_file(target).walk_from(
+            posixpath.normpath("/" + path.lstrip("/")), depth + 1
+        )
 
     def _check_virtual(self, node: h5py.Dataset, norm: str, depth: int) -> None:
         holder = node.file.filename
