@@ -517,7 +517,7 @@ class HDF5Facade:
         return os.path.realpath(self._resolve(file_path)[0])
 
     def file_identity(self, file_path: PathLike) -> FileIdentity:
-        """The file's identity now (device, inode, size, mtime_ns): equal identities mean
+        """The file's identity now (device, inode, size, mtime, ctime): equal identities mean
         the reads return equal results, which is what the service's ETags rely on.
 
         Raises:

@@ -1,7 +1,7 @@
 """A bounded, thread-safe LRU pool of read-only ``h5py.File`` handles that never serves stale data.
 
-Every checkout compares the file's identity on disk (device, inode, size, mtime_ns) with the
-identity it had when the handle was opened. A file rewritten in place, replaced by rename
+Every checkout compares the file's identity on disk (device, inode, size, mtime, ctime) with
+the identity it had when the handle was opened. A file rewritten in place, replaced by rename
 (what the facade's own writes do) or truncated gets a fresh handle; a deleted file raises
 ``FileNotFoundError``. A handle that is evicted or replaced while another thread still reads
 from it is closed when that thread checks it back in, never under its feet.
@@ -9,7 +9,7 @@ from it is closed when that thread checks it back in, never under its feet.
 Handles are opened with h5py's default file-locking setting, so a viewer that embeds the
 facade can still open the same file with a plain ``h5py.File(path)`` (HDF5 refuses a second
 open of one file with different locking flags). Writers never open a pooled file for writing:
-they build the new state in a copy and rename it over the original (see ``xpcs_io.writes``).
+they build the new state in a copy and rename it over the original (see ``xpcs_io.atomic``).
 """
 
 from __future__ import annotations

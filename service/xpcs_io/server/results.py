@@ -1,6 +1,6 @@
 """The service's cache of read results, shared by every viewer, bounded in bytes.
 
-A result is keyed by the file's identity (device, inode, size, mtime_ns) and the request, so
+A result is keyed by the file's identity (device, inode, size, mtime, ctime) and the request, so
 an entry can only be served while the file is byte-for-byte what it was read from: a write (a
 new inode), a rewrite in place (new mtime or size) or a replacement makes a new key, and the
 old entries are dropped at once. Concurrent identical requests are coalesced: one reads, the
