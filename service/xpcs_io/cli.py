@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -54,17 +52,10 @@ def _serve(args: argparse.Namespace) -> int:
     if settings.workers == 1:
         uvicorn.run(app, **common)
         return 0
-    # Worker processes build their own app from the environment: hand them the settings
-    # (flags included) that way, plus a folder where they share the pool's state.
-    with tempfile.TemporaryDirectory(prefix="xpcs-io-workers-") as state_dir:
-        for name, value in settings.model_dump(exclude={"api_keys"}).items():
-            if value is not None:
-                os.environ[f"XPCS_IO_{name.upper()}"] = str(value)
-        os.environ["XPCS_IO_STATE_DIR"] = state_dir
-        uvicorn.run(
-            "xpcs_io.server.app:create_app", factory=True, workers=settings.workers, **common
-        )
-    return 0
+    from xpcs_io.server.supervisor import serve_workers
+
+    del common["host"], common["port"]
+    return serve_workers(settings, common)
 
 
 def _demo(args: argparse.Namespace) -> int:
