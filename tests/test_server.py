@@ -110,8 +110,6 @@ def test_error_table_over_http(keyed: Server, path: str, status: int, error: str
 
 
 def test_problem_names_the_field(keyed: Server) -> None:
-    with h5py.File(keyed.root / "small.hdf5", "r") as f:
-        del f  # the file stays valid; we ask for a group with invalid data below
     bad = keyed.root / "nanfile.hdf5"
     write_native_file(bad, DemoSpec(shape=(8, 8), n_delay=4, n_q=2))
     with h5py.File(bad, "a", locking=False) as f:
@@ -273,10 +271,8 @@ def test_chunked_body_above_limit_is_413(keyed: Server) -> None:
 
 
 def test_client_maps_413(keyed: Server) -> None:
-    shape = (1200, 1200)  # 1.44 MB of uint8 plus overhead... make it bigger than the limit
     geo = GeometryMetadata(bcx=1, bcy=1, det_dist=1, lambda_=1, pix_dim=1, shape=(1500, 1500))
     big = MaskSchema(mask=np.ones((1500, 1500), np.uint8), metadata=geo)
-    del shape
     with (
         RemoteHDF5Facade(keyed.url, api_key=KEYS["write"]) as api,
         pytest.raises(PayloadTooLargeError),
