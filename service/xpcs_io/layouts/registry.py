@@ -36,12 +36,14 @@ from xpcs_io.schemas import G2Data, GeometryMetadata, QMapSchema
 __all__ = [
     "DEFAULT_GROUPS",
     "LAYOUTS",
+    "c2_bins",
     "detect",
     "looks_for",
     "read_c2",
     "read_g2",
     "read_geometry",
     "read_qmap",
+    "resolve",
 ]
 
 LAYOUTS = ("native", "aps8idi", "aps8idi-legacy", "pysimplemask")
@@ -53,21 +55,19 @@ PYSIMPLEMASK_GROUP = "/qmap"
 T = TypeVar("T")
 
 
-def looks_for(kind: str) -> dict[str, str]:
-    """What detection looks for in each layout, for messages and docs."""
-    group = DEFAULT_GROUPS.get(kind, "/xpcs/qmap")
-    marker = _NATIVE_MARKERS.get(kind)
+def looks_for() -> dict[str, str]:
+    """What detection looks for in each layout, in the order it looks (for messages)."""
     return {
         "aps8idi-legacy": "/xpcs/Version, or /xpcs/dqmap with /exchange",
-        "native": f"{group}/{marker}" if marker else group,
-        "aps8idi": "/xpcs/multitau or /xpcs/twotime with /xpcs/qmap/dynamic_roi_map or "
-        "/entry/instrument/bluesky/metadata, or /xpcs/qmap/dynamic_roi_map",
+        "native": "/xpcs/qmap/sqmap, /xpcs/g2 or /xpcs/metadata",
+        "aps8idi": "/xpcs/qmap/dynamic_roi_map or static_roi_map, or /xpcs/multitau or "
+        "/xpcs/twotime with /entry/instrument/bluesky/metadata",
         "pysimplemask": "/qmap/dynamic_roi_map or /qmap/static_roi_map",
     }
 
 
-def _no_layout(loc: Locator, kind: str) -> KeyError:
-    tried = "; ".join(f"{name} (looked for {what})" for name, what in looks_for(kind).items())
+def _no_layout(loc: Locator) -> KeyError:
+    tried = "; ".join(f"{name} (looked for {what})" for name, what in looks_for().items())
     return KeyError(f"{loc.display}: no known layout; tried {tried}")
 
 
@@ -109,7 +109,7 @@ def detect(loc: Locator, kind: str, group: str) -> tuple[str, str]:
         return "aps8idi-legacy", group
     if any(_native_here(loc, k, g) for k, g in DEFAULT_GROUPS.items()):
         return "native", group
-    raise _no_layout(loc, kind)
+    raise _no_layout(loc)
 
 
 def resolve(loc: Locator, kind: str, layout: str | None, group: str) -> tuple[str, str]:
@@ -193,3 +193,24 @@ def read_c2(loc: Locator, q_idx: int, max_size: int | None) -> npt.NDArray[np.fl
     if name == "aps8idi":
         return _named(name, lambda: aps8idi.read_c2(loc, q_idx, max_size))
     raise _none(loc, name, "two-time maps")
+
+
+def c2_bins(loc: Locator) -> list[int]:
+    """The q_idx values with a two-time map, whatever the 8-ID-I layout (``[]`` for a file
+    of another layout or without two-time results).
+
+    Raises:
+        HDF5ValidationError: the two-time bookkeeping is unreadable.
+    """
+    try:
+        name, _ = detect(loc, "c2", "")
+    except KeyError:
+        return []
+    if name == "aps8idi-legacy":
+        return legacy8idi.list_c2_bins(loc)
+    if name == "aps8idi":
+        try:
+            return aps8idi.list_c2_bins(loc)
+        except KeyError:
+            return []
+    return []
