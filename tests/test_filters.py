@@ -96,7 +96,7 @@ def _stored(path: Path, name: str) -> np.ndarray:
 
 def _mirrored(upper: np.ndarray) -> np.ndarray:
     u = np.triu(upper)
-    return (u + np.triu(u, 1).T).astype(np.float32)
+    return np.asarray(u + np.triu(u, 1).T, dtype=np.float32)
 
 
 def test_every_filter_is_registered() -> None:
