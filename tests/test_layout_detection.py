@@ -32,6 +32,11 @@ def nexus(tmp_path: Path) -> Path:
     return write_aps8idi_file(tmp_path / "nx.hdf5", shape=(96, 120), n_q=8, n_phi=2)
 
 
+def _read_all(facade: HDF5Facade, path: Path) -> None:
+    facade.read_geometry_metadata(path)
+    facade.read_g2_data(path)
+
+
 def _edit(path: Path, fn: Callable[[h5py.File], None]) -> None:
     with h5py.File(path, "a") as f:
         fn(f)
@@ -156,8 +161,7 @@ def test_nexus_missing_essential_dataset_names_it_and_the_layout(
 ) -> None:
     _edit(nexus, _drop(name))
     with pytest.raises(KeyError) as exc:
-        facade.read_geometry_metadata(nexus)
-        facade.read_g2_data(nexus)
+        _read_all(facade, nexus)
     assert name in str(exc.value)
     assert "layout aps8idi" in str(exc.value)
 

@@ -106,7 +106,8 @@ def test_qmap(facade: HDF5Facade, era: tuple[str, Path, LegacyTruth]) -> None:
         phi = math.degrees(-math.atan2(row - bcy, col - bcx))
         assert float(qmap.phis[row, col]) == pytest.approx(phi, rel=1e-6, abs=1e-4)
     stored = _get(path, "/xpcs/dqmap")
-    assert qmap.partition_map is not None and qmap.mask is not None
+    assert qmap.partition_map is not None
+    assert qmap.mask is not None
     assert qmap.partition_map.dtype == stored.dtype
     np.testing.assert_array_equal(qmap.partition_map, _maybe_t(stored, truth.shape))
     np.testing.assert_array_equal(qmap.partition_map, truth.labels)
@@ -222,6 +223,11 @@ def test_strings_with_blanks_and_fixed_length(tmp_path: Path) -> None:
     assert q.size == phi.size == 7  # a 4 x 2 grid with one empty cell
 
 
+def _read_all(facade: HDF5Facade, path: Path) -> None:
+    facade.read_qmap(path)
+    facade.read_g2_data(path)
+
+
 def _edit(path: Path, fn: Callable[[h5py.File], None]) -> None:
     with h5py.File(path, "a") as f:
         fn(f)
@@ -279,8 +285,7 @@ def test_wrong_shape_or_dtype_names_file_dataset_and_shapes(
     path, _ = write_eigen_file(tmp_path / "bad.hdf")
     _edit(path, _replace(name, value))
     with pytest.raises(HDF5ValidationError) as exc:
-        facade.read_qmap(path)
-        facade.read_g2_data(path)
+        _read_all(facade, path)
     message = str(exc.value)
     assert "bad.hdf" in message
     assert name in message
@@ -302,7 +307,6 @@ def test_missing_essential_dataset_names_it_and_the_layout(
     path, _ = write_eigen_file(tmp_path / "e.hdf")
     _edit(path, lambda f: f.__delitem__(name))
     with pytest.raises(KeyError) as exc:
-        facade.read_qmap(path)
-        facade.read_g2_data(path)
+        _read_all(facade, path)
     assert name in str(exc.value)
     assert "layout aps8idi-legacy" in str(exc.value)
