@@ -10,6 +10,7 @@ from typing import Any
 
 import h5py
 import numpy as np
+import numpy.typing as npt
 import pytest
 
 from xpcs_io.demo_legacy8idi import (
@@ -53,7 +54,7 @@ def era(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, Path, Lega
     return request.param, path, truth
 
 
-def _get(path: Path, name: str) -> np.ndarray:
+def _get(path: Path, name: str) -> npt.NDArray[Any]:
     with h5py.File(path, "r") as f:
         return np.asarray(f[name][()])
 
@@ -72,9 +73,9 @@ def _bc(path: Path) -> tuple[float, float]:
     return bcx, bcy
 
 
-def _maybe_t(stored: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+def _maybe_t(stored: npt.NDArray[Any], shape: tuple[int, int]) -> npt.NDArray[Any]:
     stored = stored.reshape(stored.shape[-2:])
-    return stored if stored.shape == shape else stored.T
+    return stored if tuple(stored.shape) == shape else stored.T
 
 
 def test_geometry(facade: HDF5Facade, era: tuple[str, Path, LegacyTruth]) -> None:
@@ -121,9 +122,10 @@ def test_g2(facade: HDF5Facade, era: tuple[str, Path, LegacyTruth]) -> None:
     g2 = facade.read_g2_data(path)
     dq = _get(path, "/xpcs/dqlist").ravel()
     q_bins = dq[~np.isnan(dq)]  # label L <-> the L-th non-NaN entry
-    stored = _get(path, "/exchange/norm-0-g2")
-    stored = stored.reshape(stored.shape[:2])  # Hadoop: (n_tau, n_q, 1)
-    assert g2.g2.shape == (stored.shape[0], q_bins.size)
+    raw = _get(path, "/exchange/norm-0-g2")
+    n_tau = int(raw.shape[0])
+    stored = raw.reshape(raw.shape[:2])  # Hadoop: (n_tau, n_q, 1)
+    assert g2.g2.shape == (n_tau, q_bins.size)
     assert g2.g2.dtype == stored.dtype
     np.testing.assert_array_equal(g2.g2, stored[:, : q_bins.size])
     err = _get(path, "/exchange/norm-0-stderr")
@@ -150,11 +152,12 @@ def test_g2_one_column(facade: HDF5Facade, era: tuple[str, Path, LegacyTruth]) -
 
 
 def test_c2_every_stored_map(facade: HDF5Facade, tmp_path: Path) -> None:
-    for writer, kwargs, group, names in (
+    cases: list[tuple[Writer, dict[str, Any], str, dict[int, str]]] = [
         (write_eigen_file, {}, "/exchange/C2T_all", {k: f"g2_{k + 1:05d}" for k in range(5)}),
         (write_hadoop_file, {}, "/exchange/TwoTime", {0: "C_0001", 2: "C_0003"}),
         (write_boost_file, {"twotime": True}, "/exchange/C2T_all", {1: "g2_00001", 4: "g2_00002"}),
-    ):
+    ]
+    for writer, kwargs, group, names in cases:
         path, truth = writer(tmp_path / f"{writer.__name__}_Twotime.hdf", **kwargs)
         for k, name in names.items():
             upper = _get(path, f"{group}/{name}")
