@@ -175,6 +175,8 @@ class HDF5Facade:
             PermissionError: the path leads outside the facade's root.
         """
 
+        registry.check_layout(layout)
+
         def reader(loc: Locator) -> QMapSchema:
             return registry.read_qmap(loc, layout, group)
 
@@ -205,6 +207,8 @@ class HDF5Facade:
             PermissionError: the path leads outside the facade's root.
         """
 
+        registry.check_layout(layout)
+
         def reader(loc: Locator) -> G2Data:
             return registry.read_g2(loc, layout, group, q_idx)
 
@@ -227,6 +231,8 @@ class HDF5Facade:
             HDF5ValidationError: the data break a schema rule (NaN included), or not HDF5.
             PermissionError: the path leads outside the facade's root.
         """
+
+        registry.check_layout(layout)
 
         def reader(loc: Locator) -> GeometryMetadata:
             return registry.read_geometry(loc, layout, group)

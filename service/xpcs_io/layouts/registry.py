@@ -37,6 +37,7 @@ __all__ = [
     "DEFAULT_GROUPS",
     "LAYOUTS",
     "c2_bins",
+    "check_layout",
     "detect",
     "looks_for",
     "read_c2",
@@ -112,6 +113,17 @@ def detect(loc: Locator, kind: str, group: str) -> tuple[str, str]:
     raise _no_layout(loc)
 
 
+def check_layout(layout: str | None) -> str | None:
+    """``layout`` if it is ``None`` or one of ``LAYOUTS``.
+
+    Raises:
+        ValueError: any other value.
+    """
+    if layout is not None and layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {list(LAYOUTS)} or None, got {layout!r}")
+    return layout
+
+
 def resolve(loc: Locator, kind: str, layout: str | None, group: str) -> tuple[str, str]:
     """``detect``, or the forced ``layout`` (a pysimplemask read of the default group reads
     ``/qmap``).
@@ -120,10 +132,9 @@ def resolve(loc: Locator, kind: str, layout: str | None, group: str) -> tuple[st
         ValueError: ``layout`` is not one of ``LAYOUTS``.
         KeyError: detection found no known layout.
     """
+    layout = check_layout(layout)
     if layout is None:
         return detect(loc, kind, group)
-    if layout not in LAYOUTS:
-        raise ValueError(f"layout must be one of {list(LAYOUTS)} or None, got {layout!r}")
     if layout == "pysimplemask" and group.rstrip("/") == DEFAULT_GROUPS.get(kind):
         group = PYSIMPLEMASK_GROUP
     return layout, group
