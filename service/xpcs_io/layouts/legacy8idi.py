@@ -280,6 +280,8 @@ def read_g2(loc: Locator, q_idx: int | None) -> G2Data:
     if not exists(loc, group, "norm-0-g2"):
         kind = analysis_type(loc)
         extra = f" (the file holds a {kind} result)" if kind and kind != "Multitau" else ""
+        if exists(loc, group, "norm"):
+            extra += f" ({group}/norm, the compound G2 of early Hadoop files, is not read)"
         raise KeyError(f"{group}/norm-0-g2 not found in {loc.display}{extra}")
     n_tau, n_cols, ndim = _g2_dataset(loc, group, "norm-0-g2")
     err = _g2_dataset(loc, group, "norm-0-stderr")
