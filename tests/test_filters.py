@@ -208,3 +208,28 @@ def test_cli_validates_a_filtered_file(filtered: dict[tuple[str, str], Path]) ->
     assert "layout aps8idi" in r.stdout
     for check in ("q-map (aps8idi)", "G2 (aps8idi)", "two-time q_idx 3"):
         assert f"OK    {check}" in r.stdout
+
+
+def test_every_server_worker_reads_filtered_files(
+    filtered: dict[tuple[str, str], Path], tmp_path: Path
+) -> None:
+    """``serve --workers 2``: each connection lands on either worker (the kernel spreads
+    them), and every read of a filtered file succeeds."""
+    from xpcs_io.client import RemoteHDF5Facade
+
+    from .conftest import start_server
+
+    path = filtered["bitshuffle-lz4", "aps8idi-legacy"]
+    want = _stored(path, "/exchange/norm-0-g2")
+    srv = start_server(
+        path.parent,
+        tmp_path / "log",
+        args=("--workers", "2"),
+        env={"XPCS_IO_CACHE_BYTES": "0"},
+    )
+    try:
+        for _ in range(16):  # a fresh connection each time
+            with RemoteHDF5Facade(srv.url) as api:
+                np.testing.assert_array_equal(api.read_g2_data(path.name).g2, want)
+    finally:
+        srv.stop()

@@ -256,6 +256,22 @@ def test_three_d_maps_and_zero_d_counts(facade: HDF5Facade, tmp_path: Path) -> N
     np.testing.assert_allclose(facade.read_g2_data(path).delay_times, truth.delay_s)
 
 
+def test_float_counts_and_float_label_map(facade: HDF5Facade, tmp_path: Path) -> None:
+    """Matlab doubles: counts as float64 (1, 1), the label map as float64 whole numbers."""
+    path, truth = write_eigen_file(tmp_path / "e.hdf")
+    _edit(path, _replace("/xpcs/dqmap", truth.labels.astype(np.float64)))
+    _edit(path, _replace("/xpcs/stride_frames", np.array([[2.0]])))
+    qmap = facade.read_qmap(path)
+    assert qmap.partition_map is not None
+    assert qmap.partition_map.dtype == np.uint32
+    np.testing.assert_array_equal(qmap.partition_map, truth.labels)
+    np.testing.assert_allclose(facade.read_g2_data(path).delay_times, truth.delay_s)
+    facade.clear_pool()  # the pool holds the file open read-only
+    _edit(path, _replace("/xpcs/dqmap", truth.labels + 0.5))
+    with pytest.raises(HDF5ValidationError, match="/xpcs/dqmap: expected integer labels"):
+        facade.read_qmap(path)
+
+
 def test_without_dqlist_q_is_each_labels_mean_pixel_q(facade: HDF5Facade, tmp_path: Path) -> None:
     path, truth = write_eigen_file(tmp_path / "e.hdf")
     _edit(path, lambda f: f.__delitem__("/xpcs/dqlist"))

@@ -22,7 +22,8 @@ Beam centre: the stored one plus the detector's move since it was measured,
 ``bcy = beam_center_y + (stage_z - stage_zero_z) / y_pixel_size`` (both terms only when the
 four stage datasets are present).
 
-Bins: ``/xpcs/dqmap`` labels pixels 0 (unused) and 1..K; label L is G2 column L - 1.
+Bins: ``/xpcs/dqmap`` labels pixels 0 (unused) and 1..K; label L is G2 column L - 1 (a
+float map of whole numbers is returned as uint32).
 ``dqlist``/``dphilist`` keep the full q-phi grid with NaN for empty cells, in the producer's
 order (q fastest in Matlab qmaps, phi fastest in pySimpleMask's), so label L's q and phi are
 the L-th non-NaN entries. Columns beyond the last label (boost_corr pads to the grid size)
@@ -146,7 +147,14 @@ def _labels(loc: Locator) -> npt.NDArray[Any]:
     shape, transposed = _shape(loc)
     stored = shape[::-1] if transposed else shape
     labels = image(loc, XPCS, "dqmap", stored)
-    if labels.dtype.kind not in "iuf":
+    if labels.dtype.kind == "f":
+        # Matlab writes doubles; whole non-negative numbers are labels all the same.
+        whole = np.isfinite(labels).all() and (labels >= 0).all() and (labels % 1 == 0).all()
+        if not whole or labels.max(initial=0) > np.iinfo(np.uint32).max:
+            why = f"expected integer labels, found {labels.dtype} values that are not"
+            raise invalid(loc, XPCS, "dqmap", why)
+        labels = labels.astype(np.uint32)
+    elif labels.dtype.kind not in "iu":
         raise invalid(loc, XPCS, "dqmap", f"expected integer labels, found dtype {labels.dtype}")
     return np.ascontiguousarray(labels.T) if transposed else labels
 
