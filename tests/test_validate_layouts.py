@@ -60,3 +60,24 @@ def test_pysimplemask_and_unknown_files(tmp_path: Path) -> None:
     assert r.returncode == 1
     assert "layout none" in r.stdout
     assert "no known layout; tried aps8idi-legacy" in r.stdout
+
+
+def test_inspect_names_layout_and_plugin_filters(tmp_path: Path) -> None:
+    import hdf5plugin
+
+    path, truth = write_eigen_file(tmp_path / "e.hdf")
+    with h5py.File(path, "a") as f:
+        del f["/xpcs/dqmap"]
+        f.create_dataset(
+            "/xpcs/dqmap", data=truth.labels.astype(np.uint32), chunks=True, **hdf5plugin.Zstd()
+        )
+    r = subprocess.run(
+        [sys.executable, "-m", "xpcs_io.cli", "inspect", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "layout aps8idi-legacy" in r.stdout
+    assert "dqmap  uint32 36x44 zstd" in r.stdout
+    assert "g2_00001  float32 20x20 gzip" in r.stdout

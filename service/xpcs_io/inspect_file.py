@@ -13,6 +13,7 @@ import numpy as np
 
 from xpcs_io.errors import HDF5ValidationError
 from xpcs_io.facade import HDF5Facade
+from xpcs_io.filters import FILTERS
 from xpcs_io.h5access import Locator
 from xpcs_io.layouts import registry
 from xpcs_io.pool import HDF5ConnectionPool, open_hdf5
@@ -127,10 +128,28 @@ def validate_file(path: Path, out: TextIO) -> int:
     return 1 if failed else 0
 
 
+_FILTER_NAMES = {
+    1: "gzip",
+    2: "shuffle",
+    3: "fletcher32",
+    4: "szip",
+    6: "scaleoffset",
+    32000: "lzf",
+    **{fid: name for name, fid in FILTERS.items()},
+}
+
+
+def _filters(ds: h5py.Dataset) -> list[str]:
+    """The filters of ``ds`` by name (gzip, lzf, bshuf, blosc, zstd...; else their id)."""
+    plist = ds.id.get_create_plist()
+    ids = [plist.get_filter(i)[0] for i in range(plist.get_nfilters())]
+    return [_FILTER_NAMES.get(fid, f"filter-{fid}") for fid in ids]
+
+
 def _describe(name: str, obj: Any) -> str:
     if isinstance(obj, h5py.Dataset):
         shape = "x".join(map(str, obj.shape)) or "scalar"
-        extra = f" {obj.compression}" if obj.compression else ""
+        extra = "".join(f" {name}" for name in _filters(obj))
         if obj.is_virtual:
             extra += " virtual"
         return f"{name}  {obj.dtype} {shape}{extra}"
@@ -147,6 +166,9 @@ def inspect_file(path: Path, out: TextIO) -> int:
         return 2
     with f:
         print(f"{path}  ({path.stat().st_size / 1e6:.1f} MB)", file=out)
+        layouts, _, _ = _layouts(f, os.fspath(path))
+        detected = " + ".join(sorted(set(layouts.values()))) or "none (no known layout)"
+        print(f"layout {detected}", file=out)
 
         def visit(name: str, link: Any) -> None:
             depth = name.count("/")
