@@ -43,7 +43,7 @@ import numpy as np
 import numpy.typing as npt
 
 from xpcs_io.h5access import Locator, decode_str
-from xpcs_io.layouts.aps8idi import check_max_size, rebuild_c2
+from xpcs_io.layouts.aps8idi import rebuild_c2
 from xpcs_io.layouts.common import (
     HC_KEV_ANGSTROM,
     TO_KEV,
@@ -59,6 +59,7 @@ from xpcs_io.layouts.common import (
     scalar,
     vector,
 )
+from xpcs_io.layouts.twotime import check_max_size
 from xpcs_io.schemas import G2Data, GeometryMetadata, QMapSchema
 
 __all__ = [

@@ -29,7 +29,7 @@ import numpy as np
 import numpy.typing as npt
 
 from xpcs_io.h5access import Locator
-from xpcs_io.layouts import aps8idi, legacy8idi, native
+from xpcs_io.layouts import aps8idi, legacy8idi, native, twotime
 from xpcs_io.layouts.common import exists
 from xpcs_io.schemas import G2Data, GeometryMetadata, QMapSchema
 
@@ -197,7 +197,7 @@ def read_c2(loc: Locator, q_idx: int, max_size: int | None) -> npt.NDArray[np.fl
         KeyError: no map for ``q_idx``, or the file's layout holds no two-time maps.
         TypeError, ValueError: bad ``q_idx`` or ``max_size``.
     """
-    aps8idi.check_max_size(max_size)
+    twotime.check_max_size(max_size)
     name, _ = detect(loc, "c2", "")
     if name == "aps8idi-legacy":
         return _named(name, lambda: legacy8idi.read_c2(loc, q_idx, max_size))
