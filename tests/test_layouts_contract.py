@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import h5py
+import httpx
 import numpy as np
 import numpy.typing as npt
 import pytest
@@ -26,7 +27,7 @@ from xpcs_io.errors import HDF5ValidationError
 from xpcs_io.facade import LAYOUTS
 from xpcs_io.layouts import registry
 
-from .conftest import Side
+from .conftest import Server, Side
 
 ERAS: dict[str, Callable[[Path], tuple[Path, LegacyTruth]]] = {
     "hadoop": lambda d: write_hadoop_file(d / "hadoop.hdf"),
@@ -143,3 +144,22 @@ def test_nexus_optional_and_essential_pieces(side: Side, workdir: Path) -> None:
         side.api.read_g2_data(side.path(broken))
     assert "/entry/instrument/detector_1/frame_time" in str(exc.value)
     assert "layout aps8idi" in str(exc.value)
+
+
+def test_no_known_layout_is_404_on_the_wire(server: Server, workdir: Path) -> None:
+    path = workdir / "other.h5"
+    with h5py.File(path, "w") as f:
+        f["/entry/data"] = np.zeros(3)
+    rel = path.relative_to(server.root).as_posix()
+    for route in ("qmap", "g2", "geometry"):
+        r = httpx.get(
+            f"{server.url}/v1/{route}",
+            params={"file_path": rel},
+            headers={"Accept": "application/json"},
+            timeout=30,
+        )
+        assert r.status_code == 404, r.text
+        body = r.json()
+        assert body["error"] == "KeyError"
+        assert "no known layout" in body["detail"]
+        assert "aps8idi-legacy (looked for /xpcs/Version" in body["detail"]
