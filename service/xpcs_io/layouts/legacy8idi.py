@@ -7,9 +7,11 @@ Readers return schema objects built *unchecked*; the facade decides whether to v
 
 Every era's way of storing a value is read alike: scalars as (), (1,) or (1, 1); vectors as
 (n,), (1, n) or (n, 1); strings as fixed- or variable-length, str or bytes, with trailing
-blanks stripped; counts as float64 or integers; images as (H, W) or (1, H, W), and a mask
-or ``pixelSum`` stored (W, H) is transposed (as the beamline viewer does); Hadoop's
-(n_tau, n_q, 1) G2 and (N, N, 1) two-time maps lose the trailing axis.
+blanks stripped; counts as float64 or integers; maps as (H, W) or (1, H, W); a mask stored
+(W, H) is transposed (as the beamline viewer does), and so is a label map whose shape is
+(x_dimension, y_dimension); Hadoop's (n_tau, n_q, 1) G2 and (N, N, 1) two-time maps lose
+the trailing axis. SAXS (``pixelSum``, ``partition-mean-*``) and intensity vs time are not
+read, nor the compound ``/exchange/norm`` of early Hadoop files.
 
 Units (no unit attributes in these files; one, where present, is honoured):
 ``/measurement/instrument/detector/distance``, ``x_pixel_size``, ``y_pixel_size`` and the
