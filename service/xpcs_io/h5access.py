@@ -19,6 +19,7 @@ import h5py
 import numpy as np
 
 from xpcs_io.errors import HDF5ValidationError
+from xpcs_io.filters import FILTERS as _FILTERS  # noqa: F401  (registers HDF5 filter plugins)
 
 __all__ = ["Locator", "decode_str", "is_inside"]
 

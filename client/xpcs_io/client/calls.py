@@ -86,9 +86,12 @@ def _read(path: str, cls: type[Schema], validate: bool, **params: Any) -> Call:
     return Call("GET", path, params, schema_decoder(cls, validate), cacheable=True)
 
 
+_LAYOUTS = ("native", "aps8idi", "aps8idi-legacy", "pysimplemask")
+
+
 def _layout(layout: Any) -> str | None:
-    if layout is not None and layout not in ("native", "aps8idi"):
-        raise ValueError(f"layout must be one of ['native', 'aps8idi'] or None, got {layout!r}")
+    if layout is not None and layout not in _LAYOUTS:
+        raise ValueError(f"layout must be one of {list(_LAYOUTS)} or None, got {layout!r}")
     return layout  # type: ignore[no-any-return]
 
 
