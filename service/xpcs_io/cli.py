@@ -12,8 +12,6 @@ __all__ = ["main"]
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from xpcs_io.logs import configure_logging
     from xpcs_io.server import create_app
     from xpcs_io.settings import Settings
@@ -50,7 +48,9 @@ def _serve(args: argparse.Namespace) -> int:
         "timeout_keep_alive": 75,
     }
     if settings.workers == 1:
-        uvicorn.run(app, **common)
+        from xpcs_io.server.serving import run
+
+        run(app, **common)
         return 0
     from xpcs_io.server.supervisor import serve_workers
 

@@ -12,7 +12,7 @@ import contextlib
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -537,3 +537,73 @@ class HDF5Facade:
     def clear_pool(self) -> None:
         """Close every pooled handle (e.g. before shutdown); later reads reopen files."""
         self.pool.clear()
+
+    # ------------------------------------------------------------------ many files
+
+    def read_g2_data_many(
+        self,
+        file_paths: Sequence[PathLike],
+        q_idx: int | None = None,
+        group: str = "/xpcs/g2",
+        *,
+        layout: str | None = None,
+    ) -> list[G2Data | Exception]:
+        """``read_g2_data`` of each file, in the order of ``file_paths``: each item is the
+        file's ``G2Data`` or the exception reading it raised (one bad file never fails the
+        others), e.g. to average repeats of one measurement.
+
+        Raises:
+            TypeError: ``file_paths`` is not a sequence of paths (a single string is not),
+                or ``q_idx`` is not an integer.
+            IndexError: ``q_idx`` is negative (a bin missing from one file is that file's
+                IndexError item).
+            ValueError: ``layout`` is not a known layout.
+        """
+        self._check_many(group, layout)
+        if q_idx is not None:
+            if isinstance(q_idx, bool) or not isinstance(q_idx, int):
+                raise TypeError(f"q_idx must be an integer, got {type(q_idx).__name__}")
+            if q_idx < 0:
+                raise IndexError(f"q_idx {q_idx} out of range: negative indices are not allowed")
+        return [
+            self._one(lambda p: self.read_g2_data(p, q_idx, group, layout=layout), p)
+            for p in _paths(file_paths)
+        ]
+
+    def read_qmap_many(
+        self,
+        file_paths: Sequence[PathLike],
+        group: str = "/xpcs/qmap",
+        *,
+        layout: str | None = None,
+    ) -> list[QMapSchema | Exception]:
+        """``read_qmap`` of each file, in order; each item is the result or its exception.
+
+        Raises:
+            TypeError: ``file_paths`` is not a sequence of paths.
+            ValueError: ``layout`` is not a known layout.
+        """
+        self._check_many(group, layout)
+        return [
+            self._one(lambda p: self.read_qmap(p, group, layout=layout), p)
+            for p in _paths(file_paths)
+        ]
+
+    def _check_many(self, group: Any, layout: Any) -> None:
+        # Mistakes that do not depend on the file fail the call, as they do remotely.
+        self._check_group(group)
+        if layout is not None and layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {list(LAYOUTS)} or None, got {layout!r}")
+
+    @staticmethod
+    def _one(read: Callable[[PathLike], S], path: PathLike) -> S | Exception:
+        try:
+            return read(path)
+        except Exception as exc:  # the caller gets it as this file's item
+            return exc
+
+
+def _paths(file_paths: Any) -> list[PathLike]:
+    if isinstance(file_paths, str | bytes | os.PathLike) or not isinstance(file_paths, Sequence):
+        raise TypeError(f"file_paths must be a list of paths, got {type(file_paths).__name__}")
+    return list(file_paths)

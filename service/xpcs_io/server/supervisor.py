@@ -34,10 +34,12 @@ def _socket(host: str, port: int) -> socket.socket:
 def _worker(host: str, port: int, options: dict[str, Any]) -> None:
     import uvicorn
 
+    from xpcs_io.server.serving import Server
+
     sock = _socket(host, port)
     sock.listen(2048)
     config = uvicorn.Config("xpcs_io.server.app:create_app", factory=True, **options)
-    uvicorn.Server(config).run(sockets=[sock])
+    Server(config).run(sockets=[sock])
 
 
 def serve_workers(settings: Settings, options: dict[str, Any]) -> int:
