@@ -53,6 +53,7 @@ class FacadeAPI(Protocol):
         compression_opts: int | None = 4,
         *,
         writer: str | None = None,
+        idempotency_key: str | None = None,
     ) -> None: ...
 
     def write_partition(
@@ -64,6 +65,7 @@ class FacadeAPI(Protocol):
         compression_opts: int | None = 4,
         *,
         writer: str | None = None,
+        idempotency_key: str | None = None,
     ) -> None: ...
 
     def read_mask(

@@ -38,8 +38,9 @@ class RetryPolicy:
     def may_retry(
         self, call: Call, attempt: int, exc: BaseException | None, status: int | None
     ) -> bool:
-        """Reads retry on transport errors and 503; writes only when the connection was never
-        made (the server cannot have acted on them)."""
+        """Idempotent calls (reads, and writes carrying an idempotency key) retry on
+        transport errors and 503; others only when the connection was never made (the server
+        cannot have acted on them)."""
         if attempt + 1 >= self.attempts:
             return False
         if exc is not None:
