@@ -104,7 +104,7 @@ def is_found_layout(grp: h5py.Group, kind: str) -> bool:
     names = set(grp)
     if PRIMARY[kind] not in names or not names <= set(members_of(kind)):
         return False
-    return isinstance(grp.get(PRIMARY[kind]), h5py.Dataset)
+    return isinstance(_hard(grp, PRIMARY[kind]), h5py.Dataset)
 
 
 def _outside(holder: str, target: str, root: Path | None) -> bool:
@@ -213,6 +213,7 @@ def check_write_target(
                 "never rewritten; write to the group itself"
             )
         node = child
+    _check_tree(node, kind, root, display)  # before anything below follows a member
     if is_version_store(node):
         _check_kind(node, kind, group, display)
     elif is_found_layout(node, kind):
@@ -224,4 +225,3 @@ def check_write_target(
             f"{', ...' if len(node) > 8 else ''}); a {kind} write goes to a new group or to "
             f"one of its own {kind} groups (default /simplemask/{kind})"
         )
-    _check_tree(node, kind, root, display)
