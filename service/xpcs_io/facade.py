@@ -22,6 +22,7 @@ from xpcs_io.api import PathLike, VersionRecord
 from xpcs_io.atomic import edit_atomically
 from xpcs_io.errors import HDF5ValidationError, SchemaError, SchemaTypeError
 from xpcs_io.h5access import Locator, decode_str
+from xpcs_io.idempotency import ReplayedWrite, check_key
 from xpcs_io.layouts import aps8idi, native
 from xpcs_io.original_mask import read_original_mask
 from xpcs_io.paths import display_path, resolve_under_root
@@ -35,7 +36,6 @@ from xpcs_io.schemas import (
     Schema,
 )
 from xpcs_io.versions import (
-    ReplayedWrite,
     default_writer,
     holds_entries,
     list_versions,
@@ -51,8 +51,6 @@ _COMPRESSIONS = {"gzip", "lzf", "szip"}
 LAYOUTS = ("native", "aps8idi")
 _VALIDATED_CACHE_SIZE = 4096
 _DEFAULT_MASK_GROUP = "/simplemask/mask"
-_KEY_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:-")
-_KEY_MAX = 200
 
 
 class _BoundedKeys(OrderedDict[Any, None]):
@@ -561,18 +559,6 @@ class HDF5Facade:
         if compression == "lzf" and opts is not None:
             raise ValueError("lzf takes no compression_opts (pass None)")
 
-    @staticmethod
-    def _check_key(key: Any) -> str | None:
-        if key is None:
-            return None
-        if not isinstance(key, str):
-            raise TypeError(f"idempotency_key must be a string, got {type(key).__name__}")
-        if not 0 < len(key) <= _KEY_MAX or not set(key) <= _KEY_CHARS:
-            raise ValueError(
-                f"idempotency_key must be 1-{_KEY_MAX} letters, digits or ._:- (got {key!r:.60})"
-            )
-        return key
-
     def _write(
         self,
         file_path: PathLike,
@@ -588,7 +574,7 @@ class HDF5Facade:
         self._check_compression(kwargs["compression"], kwargs["compression_opts"])
         if writer is not None and not isinstance(writer, str):
             raise TypeError(f"writer must be a string, got {type(writer).__name__}")
-        key = self._check_key(idempotency_key)
+        key = check_key(idempotency_key)
         path, display = self._resolve(file_path)
         try:
             with edit_atomically(path, lock_timeout=self.lock_timeout, display=display) as h5:

@@ -1,4 +1,5 @@
-"""What a group holding masks or partitions looks like, and where a write may go.
+"""What a group holding masks or partitions looks like, and where a write (or a read of a
+group) may go.
 
 A versioned write touches only groups that are, or will become, this service's versioned
 mask/partition groups (see ``xpcs_io.versions``). ``check_write_target`` enforces that on the
@@ -30,11 +31,14 @@ from typing import Any
 
 import h5py
 
+from xpcs_io.h5access import Locator
+
 __all__ = [
     "KIND_MEMBERS",
     "MANAGED_ATTRS",
     "PRIMARY",
     "VERSIONS",
+    "check_read_path",
     "check_write_target",
     "is_found_layout",
     "is_version_name",
@@ -225,3 +229,27 @@ def check_write_target(
             f"{', ...' if len(node) > 8 else ''}); a {kind} write goes to a new group or to "
             f"one of its own {kind} groups (default /simplemask/{kind})"
         )
+
+
+def check_read_path(loc: Locator, group: str) -> None:
+    """Refuse to read a group that lies inside a versioned group (a stored version is read
+    with ``version=``, not as a group of its own).
+
+    Raises:
+        ValueError: an ancestor of ``group`` is a versioned group.
+        PermissionError: a link on the way leads outside the data root.
+    """
+    parts = [p for p in group.split("/") if p]
+    for i in range(1, len(parts)):
+        walked = "/" + "/".join(parts[:i])
+        try:
+            node = loc.get(walked)
+        except KeyError:
+            return
+        if isinstance(node, h5py.Group) and (
+            is_version_store(node) or any(is_found_layout(node, k) for k in KIND_MEMBERS)
+        ):
+            raise ValueError(
+                f"{group} lies inside the versioned group {walked} of {loc.display}: read "
+                f"{walked} with version=N"
+            )

@@ -41,17 +41,17 @@ import h5py
 import numpy as np
 
 from xpcs_io.h5access import Locator, decode_str
+from xpcs_io.idempotency import ReplayedWrite, request_sha256
 from xpcs_io.layouts.native import GEOMETRY_FIELDS, OPTIONAL_GEOMETRY, read_geometry, write_geometry
 from xpcs_io.schemas import GeometryMetadata
 from xpcs_io.version_groups import (
-    KIND_MEMBERS,
     MANAGED_ATTRS,
     PRIMARY,
     VERSIONS,
+    check_read_path,
     check_write_target,
     is_found_layout,
     is_version_name,
-    is_version_store,
     members_of,
 )
 
@@ -59,15 +59,12 @@ __all__ = [
     "ORIGIN_FOUND",
     "ORIGIN_WRITTEN",
     "VERSIONS",
-    "ReplayedWrite",
     "array_sha256",
-    "check_read_path",
     "default_writer",
     "holds_entries",
     "list_versions",
     "read_geometry_any",
     "read_version",
-    "request_sha256",
     "write_version",
 ]
 
@@ -78,15 +75,6 @@ _RECORD_ATTRS = frozenset(
     {"version", "origin", "created", "description", "sha256", "schema_version", "writer"}
     | {"dtype", "shape", "idempotency_key", "request_sha256"}
 )
-
-
-class ReplayedWrite(Exception):  # noqa: N818  (control flow, never seen by callers)
-    """Raised inside an atomic edit to abandon it: the write was made before (same
-    idempotency key) and ``record`` is what it stored."""
-
-    def __init__(self, record: dict[str, Any]) -> None:
-        super().__init__(record["version"])
-        self.record = record
 
 
 def array_sha256(arr: np.ndarray[Any, Any]) -> str:
@@ -184,30 +172,6 @@ def _found_record(loc: Locator, group: str, kind: str, number: int, pure: bool) 
 
 
 # ---------------------------------------------------------------------- reads (guarded)
-
-
-def check_read_path(loc: Locator, group: str) -> None:
-    """Refuse to read a group that lies inside a versioned group (a stored version is read
-    with ``version=``, not as a group of its own).
-
-    Raises:
-        ValueError: an ancestor of ``group`` is a versioned group.
-        PermissionError: a link on the way leads outside the data root.
-    """
-    parts = [p for p in group.split("/") if p]
-    for i in range(1, len(parts)):
-        walked = "/" + "/".join(parts[:i])
-        try:
-            node = loc.get(walked)
-        except KeyError:
-            return
-        if isinstance(node, h5py.Group) and (
-            is_version_store(node) or any(is_found_layout(node, k) for k in KIND_MEMBERS)
-        ):
-            raise ValueError(
-                f"{group} lies inside the versioned group {walked} of {loc.display}: read "
-                f"{walked} with version=N"
-            )
 
 
 def _state(loc: Locator, group: str, kind: str) -> tuple[list[int], list[str], bool]:
@@ -341,30 +305,6 @@ def _replayed(store: h5py.Group | None, key: str, request_sha: str) -> dict[str,
                 )
             return _record(attrs)
     return None
-
-
-def request_sha256(
-    kind: str,
-    arrays: Mapping[str, np.ndarray[Any, Any] | None],
-    metadata: GeometryMetadata,
-    attrs: Mapping[str, Any],
-    description: str | None,
-    schema_version: str,
-) -> str:
-    """A digest of everything a write stores, to tell a resend from a different write."""
-    h = hashlib.sha256(kind.encode())
-    for name in sorted(arrays):
-        arr = arrays[name]
-        if arr is None:
-            h.update(f"|{name}:none".encode())
-            continue
-        a = np.asarray(arr)
-        h.update(f"|{name}:{a.dtype.str}:{a.shape}:".encode())
-        h.update(array_sha256(a).encode())
-    geo = {k: getattr(metadata, k) for k in (*GEOMETRY_FIELDS, *OPTIONAL_GEOMETRY, "shape")}
-    extra = sorted((k, repr(v)) for k, v in attrs.items())
-    h.update(repr((geo, extra, description, schema_version)).encode())
-    return h.hexdigest()
 
 
 def _keep_found(grp: h5py.Group, store: h5py.Group, kind: str, names: list[str], n: int) -> None:
