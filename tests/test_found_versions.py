@@ -10,6 +10,7 @@ exactly so. Every assertion holds locally and remotely.
 from __future__ import annotations
 
 import hashlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import h5py
@@ -324,3 +325,20 @@ def test_group_inside_a_version_store_is_not_read_as_a_group(side: Side, workdir
             side.api.read_mask(p, group=group)
         with pytest.raises(ValueError, match="inside the versioned group"):
             side.api.list_mask_versions(p, group=group)
+
+
+def test_concurrent_first_writes_keep_the_found_mask_once(side: Side, workdir: Path) -> None:
+    """Six writers race to be the first write into a reference-layout group: the found mask
+    becomes version 1 exactly once and each write one version after it."""
+    path = workdir / "race.hdf5"
+    reference_write_mask(path, _found_mask(), "drawn")
+    p = side.path(path)
+    n = 6
+    with ThreadPoolExecutor(n) as pool:
+        list(pool.map(lambda i: side.api.write_mask(p, _new_mask(f"w{i}")), range(n)))
+    versions = side.api.list_mask_versions(p)
+    assert [v["version"] for v in versions] == list(range(1, n + 2))
+    assert [v["origin"] for v in versions] == ["found"] + ["xpcs-io"] * n
+    assert sorted(v["description"] for v in versions[1:]) == sorted(f"w{i}" for i in range(n))
+    assert versions[0]["sha256"] == _sha(_found_mask())
+    assert _datasets_equal_to(path, _found_mask()) == ["simplemask/mask/versions/v000001/mask"]
