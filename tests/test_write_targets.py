@@ -316,3 +316,22 @@ def test_virtual_dataset_with_outside_source_is_refused(
     )
     with pytest.raises(PermissionError):
         api.list_mask_versions(rel)
+
+
+def test_soft_link_inside_the_group_chaining_out_is_not_followed(
+    side: Side, workdir: Path, tmp_path: Path
+) -> None:
+    outside = _native(tmp_path, "chain_target.hdf5")
+    path = workdir / "chain.hdf5"
+    with h5py.File(path, "w") as f:
+        g = f.create_group("/simplemask/mask")
+        g["hop"] = h5py.ExternalLink(str(outside), "/xpcs/qmap/mask")
+        g["mask"] = h5py.SoftLink("/simplemask/mask/hop")
+    api = _rooted(side, side.root)
+    rel = path.relative_to(side.root).as_posix()
+    before = _digest(outside)
+    _refused(side, path, ValueError, "soft link", lambda: api.write_mask(rel, _mask()))
+    assert api.list_mask_versions(rel) == []  # a soft-linked mask is not found data
+    with pytest.raises(KeyError, match="holds no versions"):
+        api.read_mask(rel)
+    assert _digest(outside) == before

@@ -130,18 +130,21 @@ def _refuse_external(holder: str, target: str, where: str, root: Path | None, di
 
 
 def _check_member(grp: h5py.Group, name: str, scope: str, root: Path | None, display: str) -> None:
-    """Refuse member ``name`` of ``grp`` if it leads out of ``scope`` (an HDF5 path)."""
+    """Refuse member ``name`` of ``grp`` unless it is stored in ``scope`` (an HDF5 path): a
+    hard link, and if a dataset, one whose bytes live in this file."""
     where = f"{grp.name.rstrip('/')}/{name}"
     link = grp.get(name, getlink=True)
     if isinstance(link, h5py.ExternalLink):
         _refuse_external(grp.file.filename, link.filename, where, root, display)
     if isinstance(link, h5py.SoftLink):
+        # This service never makes soft links; one inside the group could still chain to an
+        # external link, so none is followed.
         target = posixpath.normpath(posixpath.join(grp.name, link.path))
-        if not target.startswith(scope.rstrip("/") + "/"):
-            raise ValueError(
-                f"{display}: {where} is a soft link leaving {scope} (to {link.path}); "
-                "writes stay inside the group they name"
-            )
+        leaves = not target.startswith(scope.rstrip("/") + "/")
+        raise ValueError(
+            f"{display}: {where} is a soft link{f' leaving {scope}' if leaves else ''} "
+            f"(to {link.path}); writes touch only objects stored in the group they name"
+        )
     node = grp.get(name)
     if isinstance(node, h5py.Dataset) and node.is_virtual:
         for source in node.virtual_sources():
