@@ -108,25 +108,24 @@ def _str_or_none(value: Any) -> str | None:
         return None
 
 
-def _record(attrs: Mapping[str, Any]) -> dict[str, Any]:
-    def text(key: str) -> str | None:
-        return _str_or_none(attrs[key]) if key in attrs else None
+_TEXT_FIELDS = ("origin", "created", "description", "sha256", "schema_version", "writer")
+_OPTIONAL_TEXT = ("dtype", "idempotency_key")
 
-    out: dict[str, Any] = {
-        "version": int(attrs["version"]),
-        "origin": text("origin") or ORIGIN_WRITTEN,
-        "created": text("created"),
-        "description": text("description"),
-        "sha256": text("sha256"),
-        "schema_version": text("schema_version"),
-        "writer": text("writer"),
-    }
-    if "dtype" in attrs:
-        out["dtype"] = text("dtype")
-    if "shape" in attrs:
-        out["shape"] = [int(v) for v in np.asarray(attrs["shape"]).ravel()]
-    if "idempotency_key" in attrs:
-        out["idempotency_key"] = text("idempotency_key")
+
+def _record(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    # One read per attribute present (the listing of many versions is attribute reads).
+    names = set(attrs.keys())
+    raw = {k: attrs[k] for k in (*_TEXT_FIELDS, *_OPTIONAL_TEXT, "shape") if k in names}
+    out: dict[str, Any] = {"version": int(attrs["version"])}
+    for key in _TEXT_FIELDS:
+        out[key] = _str_or_none(raw[key]) if key in raw else None
+    out["origin"] = out["origin"] or ORIGIN_WRITTEN
+    if "dtype" in raw:
+        out["dtype"] = _str_or_none(raw["dtype"])
+    if "shape" in raw:
+        out["shape"] = [int(v) for v in np.asarray(raw["shape"]).ravel()]
+    if "idempotency_key" in raw:
+        out["idempotency_key"] = _str_or_none(raw["idempotency_key"])
     return out
 
 
