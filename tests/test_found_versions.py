@@ -342,3 +342,24 @@ def test_concurrent_first_writes_keep_the_found_mask_once(side: Side, workdir: P
     assert sorted(v["description"] for v in versions[1:]) == sorted(f"w{i}" for i in range(n))
     assert versions[0]["sha256"] == _sha(_found_mask())
     assert _datasets_equal_to(path, _found_mask()) == ["simplemask/mask/versions/v000001/mask"]
+
+
+def test_found_group_attributes_are_kept_with_its_version(side: Side, workdir: Path) -> None:
+    path = workdir / "attrs.hdf5"
+    reference_write_mask(path, _found_mask(), "with extras")
+    with h5py.File(path, "a") as f:
+        g = f["/simplemask/mask"]
+        g.attrs["creator"] = "another tool"
+        g.attrs["bcx"] = 1.5  # a name a write sets on the group: the old value is kept
+        g.attrs["sha256"] = "not ours"  # a name of the record: kept under another name
+    side.api.write_mask(side.path(path), _new_mask())
+    with h5py.File(path, "r") as f:
+        g = f["/simplemask/mask"]
+        kept = g["versions/v000001"].attrs
+        assert kept["creator"] == "another tool"
+        assert kept["bcx"] == 1.5
+        assert kept["found_sha256"] == "not ours"
+        assert kept["sha256"] == _sha(_found_mask())
+        assert kept["schema_version"] == "1.0.0"
+        assert g.attrs["creator"] == "another tool"  # not the write's: left on the group
+        assert g.attrs["bcx"] == GEO["bcx"]

@@ -112,11 +112,11 @@ _TEXT_FIELDS = ("origin", "created", "description", "sha256", "schema_version", 
 _OPTIONAL_TEXT = ("dtype", "idempotency_key")
 
 
-def _record(attrs: Mapping[str, Any]) -> dict[str, Any]:
+def _record(attrs: Mapping[str, Any], number: int) -> dict[str, Any]:
     # One read per attribute present (the listing of many versions is attribute reads).
     names = set(attrs.keys())
     raw = {k: attrs[k] for k in (*_TEXT_FIELDS, *_OPTIONAL_TEXT, "shape") if k in names}
-    out: dict[str, Any] = {"version": int(attrs["version"])}
+    out: dict[str, Any] = {"version": number}
     for key in _TEXT_FIELDS:
         out[key] = _str_or_none(raw[key]) if key in raw else None
     out["origin"] = out["origin"] or ORIGIN_WRITTEN
@@ -141,9 +141,14 @@ def _found_members(grp: h5py.Group, kind: str, current: h5py.Group | None) -> li
     return [n for n in names if current.get(n, getlink=True) is None or grp[n] != current[n]]
 
 
-def _found_attrs(grp: h5py.Group, pure: bool, primary: Any) -> dict[str, Any]:
+def _found_attrs(grp: h5py.Group, pure: bool, primary: Any, *, keep_all: bool) -> dict[str, Any]:
     """The record of found data: what the bytes and (for the reference facade's own layout)
-    the group's attributes say; nothing invented."""
+    the group's attributes say; nothing invented. ``keep_all`` adds every other attribute of
+    the group (what a write replaces must be kept with the version).
+
+    Raises:
+        ValueError: ``keep_all`` and an attribute a write replaces cannot be read.
+    """
     arr = np.asarray(primary)
     attrs: dict[str, Any] = {
         "origin": ORIGIN_FOUND,
@@ -151,23 +156,33 @@ def _found_attrs(grp: h5py.Group, pure: bool, primary: Any) -> dict[str, Any]:
         "dtype": arr.dtype.str,
         "shape": np.asarray(arr.shape, dtype=np.int64),
     }
-    if pure:  # the group's attributes describe the found data only when nothing else wrote
-        for key, value in grp.attrs.items():
-            if key == "version":
-                attrs["schema_version"] = value
-            elif key == "description":
-                attrs["description"] = value
-            elif key in _RECORD_ATTRS:
-                attrs[f"found_{key}"] = value
-            else:
-                attrs[key] = value
+    if not pure:  # the group's attributes describe the stored current version, not this
+        return attrs
+    for key in grp.attrs:
+        if not keep_all and key not in ("version", "description"):
+            continue
+        try:
+            value = grp.attrs[key]
+        except (OSError, TypeError) as exc:
+            if keep_all and key in MANAGED_ATTRS:
+                raise ValueError(
+                    f"{grp.name}: attribute {key!r} cannot be read ({exc}), so a write could "
+                    "not keep it"
+                ) from None
+            continue  # left on the group, untouched
+        if key == "version":
+            attrs["schema_version"] = value
+        elif key == "description":
+            attrs["description"] = value
+        else:
+            attrs[f"found_{key}" if key in _RECORD_ATTRS else key] = value
     return attrs
 
 
 def _found_record(loc: Locator, group: str, kind: str, number: int, pure: bool) -> dict[str, Any]:
     grp = loc.group(group)
     primary = loc.read(group, PRIMARY[kind])
-    return _record({"version": number, **_found_attrs(grp, pure, primary)})
+    return _record(_found_attrs(grp, pure, primary, keep_all=False), number)
 
 
 # ---------------------------------------------------------------------- reads (guarded)
@@ -218,7 +233,7 @@ def list_versions(loc: Locator, group: str, kind: str) -> list[dict[str, Any]]:
     """
     numbers, found, pure = _state(loc, group, kind)
     base = f"{group.rstrip('/')}/{VERSIONS}"
-    out = [_record(loc.group(f"{base}/{_vname(n)}").attrs) for n in numbers]
+    out = [_record(loc.group(f"{base}/{_vname(n)}").attrs, n) for n in numbers]
     if found:
         out.append(_found_record(loc, group, kind, max(numbers, default=0) + 1, pure))
     return out
@@ -248,6 +263,11 @@ def read_geometry_any(loc: Locator, path: str) -> GeometryMetadata:
     return GeometryMetadata.unchecked(**fields)
 
 
+def _kind_attrs(grp: h5py.Group) -> dict[str, Any]:
+    """The partition attributes (``num_pts``, ``method``) of a version or found group."""
+    return {key: grp.attrs[key] for key in ("num_pts", "method") if key in grp.attrs}
+
+
 def read_version(
     loc: Locator, group: str, kind: str, version: int | None
 ) -> tuple[dict[str, Any], str, GeometryMetadata, dict[str, Any]]:
@@ -275,11 +295,11 @@ def read_version(
             geometry = read_geometry_any(loc, f"{group.rstrip('/')}/metadata")
         else:
             raise KeyError(f"{group}/metadata (the geometry) not found in {loc.display}")
-        return record, group, geometry, dict(grp.attrs) if pure else {}
+        return record, group, geometry, _kind_attrs(grp) if pure else {}
     vpath = f"{group.rstrip('/')}/{VERSIONS}/{_vname(number)}"
     vgrp = loc.group(vpath)
     geometry = read_geometry_any(loc, f"{vpath}/metadata")
-    return _record(vgrp.attrs), vpath, geometry, dict(vgrp.attrs)
+    return _record(vgrp.attrs, number), vpath, geometry, _kind_attrs(vgrp)
 
 
 # ---------------------------------------------------------------------- writes
@@ -302,7 +322,7 @@ def _replayed(store: h5py.Group | None, key: str, request_sha: str) -> dict[str,
                     f"idempotency key {key!r} was used for a different write (version {n}); "
                     "use a new key for each write"
                 )
-            return _record(attrs)
+            return _record(attrs, n)
     return None
 
 
@@ -313,7 +333,7 @@ def _keep_found(grp: h5py.Group, store: h5py.Group, kind: str, names: list[str],
     for name in names:
         if grp.get(name, getlink=True) is not None:
             vgrp[name] = grp[name]
-    attrs = _found_attrs(grp, pure, grp[PRIMARY[kind]][()])
+    attrs = _found_attrs(grp, pure, grp[PRIMARY[kind]][()], keep_all=True)
     vgrp.attrs["version"] = n
     for key, value in attrs.items():
         vgrp.attrs[key] = value
@@ -424,4 +444,4 @@ def write_version(
         if value is not None:
             grp.attrs[key] = value
     grp.attrs["shape"] = np.asarray(metadata.shape, dtype=np.int64)
-    return _record(vgrp.attrs)
+    return _record(vgrp.attrs, number)
