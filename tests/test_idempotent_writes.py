@@ -20,7 +20,9 @@ import pytest
 
 from xpcs_io.client import AsyncRemoteHDF5Facade, RemoteHDF5Facade
 from xpcs_io.client.transport import RetryPolicy
+from xpcs_io.errors import WriteLockTimeout
 from xpcs_io.facade import HDF5Facade
+from xpcs_io.locking import FileWriteLock
 from xpcs_io.pool import HDF5ConnectionPool
 from xpcs_io.schemas import GeometryMetadata, MaskSchema, PartitionSchema
 
@@ -131,6 +133,21 @@ def test_replay_returns_the_first_record_and_leaves_the_file(workdir: Path) -> N
         stat.st_mtime_ns,
         stat.st_size,
     )
+
+
+def test_replay_needs_no_write_lock(workdir: Path) -> None:
+    """A resend is answered from a read: it neither waits for another writer's lock nor
+    copies the file. A new key still waits (and times out here)."""
+    facade = HDF5Facade(pool=HDF5ConnectionPool(max_size=2), lock_timeout=0.3)
+    path = workdir / "locked.hdf5"
+    first = facade.write_mask_version(path, _mask(), idempotency_key="held")
+    with FileWriteLock(path.resolve(), timeout=5.0):
+        assert facade.write_mask_version(path, _mask(), idempotency_key="held") == first
+        with pytest.raises(WriteLockTimeout):
+            facade.write_mask(path, _mask(), idempotency_key="new")
+        with pytest.raises(ValueError, match="different write"):
+            facade.write_mask(path, _mask(3), idempotency_key="held")
+    assert len(facade.list_mask_versions(path)) == 1
 
 
 # ---------------------------------------------------------------- HTTP, races

@@ -61,6 +61,7 @@ __all__ = [
     "VERSIONS",
     "array_sha256",
     "default_writer",
+    "find_replay",
     "holds_entries",
     "list_versions",
     "read_geometry_any",
@@ -313,16 +314,43 @@ def _ensure_group(h5: h5py.File, path: str) -> h5py.Group:
     return node
 
 
+def _match_key(n: int, attrs: Any, key: str, request_sha: str) -> dict[str, Any] | None:
+    if "idempotency_key" not in attrs or _str_or_none(attrs["idempotency_key"]) != key:
+        return None
+    if _str_or_none(attrs.get("request_sha256")) != request_sha:
+        raise ValueError(
+            f"idempotency key {key!r} was used for a different write (version {n}); "
+            "use a new key for each write"
+        )
+    return _record(attrs, n)
+
+
 def _replayed(store: h5py.Group | None, key: str, request_sha: str) -> dict[str, Any] | None:
     for n in reversed(_numbers(store)):
-        attrs = store[_vname(n)].attrs  # type: ignore[index]
-        if "idempotency_key" in attrs and _str_or_none(attrs["idempotency_key"]) == key:
-            if _str_or_none(attrs.get("request_sha256")) != request_sha:
-                raise ValueError(
-                    f"idempotency key {key!r} was used for a different write (version {n}); "
-                    "use a new key for each write"
-                )
-            return _record(attrs, n)
+        found = _match_key(n, store[_vname(n)].attrs, key, request_sha)  # type: ignore[index]
+        if found is not None:
+            return found
+    return None
+
+
+def find_replay(loc: Locator, group: str, key: str, request_sha: str) -> dict[str, Any] | None:
+    """The record of the version a write under ``key`` stored in ``group``, or None (every
+    object reached through the locator's link guard).
+
+    Raises:
+        ValueError: the key was used for a different write.
+    """
+    try:
+        grp = loc.group(group)
+    except KeyError:
+        return None
+    if not loc.has(grp, VERSIONS):
+        return None
+    base = f"{group.rstrip('/')}/{VERSIONS}"
+    for n in reversed(_numbers(loc.group(base))):
+        found = _match_key(n, loc.group(f"{base}/{_vname(n)}").attrs, key, request_sha)
+        if found is not None:
+            return found
     return None
 
 
@@ -353,6 +381,7 @@ def write_version(
     compression: str | int | None,
     compression_opts: Any,
     idempotency_key: str | None = None,
+    request_sha: str | None = None,
     root: Path | None = None,
     display: str | None = None,
 ) -> dict[str, Any]:
@@ -360,7 +389,8 @@ def write_version(
     return its record. Found data in the group is first kept as a version of its own.
 
     With ``idempotency_key``, a version already stored under that key is not written again:
-    ``ReplayedWrite`` carries its record (the caller abandons the edit).
+    ``ReplayedWrite`` carries its record (the caller abandons the edit). ``request_sha`` is
+    the write's ``request_sha256`` when the caller has it already.
 
     Raises:
         ValueError: the group may not be written (see ``check_write_target``), the key was
@@ -371,7 +401,9 @@ def write_version(
     check_write_target(h5, group, kind, root=root, display=display or h5.filename)
     grp = _ensure_group(h5, group)
     primary = PRIMARY[kind]
-    req_sha = request_sha256(kind, arrays, metadata, attrs, description, schema_version)
+    req_sha = request_sha or request_sha256(
+        kind, arrays, metadata, attrs, description, schema_version
+    )
     store = grp.get(VERSIONS, None)
     if idempotency_key is not None:
         previous = _replayed(store, idempotency_key, req_sha)
