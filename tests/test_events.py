@@ -271,3 +271,31 @@ def test_parser_handles_split_lines_comments_and_crlf() -> None:
     ]
     with pytest.raises(ValueError, match="too long"):
         EventStreamParser().feed(b"x" * (2 << 20))
+
+
+@pytest.mark.parametrize(
+    ("params", "headers"),
+    [
+        ({"prefix": "../"}, {}),
+        ({"prefix": "/etc"}, {}),
+        ({"file_path": "a\x00b"}, {}),
+        ({"prefix": "x" * 5000}, {}),
+        ({"file_path": "%2e%2e/secret.h5"}, {}),
+        ({}, {"last-event-id": "not-a-number"}),
+        ({}, {"last-event-id": "9" * 400}),
+        ({}, {"last-event-id": "-5"}),
+        ({"prefix": "run1", "unknown": "1"}, {}),
+    ],
+)
+def test_hostile_event_parameters_get_a_stream_or_a_client_error(
+    server: Server, params: dict[str, str], headers: dict[str, str]
+) -> None:
+    with httpx.stream(
+        "GET", f"{server.url}/v1/events", params=params, headers=headers, timeout=10
+    ) as response:
+        assert response.status_code in (200, 400, 403, 422), response.status_code
+        if response.status_code == 200:
+            first = next(response.iter_raw())
+            assert first.startswith(b"retry:")
+        else:
+            assert response.headers["content-type"] == "application/problem+json"
