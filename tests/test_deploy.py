@@ -298,14 +298,16 @@ def test_a_watcher_behind_nginx_hears_writes_through_every_replica(
                     if len(heard) == 2:
                         return
 
+        opened = next(stream)  # the stream is open: every write from here on is heard
+        assert opened.type == "stream.opened"
         thread = threading.Thread(target=collect, daemon=True)
         thread.start()
-        time.sleep(0.5)
         for i, replica in enumerate(replicas):  # each write straight to one replica
             with RemoteHDF5Facade(replica.url) as api:
                 geo = api.read_geometry_metadata("shared.hdf5")
                 mask = MaskSchema(mask=np.ones(geo.shape, np.uint8), metadata=geo)
                 api.write_mask("shared.hdf5", mask, writer=f"replica{i}")
-        thread.join(timeout=10)
+        thread.join(timeout=30)
+        assert not thread.is_alive(), heard
         stream.close()
     assert heard == [(1, "replica0"), (2, "replica1")]

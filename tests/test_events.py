@@ -45,6 +45,7 @@ class Watcher:
         self._iter = self.client.watch(**kwargs)  # type: ignore[arg-type]
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
+        self.wait_for("stream.opened", 20)  # listening from here on
 
     def _run(self) -> None:
         try:
@@ -75,7 +76,6 @@ def _mask(client: RemoteHDF5Facade, path: str) -> MaskSchema:
 
 def test_watcher_sees_another_clients_mask_within_a_second(watched: Server) -> None:
     watcher = Watcher(watched.url)
-    time.sleep(0.5)  # the stream is open (a missed event would be replayed anyway)
     with RemoteHDF5Facade(watched.url) as writer, RemoteHDF5Facade(watched.url) as reader:
         assert reader.read_g2_data("run1/a.hdf5").g2.shape == (4, 3)
         start = time.monotonic()
@@ -93,7 +93,6 @@ def test_watcher_sees_another_clients_mask_within_a_second(watched: Server) -> N
 
 def test_watcher_sees_a_file_plain_h5py_creates_within_two_seconds(watched: Server) -> None:
     watcher = Watcher(watched.url, prefix="run2")
-    time.sleep(0.5)
     (watched.root / "run2").mkdir()
     time.sleep(0.2)  # the new folder is watched
     start = time.monotonic()
@@ -108,7 +107,6 @@ def test_watcher_sees_a_file_plain_h5py_creates_within_two_seconds(watched: Serv
 
 def test_prefix_filter_and_no_hidden_files(watched: Server) -> None:
     watcher = Watcher(watched.url, prefix="run1")
-    time.sleep(0.5)
     (watched.root / "other").mkdir()
     time.sleep(0.2)
     with h5py.File(watched.root / "other" / "x.h5", "w") as f:
@@ -152,11 +150,16 @@ def test_reconnects_by_itself_after_the_server_restarts(tmp_path: Path) -> None:
     srv = start_server(root, tmp_path / "a.log", env={"XPCS_IO_EVENTS_HEARTBEAT": "0.5"})
     port = int(srv.url.rsplit(":", 1)[1])
     watcher = Watcher(srv.url, reconnect_delay=0.1)
-    time.sleep(0.5)
     srv.stop()
     srv2 = start_server(root, tmp_path / "b.log", port=port)
     try:
-        time.sleep(0.5)
+        # Back within its backoff: told that events may have been lost meanwhile (the
+        # server restarted), then listening again.
+        watcher.wait_for("events.reset", 30)
+        deadline = time.monotonic() + 30
+        while sum(e.type == "stream.opened" for e in watcher.seen) < 2:
+            assert time.monotonic() < deadline, watcher.seen
+            time.sleep(0.05)
         with h5py.File(root / "after.h5", "w") as f:
             f["x"] = 1
         event, _ = watcher.wait_for("file.created", 10, file_path="after.h5")
@@ -170,7 +173,6 @@ def test_server_shutdown_is_not_held_up_by_open_streams(tmp_path: Path) -> None:
     root.mkdir()
     srv = start_server(root, tmp_path / "s.log")
     watchers = [Watcher(srv.url) for _ in range(3)]
-    time.sleep(0.5)
     start = time.monotonic()
     assert srv.stop() in (0, -15)
     # Well inside the 30 s graceful-shutdown timeout an unended stream would cost.
@@ -222,7 +224,6 @@ def test_events_never_name_files_outside_the_root(tmp_path: Path) -> None:
     srv = start_server(root, tmp_path / "o.log")
     try:
         watcher = Watcher(srv.url)
-        time.sleep(0.5)
         with h5py.File(outside / "secret.h5", "w") as f:
             f["x"] = 1
         with h5py.File(root / "inside.h5", "w") as f:

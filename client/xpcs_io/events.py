@@ -3,7 +3,8 @@
 Event types: ``file.created``, ``file.changed``, ``file.removed`` (``file_path``),
 ``mask.written`` and ``partition.written`` (``file_path``, ``kind``, ``group``, ``version``,
 ``writer``, ``created``, ``description``), ``pool.cleared``, and ``events.reset`` (events were
-lost while away: reload what is shown).
+lost while away: reload what is shown), and ``stream.opened`` (first on every connection,
+reconnects included).
 """
 
 from __future__ import annotations

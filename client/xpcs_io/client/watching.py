@@ -62,7 +62,7 @@ class EventWatch:
         """The events ``chunk`` completes; remembers the last id for the next reconnect."""
         events = self.parser.feed(chunk)
         for event in events:
-            if event.id is not None:
+            if event.id is not None and (self.last_id is None or event.id > self.last_id):
                 self.last_id = event.id
         return events
 

@@ -24,7 +24,7 @@ from xpcs_io.facade import HDF5Facade
 from xpcs_io.schemas import Schema
 from xpcs_io.server.auth import require
 from xpcs_io.server.common import Layout, Validate, facade_for, group_query, send
-from xpcs_io.server.openapi_docs import ERRORS
+from xpcs_io.server.openapi_docs import BODY_ERRORS
 from xpcs_io.server.problems import problem_fields
 from xpcs_io.server.responses import MSGPACK_MEDIA_TYPE, wants_json
 
@@ -159,7 +159,7 @@ def add_batch_routes(router: APIRouter) -> None:
         operation_id="g2-read-many",
         tags=["g2"],
         dependencies=[require("read")],
-        responses={**_OK_DOC, **ERRORS},
+        responses={**_OK_DOC, **BODY_ERRORS},
         openapi_extra=_BODY_DOC,
     )
     async def read_g2_data_many(
@@ -187,7 +187,7 @@ def add_batch_routes(router: APIRouter) -> None:
         operation_id="qmap-read-many",
         tags=["qmap"],
         dependencies=[require("read")],
-        responses={**_OK_DOC, **ERRORS},
+        responses={**_OK_DOC, **BODY_ERRORS},
         openapi_extra=_BODY_DOC,
     )
     async def read_qmap_many(

@@ -8,8 +8,10 @@ Event types (``event:`` field; ``data:`` is one JSON object):
 - ``mask.written``, ``partition.written``: a new version (``file_path``, ``kind``, ``group``,
   ``version``, ``writer``, ``created``, ``description``).
 - ``pool.cleared``: the server closed its pooled handles.
-- ``events.reset``: events were lost (the client was away longer than the retention, or read
-  too slowly): reload everything shown.
+- ``events.reset``: events were lost (the client was away longer than the retention, read
+  too slowly, or the server restarted meanwhile): reload everything shown.
+- ``stream.opened``: first on every stream; its id is where a reconnect resumes even when no
+  other event came yet.
 
 Ids are microseconds since the epoch, strictly increasing within a process, so a client that
 reconnects with ``Last-Event-ID`` (to this replica or another one watching the same
@@ -95,6 +97,12 @@ class EventHub:
                 loop.call_soon_threadsafe(self._deliver, event)
         return event
 
+    def mark(self) -> int:
+        """A fresh id, after every event so far and before every later one."""
+        with self._lock:
+            self._last_id = max(self._last_id + 1, time.time_ns() // 1000)
+            return self._last_id
+
     def _trim(self, now_us: int) -> None:
         horizon = now_us - int(self.retention * 1e6)
         while self._events and self._events[0].id < horizon:
@@ -175,6 +183,10 @@ async def sse_stream(
                 if wanted(event):
                     yield event.encode()
                 sent = event.id
+        # The stream's own starting point: a client that sees nothing else still has an id
+        # to resume after.
+        opened = hub.mark()
+        yield ServerEvent(opened, "stream.opened").encode()
         while True:
             try:
                 event = await asyncio.wait_for(queue.get(), heartbeat)

@@ -18,7 +18,7 @@ from xpcs_io.schemas import (
     Schema,
 )
 
-__all__ = ["ERRORS", "WRITE_ERRORS", "body_doc", "ok"]
+__all__ = ["BODY_ERRORS", "ERRORS", "WRITE_ERRORS", "body_doc", "ok"]
 
 _ARRAY_MAP = {
     "type": "object",
@@ -177,9 +177,12 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         "(IndexError); invalid parameters (ValueError / TypeError)."
     ),
 }
-WRITE_ERRORS: dict[int | str, dict[str, Any]] = {
+BODY_ERRORS: dict[int | str, dict[str, Any]] = {
     **ERRORS,
     400: _err("The body is not msgpack/JSON (WireFormatError)."),
     413: _err("The body exceeds the size limit (PayloadTooLargeError)."),
+}
+WRITE_ERRORS: dict[int | str, dict[str, Any]] = {
+    **BODY_ERRORS,
     503: _err("Another writer held the file's lock too long (WriteLockTimeout)."),
 }

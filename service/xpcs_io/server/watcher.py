@@ -18,6 +18,7 @@ import contextlib
 import datetime as dt
 import logging
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -86,7 +87,10 @@ class RootWatcher:
                     recursive=True,
                     ignore_permission_denied=True,
                 ):
-                    await self._handle(changes)
+                    try:
+                        await self._handle(changes)
+                    except Exception:  # one bad batch must not end the watching
+                        log.exception("file watcher: handling %d changes failed", len(changes))
                 return
             except (OSError, RuntimeError) as exc:
                 if polling:
@@ -155,10 +159,8 @@ class RootWatcher:
                 if kind == "mask"
                 else self.facade.list_partition_versions
             )
-            try:
-                records = lister(display, group)
-            except Exception as exc:  # no such group, a file being written, not HDF5
-                log.debug("no %s versions in %s: %s", kind, display, exc)
+            records = self._records(lister, display, group, kind)
+            if records is None:
                 continue
             key = (display, kind)
             seen = self._latest.get(key)
@@ -187,6 +189,24 @@ class RootWatcher:
                 self._latest[key] = max(numbers)
         self.facade.clear_pool()
         return out
+
+    @staticmethod
+    def _records(
+        lister: Callable[[str, str], list[dict[str, Any]]], display: str, group: str, kind: str
+    ) -> list[dict[str, Any]] | None:
+        # A file replaced again while it is read, or still being written by another program,
+        # can fail a read that a moment later succeeds: try a few times before giving up
+        # (a missing group is final: the file holds no such versions).
+        for attempt in range(3):
+            try:
+                return lister(display, group)
+            except KeyError as exc:
+                log.debug("no %s versions in %s: %s", kind, display, exc)
+                return None
+            except Exception as exc:
+                log.debug("listing %s versions of %s failed: %r", kind, display, exc)
+                time.sleep(0.05 * (attempt + 1))
+        return None
 
     def _after_start(self, created: Any) -> bool:
         if not isinstance(created, str):

@@ -624,7 +624,7 @@
               else if (line.startsWith("id:")) id = line.slice(3).trim();
             }
             if (!data) continue; // a heartbeat or the retry hint
-            if (id) lastEventId = id;
+            if (id && (!lastEventId || BigInt(id) > BigInt(lastEventId))) lastEventId = id;
             let payload = {};
             try { payload = JSON.parse(data); } catch { /* not ours */ }
             onEvent(type, payload);
