@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import zlib
 from collections.abc import Hashable, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from xpcs_io.chunkread import read_whole
 from xpcs_io.errors import HDF5ValidationError
 from xpcs_io.filters import FILTERS as _FILTERS  # noqa: F401  (registers HDF5 filter plugins)
 
@@ -213,8 +215,13 @@ class Locator:
         """
         ds = self.dataset(group_path, name)
         try:
+            if selection == ():
+                # Compressed chunks decoded outside HDF5's lock; None: HDF5 reads it.
+                whole = read_whole(ds)
+                if whole is not None:
+                    return whole
             return ds[selection]
-        except (OSError, RuntimeError) as exc:
+        except (OSError, RuntimeError, zlib.error) as exc:
             raise HDF5ValidationError(
                 f"{self.display}: cannot read {group_path.rstrip('/')}/{name} ({exc})",
                 file=self.display,
