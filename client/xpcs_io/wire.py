@@ -19,6 +19,7 @@ import msgpack
 import numpy as np
 import numpy.typing as npt
 
+from xpcs_io import arraycodec
 from xpcs_io.errors import SchemaError, WireFormatError
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
 MEDIA_TYPE: Final = "application/msgpack"
 
 _ARRAY_KEYS: Final = frozenset(("dtype", "shape", "data"))
+_CODEC_KEYS: Final = frozenset(("dtype", "shape", "codec", "data"))
 _MAX_DIMS: Final = 32
 # Same limit as msgpack.packb, so a self-referencing list fails cleanly instead of recursing.
 _MAX_PACK_DEPTH: Final = 512
@@ -69,8 +71,9 @@ _EXT: Final = frozenset((0xC7, 0xC8, 0xC9, 0xD4, 0xD5, 0xD6, 0xD7, 0xD8))
 
 
 def is_array_map(obj: object) -> bool:
-    """Return whether ``obj`` is a dict whose key set is exactly ``{"dtype", "shape", "data"}``."""
-    return isinstance(obj, dict) and obj.keys() == _ARRAY_KEYS
+    """Return whether ``obj`` is a dict whose key set is exactly ``{"dtype", "shape", "data"}``
+    or, for a compressed array, ``{"dtype", "shape", "codec", "data"}``."""
+    return isinstance(obj, dict) and (obj.keys() == _ARRAY_KEYS or obj.keys() == _CODEC_KEYS)
 
 
 def _parse_dtype(text: str) -> np.dtype[Any]:
@@ -144,8 +147,12 @@ def decode_array(obj: Mapping[str, Any], *, field: str = "array") -> npt.NDArray
     for key in ("dtype", "shape", "data"):
         if key not in obj:
             raise bad(f"array map is missing key {key!r}")
-    if extra := sorted(map(str, set(obj) - _ARRAY_KEYS)):
+    allowed = _CODEC_KEYS if "codec" in obj else _ARRAY_KEYS
+    if extra := sorted(map(str, set(obj) - allowed)):
         raise bad(f"array map has unexpected keys {extra}")
+    codec = obj.get("codec")
+    if codec is not None and codec != arraycodec.CODEC:
+        raise bad(f"unknown array codec {codec!r:.40}; known: {arraycodec.CODEC!r}")
     text, shape, data = obj["dtype"], obj["shape"], obj["data"]
     if not isinstance(text, str):
         raise bad(f"dtype must be a str like '<f4', got {type(text).__name__}")
@@ -164,6 +171,11 @@ def decode_array(obj: Mapping[str, Any], *, field: str = "array") -> npt.NDArray
     view = memoryview(data)
     dims = tuple(int(n) for n in shape)
     count = math.prod(dims)  # Python ints: a lying shape cannot overflow
+    if codec is not None:
+        try:
+            return arraycodec.decompress(dt, dims, view)
+        except ValueError as exc:
+            raise bad(str(exc)) from None
     if view.nbytes != count * dt.itemsize:
         raise bad(
             f"data has {view.nbytes} bytes but shape {list(dims)} of dtype {text!r} needs "
@@ -259,7 +271,11 @@ class _Writer:
     def emit(self, obj: Any, depth: int) -> None:
         if depth > _MAX_PACK_DEPTH:
             raise ValueError(f"nesting deeper than {_MAX_PACK_DEPTH} (a reference cycle?)")
-        if isinstance(obj, np.ndarray):
+        if isinstance(obj, arraycodec.CompressedArray):
+            self.small += (b"\x84\xa5dtype", msgpack.packb(obj.dtype), b"\xa5shape")
+            self.small += (msgpack.packb(list(obj.shape)), b"\xa5codec\xa6blosc2\xa4data")
+            self.bin_(obj.data.data)
+        elif isinstance(obj, np.ndarray):
             amap = encode_array(obj)
             self.small += (b"\x83\xa5dtype", msgpack.packb(amap["dtype"]), b"\xa5shape")
             self.small += (msgpack.packb(amap["shape"]), b"\xa4data")

@@ -42,6 +42,10 @@ class AsyncRemoteHDF5Facade(ClientCore):
             Cached arrays are read-only. 0 (the default) disables the cache.
         progress: show a progress bar (tqdm, ``pip install 'xpcs-io[progress]'``) for
             downloads above 8 MiB.
+        compression: arrays compressed on the wire: ``"auto"`` (the default) asks for
+            ``blosc2-zstd`` when blosc2 is installed and the server is not on this machine
+            (loopback), where the link, not decompression, is the limit; ``"none"``; or a
+            preset, ``"blosc2-zstd"`` or ``"blosc2-lz4"`` (see docs/wire-format.md).
 
     Network failures raise ``RemoteConnectionError`` (a ``ConnectionError``).
     """
@@ -57,6 +61,7 @@ class AsyncRemoteHDF5Facade(ClientCore):
         retry: RetryPolicy | None = None,
         cache_bytes: int = 0,
         progress: bool = False,
+        compression: str = "auto",
     ) -> None:
         super().__init__(
             base_url,
@@ -65,6 +70,7 @@ class AsyncRemoteHDF5Facade(ClientCore):
             retry=retry,
             cache_bytes=cache_bytes,
             progress=progress,
+            compression=compression,
         )
         self._timeout = timeout
         self._owns = http is None

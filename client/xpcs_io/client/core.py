@@ -3,10 +3,12 @@ cache and turning a finished response into a result or an exception."""
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 import httpx
 
+from xpcs_io import arraycodec
 from xpcs_io.client.cache import ResponseCache
 from xpcs_io.client.calls import Call
 from xpcs_io.client.transport import RetryPolicy, finish
@@ -18,6 +20,38 @@ __all__ = ["ClientCore"]
 USER_AGENT = "xpcs-io-client/0.1"
 # Bars only for downloads that take noticeable time.
 PROGRESS_MIN_BYTES = 8 << 20
+
+
+def _is_loopback(base_url: str) -> bool:
+    host = httpx.URL(base_url).host
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def array_compression(compression: str, base_url: str) -> str | None:
+    """The ``XPCS-Array-Codec`` preset a client asks for, or None (raw arrays).
+
+    Raises:
+        ValueError: ``compression`` is not "auto", "none" or a preset.
+        ImportError: a preset was named and blosc2 is not installed.
+    """
+    if compression == "none":
+        return None
+    if compression == "auto":
+        # On loopback nothing limits raw bytes but the copies: compressing only adds CPU.
+        if _is_loopback(base_url) or not arraycodec.available():
+            return None
+        return "blosc2-zstd"
+    if compression not in arraycodec.PRESETS:
+        names = ", ".join(["auto", "none", *arraycodec.PRESETS])
+        raise ValueError(f"compression must be one of {names}; got {compression!r}")
+    if not arraycodec.available():
+        raise ImportError(f"compression={compression!r} needs blosc2: pip install blosc2")
+    return compression
 
 
 class ClientCore:
@@ -32,6 +66,7 @@ class ClientCore:
         retry: RetryPolicy | None,
         cache_bytes: int,
         progress: bool = False,
+        compression: str = "auto",
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.validate = validate
@@ -40,6 +75,10 @@ class ClientCore:
         headers = {"accept": "application/msgpack", "user-agent": USER_AGENT}
         if api_key:
             headers["authorization"] = f"Bearer {api_key}"
+        preset = array_compression(compression, self.base_url)
+        if preset is not None:
+            headers[arraycodec.HEADER] = preset
+        self.compression = preset
         self._headers = headers
         self.progress = progress
         if progress:

@@ -11,8 +11,10 @@ from fastapi import Query, Request
 from fastapi.concurrency import run_in_threadpool
 from starlette.responses import Response
 
+from xpcs_io import arraycodec
 from xpcs_io.facade import HDF5Facade
 from xpcs_io.pool import FileIdentity
+from xpcs_io.schemas import Schema
 from xpcs_io.server.responses import encode, wants_json
 
 __all__ = [
@@ -89,10 +91,17 @@ def send(
     )
 
 
+def _array_codec(request: Request) -> str | None:
+    """The compression preset the client accepts for arrays (msgpack only), or None."""
+    if wants_json(request):
+        return None
+    return arraycodec.negotiate(request.headers.get(arraycodec.HEADER))
+
+
 def _etag(request: Request, identity: FileIdentity) -> str:
     # Same file bytes (identity) + same request + same representation = same body.
     query = sorted(request.query_params.multi_items())
-    form = "json" if wants_json(request) else "msgpack"
+    form = "json" if wants_json(request) else f"msgpack+{_array_codec(request)}"
     digest = hashlib.sha256(repr((identity, request.url.path, query, form)).encode())
     return f'"{digest.hexdigest()[:32]}"'
 
@@ -111,12 +120,23 @@ async def read_result(request: Request, file_path: str, produce: Callable[[], An
     state = request.app.state
     # Resolving and stat-ing a path is a couple of system calls: fine on the event loop.
     identity = state.facade.file_identity(file_path)
-    headers = {"etag": _etag(request, identity), "cache-control": "no-cache"}
+    headers = {
+        "etag": _etag(request, identity),
+        "cache-control": "no-cache",
+        "vary": f"accept, {arraycodec.HEADER}",
+    }
     if _matches(request.headers.get("if-none-match"), headers["etag"]):
         return Response(status_code=304, headers=headers)
     real = state.facade.resolve(file_path)
     key = (real, identity, request.url.path, tuple(sorted(request.query_params.multi_items())))
     content = await state.results.get(key, real, identity, produce)
+    preset = _array_codec(request)
+    if preset is not None:
+        # Cached compressed beside the raw result: a hot file is compressed once per preset.
+        raw = content.to_dict() if isinstance(content, Schema) else content
+        content = await state.results.get(
+            (*key, preset), real, identity, lambda: arraycodec.compress_tree(raw, preset)
+        )
     if wants_json(request):  # building nested lists is real work: not on the event loop
         return await run_in_threadpool(send, request, content, 200, headers)
     return send(request, content, headers=headers)

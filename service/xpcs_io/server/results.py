@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 from fastapi.concurrency import run_in_threadpool
 
+from xpcs_io.arraycodec import CompressedArray
 from xpcs_io.schemas import Schema
 
 __all__ = ["ResultCache", "result_nbytes"]
@@ -29,6 +30,8 @@ _OVERHEAD = 512  # bytes charged per entry for the Python objects around the arr
 def _arrays(value: Any) -> list[np.ndarray[Any, Any]]:
     if isinstance(value, np.ndarray):
         return [value]
+    if isinstance(value, CompressedArray):
+        return [value.data]
     if isinstance(value, Schema):
         value = value.to_dict()
     if isinstance(value, dict):
