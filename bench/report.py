@@ -95,6 +95,42 @@ def targets(results: dict[str, Result]) -> list[Target]:
             _ratio(mine, w1["socket_qmap"]),
             f"w1 median, {ours} / socket of read_qmap bytes",
         )
+    for ours, tag in (("ours_cold", " (cache off)"), ("ours", "")):
+        mine = _row(results, "w1", ours)
+        add(
+            f"C1a{tag}",
+            "typed read_qmap <= 0.5x h5grove's time for its 3 maps",
+            "<=",
+            0.5,
+            _ratio(mine, _row(results, "w1", "h5grove_maps")),
+            f"w1 median, {ours} / h5grove_maps",
+        )
+        add(
+            f"C1b{tag}",
+            "typed read_qmap <= 1.5x a raw loopback socket moving the same bytes",
+            "<=",
+            1.5,
+            _ratio(mine, w1["socket_qmap"]),
+            f"w1 median, {ours} / socket of read_qmap bytes",
+        )
+    for ours, tag in (("ours", ""), ("ours_cold", " (cache off)")):
+        mine = _row(results, "w10", f"{ours}_auto_1000")
+        add(
+            f"N1{tag}",
+            "1 Gbit/s link: read_qmap (compression=auto) <= 0.4x h5grove's 3 maps",
+            "<=",
+            0.4,
+            _ratio(mine, _row(results, "w10", "h5grove_1000")),
+            f"w10 median at 1 Gbit/s, {ours}_auto / h5grove",
+        )
+        add(
+            f"N2{tag}",
+            "1 Gbit/s link: read_qmap (compression=auto) faster than tiled's 3 maps",
+            "<",
+            1.0,
+            _ratio(mine, _row(results, "w10", "tiled_1000")),
+            f"w10 median at 1 Gbit/s, {ours}_auto / tiled (its negotiated encoding)",
+        )
     local = _row(results, "w2", "facade")
     for remote, tag in (("remote_sync", ""), ("remote_cold", " (cache off)")):
         mine = _row(results, "w2", remote)

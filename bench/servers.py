@@ -89,7 +89,7 @@ def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def _spawn(
+def spawn(
     name: str,
     cmd: list[str],
     port: int,
@@ -142,7 +142,7 @@ def start_ours(
     cmd += ["--port", str(port), "--log-level", "warning", *args]
     tmp = logdir / f"{name}-tmp"  # e.g. the state folder of --workers
     tmp.mkdir(exist_ok=True)
-    return _spawn(name, cmd, port, logdir, _http_ok("/health"), {"TMPDIR": str(tmp), **(env or {})})
+    return spawn(name, cmd, port, logdir, _http_ok("/health"), {"TMPDIR": str(tmp), **(env or {})})
 
 
 # The result cache of the service (when it has one) turns repeated reads of an unchanged file
@@ -153,7 +153,7 @@ NO_CACHE_ENV = {"XPCS_IO_CACHE_BYTES": "0"}
 def start_h5grove(root: Path, logdir: Path) -> Server:
     port = free_port()
     cmd = [sys.executable, "-m", "bench.h5grove_app", "--root", str(root), "--port", str(port)]
-    return _spawn("h5grove", cmd, port, logdir, _http_ok("/"))
+    return spawn("h5grove", cmd, port, logdir, _http_ok("/"))
 
 
 def tiled_command() -> list[str] | None:
@@ -176,7 +176,7 @@ def start_tiled(directory: Path, logdir: Path, probe: str) -> Server:
     tmp.mkdir(exist_ok=True)
     cmd = [*base, "serve", "directory", str(directory), "--public", "--api-key", TILED_API_KEY]
     cmd += ["--host", "127.0.0.1", "--port", str(port)]
-    return _spawn(
+    return spawn(
         "tiled", cmd, port, logdir, _http_ok(f"/api/v1/metadata/{probe}"), {"TMPDIR": str(tmp)}
     )
 
@@ -184,4 +184,4 @@ def start_tiled(directory: Path, logdir: Path, probe: str) -> Server:
 def start_socket(size: int, logdir: Path) -> Server:
     port = free_port()
     cmd = [sys.executable, "-m", "bench.sockserver", "--port", str(port), "--size", str(size)]
-    return _spawn("socket", cmd, port, logdir, _tcp_ok)
+    return spawn("socket", cmd, port, logdir, _tcp_ok)

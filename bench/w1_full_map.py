@@ -68,6 +68,16 @@ def run(env: Env) -> Result:
 
         cases.append(("h5grove", h5grove_read))
         labels["h5grove"] = ("h5grove + httpx", "GET /data?format=bin, np.frombuffer")
+
+        def h5grove_maps() -> int:
+            total = 0
+            for name in ("sqmap", "dqmap", "phis"):
+                p = {"file": files.main, "path": f"{QMAP}/{name}", "format": "bin"}
+                total += np.frombuffer(checked(grove.get("/data", params=p)).content, "<f4").nbytes
+            return total
+
+        cases.append(("h5grove_maps", h5grove_maps))
+        labels["h5grove_maps"] = ("h5grove + httpx", "the 3 float maps (sqmap, dqmap, phis)")
     if env.has("tiled"):
         tiled = env.http("tiled")
         url = f"/api/v1/array/full/{TILED_NODE}{MAP}"
@@ -98,6 +108,7 @@ def run(env: Env) -> Result:
     labels["ours_raw"] = ("ours: raw httpx (no decode)", "GET /v1/qmap msgpack body, .content")
 
     pids = {"socket": "socket", "socket_qmap": "socket", "h5grove": "h5grove"}
+    pids["h5grove_maps"] = "h5grove"
     pids |= {"tiled_raw": "tiled", "tiled_client": "tiled", "ours": "ours", "ours_raw": "ours"}
     pids["ours_cold"] = "ours_nocache"
     servers = {k: env.pid(v) for k, v in pids.items() if env.has(v)}

@@ -4,6 +4,7 @@ copy, and errors as httpx raises them (so the client's retry rules apply unchang
 
 from __future__ import annotations
 
+import random
 import socket
 import threading
 from collections.abc import Iterator
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 
 from xpcs_io.client import RemoteConnectionError, RemoteHDF5Facade, RetryPolicy
-from xpcs_io.client.fasthttp import FastHTTPTransport, usable_for
+from xpcs_io.client.fasthttp import Dechunker, FastHTTPTransport, usable_for
 from xpcs_io.client.transport import BodyBuffer
 
 from .conftest import Server, free_port
@@ -190,3 +191,24 @@ def test_async_transport_edge_cases(scripted: list[_Scripted]) -> None:
                 await http.get(f"http://127.0.0.1:{free_port()}/")
 
     asyncio.run(run())
+
+
+def test_dechunker_reassembles_many_chunks_split_anywhere() -> None:
+    rng = random.Random(3)
+    pieces = [bytes([i % 251]) * rng.randint(1, 3000) for i in range(2000)]
+    wire = b"".join(b"%x;ext=1\r\n" % len(p) + p + b"\r\n" for p in pieces) + b"0\r\n\r\n"
+    body = Dechunker()
+    pos, done = 0, False
+    while not done:
+        step = rng.randint(1, 70_000)
+        done = body.feed(wire[pos : pos + step])
+        pos += step
+    assert pos >= len(wire)
+    assert body.result().tobytes() == b"".join(pieces)
+    # The last chunk is complete only with its CRLF (else it would be left in the socket).
+    partial = Dechunker()
+    assert not partial.feed(b"3\r\nabc\r\n0\r\n")
+    assert partial.feed(b"\r\n")
+    assert partial.result().tobytes() == b"abc"
+    with pytest.raises(httpx.RemoteProtocolError, match="bad chunk size"):
+        Dechunker().feed(b"zz\r\n")

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from xpcs_io.client.fasthttp import FastHTTPTransport, alive, parse_head
+from xpcs_io.client.fasthttp import Dechunker, FastHTTPTransport, alive, parse_head
 
 __all__ = ["AsyncFastHTTPTransport"]
 
@@ -137,40 +137,20 @@ class AsyncFastHTTPTransport(httpx.AsyncBaseTransport):
                 got += n
             data = out
         else:
-            # Rare here (the service always sends Content-Length).
+            # Chunked: the many-file reads stream their answer; else read to the close.
             rest = bytearray(head.rest)
-            while (data := _dechunk(rest) if head.framing == "chunked" else None) is None:
+            dechunk = Dechunker() if head.framing == "chunked" else None
+            done = dechunk is not None and dechunk.feed(rest)
+            while not done:
                 chunk = await loop.sock_recv(sock, 1 << 20)
                 if not chunk:
-                    if head.framing == "chunked":
+                    if dechunk is not None:
                         raise httpx.RemoteProtocolError("chunked body ended early")
-                    data = bytes(rest)
                     break
-                rest += chunk
+                if dechunk is not None:
+                    done = dechunk.feed(chunk)
+                else:
+                    rest += chunk
+            data = dechunk.result() if dechunk is not None else bytes(rest)
         response = httpx.Response(head.status, headers=head.headers, stream=_AsyncBody(data))
         return response, head.keep_alive
-
-
-def _dechunk(buf: bytearray) -> bytes | None:
-    """The body of a complete chunked message in ``buf``, or None while it is incomplete.
-
-    Raises:
-        httpx.RemoteProtocolError: a malformed chunk size line.
-    """
-    out = bytearray()
-    pos = 0
-    while True:
-        line_end = buf.find(b"\r\n", pos)
-        if line_end < 0:
-            return None
-        try:
-            size = int(bytes(buf[pos:line_end]).split(b";")[0], 16)
-        except ValueError:
-            raise httpx.RemoteProtocolError("bad chunk size") from None
-        pos = line_end + 2
-        if len(buf) < pos + size + 2:
-            return None
-        if size == 0:
-            return bytes(out)
-        out += buf[pos : pos + size]
-        pos += size + 2

@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-__all__ = ["FastHTTPTransport", "Head", "alive", "parse_head", "usable_for"]
+__all__ = ["Dechunker", "FastHTTPTransport", "Head", "alive", "parse_head", "usable_for"]
 
 _MAX_HEAD = 64 * 1024
 _PROXY_VARS = ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
@@ -93,6 +93,56 @@ def alive(sock: socket.socket) -> bool:
             sock.setblocking(True)
     except OSError:
         return False
+
+
+class Dechunker:
+    """Decodes a chunked HTTP body as its bytes arrive: ``feed`` each piece; it returns True
+    once the last chunk was read, then ``result()`` is the payload. Every byte is parsed once
+    and consumed input is dropped, so a multi-MB answer of many small chunks costs linear
+    time (re-scanning the whole buffer per piece would cost quadratic time)."""
+
+    __slots__ = ("body", "buf", "done", "pos")
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+        self.pos = 0
+        self.body = bytearray()
+        self.done = False
+
+    def feed(self, data: bytes | bytearray | memoryview) -> bool:
+        """Add ``data``; True when the body is complete (trailers are not read).
+
+        Raises:
+            httpx.RemoteProtocolError: a malformed or overlong chunk size line.
+        """
+        buf = self.buf
+        buf += data
+        while not self.done:
+            line_end = buf.find(b"\r\n", self.pos)
+            if line_end < 0:
+                if len(buf) - self.pos > 1024:
+                    raise httpx.RemoteProtocolError("chunk size line too long")
+                break
+            try:
+                size = int(bytes(buf[self.pos : line_end]).split(b";")[0], 16)
+            except ValueError:
+                raise httpx.RemoteProtocolError("bad chunk size") from None
+            start = line_end + 2
+            if len(buf) < start + size + 2:
+                break  # the last chunk, too, waits for its CRLF: none may be left unread
+            if size == 0:
+                self.done = True
+                break
+            self.body += buf[start : start + size]
+            self.pos = start + size + 2
+        if self.pos > 1 << 20 or self.pos == len(buf):
+            del buf[: self.pos]
+            self.pos = 0
+        return self.done
+
+    def result(self) -> Any:
+        """The payload as a writable uint8 array over the decoded bytes (no copy)."""
+        return np.frombuffer(self.body, dtype=np.uint8)
 
 
 class _Body(httpx.SyncByteStream):
@@ -244,28 +294,14 @@ class FastHTTPTransport(httpx.BaseTransport):
         return out
 
     @staticmethod
-    def _read_chunked(sock: socket.socket, buf: bytearray) -> bytes:
-        out = bytearray()
-        pos = 0
-
-        def need(k: int) -> None:
-            while len(buf) - pos < k:
-                chunk = sock.recv(1 << 20)
-                if not chunk:
-                    raise httpx.RemoteProtocolError("chunked body ended early")
-                buf.extend(chunk)
-
-        while True:
-            while b"\r\n" not in buf[pos:]:
-                need(len(buf) - pos + 1)
-            line_end = buf.index(b"\r\n", pos)
-            size = int(bytes(buf[pos:line_end]).split(b";")[0], 16)
-            pos = line_end + 2
-            need(size + 2)
-            out += buf[pos : pos + size]
-            pos += size + 2
-            if size == 0:
-                return bytes(out)
+    def _read_chunked(sock: socket.socket, buf: bytearray) -> Any:
+        body = Dechunker()
+        more: bytes = bytes(buf)
+        while not body.feed(more):
+            more = sock.recv(1 << 20)
+            if not more:
+                raise httpx.RemoteProtocolError("chunked body ended early")
+        return body.result()
 
     @staticmethod
     def _read_to_close(sock: socket.socket, buf: bytearray) -> bytes:
