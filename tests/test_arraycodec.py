@@ -15,7 +15,7 @@ import pytest
 from tests.conftest import Server
 from xpcs_io import arraycodec, wire
 from xpcs_io.client import RemoteHDF5Facade
-from xpcs_io.client.core import array_compression
+from xpcs_io.client.core import AutoCompression, array_compression
 from xpcs_io.demo import DemoSpec, write_native_file
 from xpcs_io.errors import SchemaError
 
@@ -145,3 +145,23 @@ def test_client_reads_equal_with_each_compression(
     with h5py.File(qmap_file, "r") as f:
         for name in MAPS:
             np.testing.assert_array_equal(getattr(q, name), f[f"/xpcs/qmap/{name}"][()])
+
+
+def test_auto_compression_follows_what_is_faster_and_keeps_probing() -> None:
+    auto = AutoCompression("blosc2-zstd")
+    big = 4 * AutoCompression.MIN_BYTES
+    assert auto.wanted()  # starts compressed
+    auto.observe(True, big, 1.0)
+    assert not auto.wanted()  # then one raw answer to compare with
+    auto.observe(False, big, 0.25)  # raw was faster (a fast link)
+    choices = []
+    for _ in range(3 * AutoCompression.PROBE_EVERY):
+        asked = auto.wanted()
+        choices.append(asked)
+        auto.observe(asked, big, 1.0 if asked else 0.25)
+    assert choices.count(True) == 3  # only the probes
+    auto.observe(False, big, 5.0)  # the link got slow: raw answers now take long
+    auto.observe(False, big, 5.0)
+    assert auto.wanted()
+    auto.observe(True, AutoCompression.MIN_BYTES - 1, 100.0)  # small answers say nothing
+    assert auto.wanted()

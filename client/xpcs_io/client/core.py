@@ -4,14 +4,17 @@ cache and turning a finished response into a result or an exception."""
 from __future__ import annotations
 
 import ipaddress
+import time
 from typing import Any
 
 import httpx
+import numpy as np
 
 from xpcs_io import arraycodec
 from xpcs_io.client.cache import ResponseCache
 from xpcs_io.client.calls import Call
 from xpcs_io.client.transport import RetryPolicy, finish
+from xpcs_io.schemas import Schema
 
 __all__ = ["ClientCore"]
 
@@ -54,6 +57,55 @@ def array_compression(compression: str, base_url: str) -> str | None:
     return compression
 
 
+def _nbytes(value: Any) -> int:
+    if isinstance(value, np.ndarray):
+        return int(value.nbytes)
+    if isinstance(value, Schema):
+        value = value.to_dict()
+    if isinstance(value, dict):
+        return sum(_nbytes(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return sum(_nbytes(v) for v in value)
+    return 0
+
+
+class AutoCompression:
+    """``compression="auto"``: ask for compressed arrays only while that is faster here.
+
+    Whether compression pays depends on the link (and on whether the server has the
+    compressed answer cached), which a client cannot know in advance. So it measures: every
+    large answer (at least ``MIN_BYTES`` of arrays) gives seconds per array byte, request to
+    decoded result, kept as a running mean for "compressed" and for "raw". It asks for the
+    cheaper one, and for the other on every ``PROBE_EVERY``-th large read, so a changed link
+    is noticed. It starts with compression (the default off loopback).
+    """
+
+    MIN_BYTES = 1 << 20
+    PROBE_EVERY = 8
+
+    def __init__(self, preset: str) -> None:
+        self.preset = preset
+        self.cost: dict[bool, float | None] = {True: None, False: None}
+        self.large = 0
+
+    def wanted(self) -> bool:
+        """Whether the next request should ask for compressed arrays."""
+        on, off = self.cost[True], self.cost[False]
+        if on is None or off is None:
+            return on is None  # one large answer each way first: compressed, then raw
+        best = on <= off
+        return (not best) if self.large % self.PROBE_EVERY == 0 else best
+
+    def observe(self, compressed: bool, nbytes: int, seconds: float) -> None:
+        """Record one answer: whether compression was asked, array bytes, seconds taken."""
+        if nbytes < self.MIN_BYTES or seconds <= 0:
+            return
+        self.large += 1
+        cost = seconds / nbytes
+        old = self.cost[compressed]
+        self.cost[compressed] = cost if old is None else 0.5 * old + 0.5 * cost
+
+
 class ClientCore:
     """Configuration and per-call logic of a remote facade (no I/O here)."""
 
@@ -79,6 +131,7 @@ class ClientCore:
         if preset is not None:
             headers[arraycodec.HEADER] = preset
         self.compression = preset
+        self.auto = AutoCompression(preset) if compression == "auto" and preset else None
         self._headers = headers
         self.progress = progress
         if progress:
@@ -106,6 +159,8 @@ class ClientCore:
         """The HTTP request for ``call`` (conditional when a cached answer exists) and the
         cached (ETag, result) it is conditional on."""
         headers = {**self._headers, **call.headers}
+        if self.auto is not None and not self.auto.wanted():
+            del headers[arraycodec.HEADER]
         cached = None
         if call.cacheable and self.cache.max_bytes > 0:
             cached = self.cache.lookup(self.cache.key(call.path, call.params))
@@ -131,7 +186,12 @@ class ClientCore:
         if response.status_code == 304 and cached is not None:
             self.cache.hit()
             return cached[1]
+        start = time.perf_counter()
         result = finish(call, response, body)
+        if self.auto is not None and response.status_code == 200:
+            asked = arraycodec.HEADER in response.request.headers
+            seconds = response.elapsed.total_seconds() + time.perf_counter() - start
+            self.auto.observe(asked, _nbytes(result), seconds)
         if call.cacheable and self.cache.max_bytes > 0:
             key = self.cache.key(call.path, call.params)
             return self.cache.store(key, response.headers.get("etag"), result)
