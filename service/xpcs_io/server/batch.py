@@ -23,7 +23,7 @@ from xpcs_io.errors import SchemaError, SchemaTypeError, WireFormatError
 from xpcs_io.facade import HDF5Facade
 from xpcs_io.schemas import Schema
 from xpcs_io.server.auth import require
-from xpcs_io.server.common import Layout, Validate, facade_for, group_query, resolved, send
+from xpcs_io.server.common import Layout, Validate, facade_for, group_query, send
 from xpcs_io.server.openapi_docs import BODY_ERRORS
 from xpcs_io.server.problems import problem_fields
 from xpcs_io.server.responses import MSGPACK_MEDIA_TYPE, wants_json
@@ -107,7 +107,8 @@ async def _items(
     async def one(index: int, path: str) -> None:
         async with slots:
             try:
-                real, identity = resolved(facade, path)
+                identity = facade.file_identity(path)
+                real = facade.resolve(path)
                 value = await results.get(
                     (real, identity, *key), real, identity, lambda: read(facade, path)
                 )

@@ -28,7 +28,6 @@ __all__ = [
     "facade_for",
     "group_query",
     "read_result",
-    "resolved",
     "send",
 ]
 
@@ -107,21 +106,6 @@ def _etag(request: Request, identity: FileIdentity) -> str:
     return f'"{digest.hexdigest()[:32]}"'
 
 
-def resolved(facade: HDF5Facade, file_path: str) -> tuple[str, FileIdentity]:
-    """The file's resolved path and its identity now, resolving the path once.
-
-    Raises:
-        FileNotFoundError: the file does not exist (named as the client named it).
-        PermissionError: the path leads outside the data root.
-    """
-    real = facade.resolve(file_path)
-    try:
-        return real, FileIdentity.of(real)
-    except FileNotFoundError:
-        facade.file_identity(file_path)  # raises, naming the file as the client did
-        raise
-
-
 def _matches(header: str | None, etag: str) -> bool:
     if not header:
         return False
@@ -135,7 +119,7 @@ async def read_result(request: Request, file_path: str, produce: Callable[[], An
     pool on a miss (once for concurrent identical requests); then encode and tag."""
     state = request.app.state
     # Resolving and stat-ing a path is a couple of system calls: fine on the event loop.
-    real, identity = resolved(state.facade, file_path)
+    identity = state.facade.file_identity(file_path)
     headers = {
         "etag": _etag(request, identity),
         "cache-control": "no-cache",
@@ -143,6 +127,7 @@ async def read_result(request: Request, file_path: str, produce: Callable[[], An
     }
     if _matches(request.headers.get("if-none-match"), headers["etag"]):
         return Response(status_code=304, headers=headers)
+    real = state.facade.resolve(file_path)
     key = (real, identity, request.url.path, tuple(sorted(request.query_params.multi_items())))
     content = await state.results.get(key, real, identity, produce)
     preset = _array_codec(request)
