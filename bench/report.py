@@ -334,14 +334,19 @@ clients keep their connections alive. Ratios in the targets use medians.
 
 **Servers**: {servers_md}. Ours runs as shipped (defaults) and, where noted, as a second
 instance with its result cache off (`XPCS_IO_CACHE_BYTES=0`) so that every read goes to
-HDF5 as it does on the peers; w7 also starts one with `--workers <cores>`.
+HDF5 as it does on the peers; w7 also starts one with `--workers <cores>`. w10 starts its
+own servers in a network namespace (ours with `--host <veth address> --allow-anonymous`) and
+times its client in a second one, joined by a veth pair rate-limited by `tc tbf` (needs
+root; skipped with a note otherwise); there ours reads with `compression=auto`, which off
+loopback asks for blosc2-compressed arrays while they arrive faster than raw ones, and
+tiled's Python client negotiates its own encoding. Peers elsewhere move raw bytes.
 
 ## Targets
 
 {targets_md(ts)}
 ## Workloads
 """
-    body = "\n".join(workload_md(results[k]) for k in sorted(results))
+    body = "\n".join(workload_md(results[k]) for k in results)  # in run order: w1 ... w10
     missing = ""
     if skipped:
         missing = "\n## Not measured\n\n" + "\n".join(
