@@ -126,14 +126,19 @@ def encode_array(a: npt.NDArray[Any]) -> dict[str, Any]:
     return {"dtype": dt.str, "shape": shape, "data": data}
 
 
-def decode_array(obj: Mapping[str, Any], *, field: str = "array") -> npt.NDArray[Any]:
+def decode_array(
+    obj: Mapping[str, Any], *, field: str = "array", codecs: bool = False
+) -> npt.NDArray[Any]:
     """Turn an array map back into a writable numpy array of exactly the sent dtype and shape.
 
     The result is a view of ``data`` when that is a writable buffer (bytearray, writable
-    memoryview) and a copy otherwise, so it is always writable.
+    memoryview) and a copy otherwise, so it is always writable. A compressed array map (with
+    ``codec``) is decoded only when ``codecs`` is true: a few bytes of compressed data can
+    claim gigabytes, so only a side that asked for compression (a client) accepts it.
 
     Raises:
-        SchemaError: (with ``.field = field``) a key is missing or unexpected, ``dtype`` is
+        SchemaError: (with ``.field = field``) a key is missing or unexpected, a compressed
+            map is not accepted or does not decompress to its dtype and shape, ``dtype`` is
             not a str naming an allowed dtype, ``shape`` is not a list of at most 32
             non-negative ints, ``data`` is not bytes-like, or its length is not
             ``prod(shape) * itemsize``.
@@ -151,6 +156,8 @@ def decode_array(obj: Mapping[str, Any], *, field: str = "array") -> npt.NDArray
     if extra := sorted(map(str, set(obj) - allowed)):
         raise bad(f"array map has unexpected keys {extra}")
     codec = obj.get("codec")
+    if codec is not None and not codecs:
+        raise bad("compressed arrays are not accepted here; send the raw array map")
     if codec is not None and codec != arraycodec.CODEC:
         raise bad(f"unknown array codec {codec!r:.40}; known: {arraycodec.CODEC!r}")
     text, shape, data = obj["dtype"], obj["shape"], obj["data"]
@@ -313,7 +320,11 @@ class _Writer:
 
 
 def unpack(
-    buf: bytes | bytearray | memoryview, *, max_depth: int = 32, decode_arrays: bool = True
+    buf: bytes | bytearray | memoryview,
+    *,
+    max_depth: int = 32,
+    decode_arrays: bool = True,
+    codecs: bool = False,
 ) -> Any:
     """Decode one msgpack message; array maps become numpy arrays when ``decode_arrays``.
 
@@ -321,7 +332,8 @@ def unpack(
     memoryview) and copies otherwise, so they are always writable. Other bins become
     ``bytes``. With ``decode_arrays=False`` array maps stay dicts whose ``data`` is a
     memoryview into ``buf``. A view keeps ``buf`` alive and a bytearray cannot be resized
-    while one exists.
+    while one exists. Compressed array maps are decoded only with ``codecs=True`` (see
+    ``decode_array``).
 
     Raises:
         WireFormatError: the bytes are not exactly one valid msgpack value: truncated,
@@ -336,7 +348,7 @@ def unpack(
     if view.format != "B" or view.ndim != 1:
         # np.frombuffer gives a flat uint8 view of any contiguous buffer and keeps writability.
         view = np.frombuffer(view, dtype=np.uint8).data
-    reader = _Reader(view, max_depth, decode_arrays)
+    reader = _Reader(view, max_depth, decode_arrays, codecs)
     try:
         value = reader.obj(0, "", "")
     except RecursionError:
@@ -355,9 +367,10 @@ def _path(parent: str, key: str | int) -> str:
 class _Reader:
     """Recursive-descent msgpack parser over a flat uint8 memoryview."""
 
-    __slots__ = ("buf", "decode_arrays", "end", "max_depth", "pos")
+    __slots__ = ("buf", "codecs", "decode_arrays", "end", "max_depth", "pos")
 
-    def __init__(self, buf: memoryview, max_depth: int, decode_arrays: bool) -> None:
+    def __init__(self, buf: memoryview, max_depth: int, decode_arrays: bool, codecs: bool) -> None:
+        self.codecs = codecs
         self.buf, self.pos, self.end = buf, 0, len(buf)
         self.max_depth, self.decode_arrays = max_depth, decode_arrays
 
@@ -458,7 +471,7 @@ class _Reader:
             out[name] = self.obj(depth + 1, path, name)
         if is_array_map(out):
             if self.decode_arrays:
-                return decode_array(out, field=path or "array")
+                return decode_array(out, field=path or "array", codecs=self.codecs)
         elif isinstance(out.get("data"), memoryview):
             out["data"] = bytes(out["data"])  # not an array payload: an ordinary bin
         return out

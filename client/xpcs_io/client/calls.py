@@ -282,7 +282,7 @@ def decode_body(content_type: str, body: bytes | bytearray | memoryview) -> Any:
         return json.loads(bytes(body))
     if not body:
         return None
-    return wire.unpack(body)
+    return wire.unpack(body, codecs=True)  # the client asks for compressed arrays itself
 
 
 def posix(path: str | Path) -> str:
