@@ -20,11 +20,26 @@ import numpy as np
 
 from xpcs_io.api import PathLike, VersionRecord
 from xpcs_io.atomic import edit_atomically
-from xpcs_io.errors import HDF5ValidationError, SchemaError, SchemaTypeError
+from xpcs_io.errors import (
+    FileBusyError,
+    FileMarkedOpenError,
+    HDF5ValidationError,
+    InsufficientStorageError,
+    LockFileError,
+    SchemaError,
+    SchemaTypeError,
+    WriteLockTimeout,
+)
 from xpcs_io.h5access import Locator, decode_str
 from xpcs_io.layouts import aps8idi, native
-from xpcs_io.paths import display_path, resolve_under_root
-from xpcs_io.pool import FileIdentity, HDF5ConnectionPool, get_default_pool
+from xpcs_io.paths import display_path, realpath, resolve_under_root
+from xpcs_io.pool import (
+    DataIdentity,
+    FileIdentity,
+    HDF5ConnectionPool,
+    check_descriptor,
+    get_default_pool,
+)
 from xpcs_io.schemas import (
     G2Data,
     GeometryMetadata,
@@ -42,6 +57,47 @@ S = TypeVar("S", bound=Schema)
 _COMPRESSIONS = {"gzip", "lzf", "szip"}
 LAYOUTS = ("native", "aps8idi")
 _VALIDATED_CACHE_SIZE = 4096
+# Reads repeated when the file changed under them before answering "busy, retry later".
+_READ_ATTEMPTS = 3
+
+
+class _ChangedDuringReadError(FileBusyError):
+    """The file (or a file it links to) changed while it was read: the result may mix old
+    and new bytes, so it is thrown away."""
+
+    def __init__(self, display: str) -> None:
+        super().__init__(
+            f"{display} changed while it was read (written in place by another "
+            "program); retry later"
+        )
+
+
+# Errors that already say precisely what is wrong: never re-labelled as damage.
+_PASS_THROUGH = (
+    LookupError,
+    FileNotFoundError,
+    PermissionError,
+    FileBusyError,
+    FileMarkedOpenError,
+    LockFileError,
+    InsufficientStorageError,
+    WriteLockTimeout,
+    HDF5ValidationError,
+    SchemaError,
+    SchemaTypeError,
+)
+
+
+def _damaged(exc: Exception, display: str) -> HDF5ValidationError | None:
+    """The error to answer for an HDF5 library failure while reading a file that did not
+    change: its bytes are damaged. ``None`` for anything else (the caller's mistakes)."""
+    if isinstance(exc, OSError | RuntimeError | SystemError | OverflowError):
+        reason = str(exc).split("(", 1)[-1].rstrip(")") if "(" in str(exc) else str(exc)
+        return HDF5ValidationError(
+            f"{display} is damaged: HDF5 cannot read it ({reason or type(exc).__name__})",
+            file=display,
+        )
+    return None
 
 
 class _BoundedKeys(OrderedDict[Any, None]):
@@ -103,14 +159,74 @@ class HDF5Facade:
 
     @contextlib.contextmanager
     def _open(self, file_path: PathLike) -> Iterator[tuple[Locator, FileIdentity]]:
+        """Borrow the file and check, once the block is done, that it did not change while it
+        was read: an in-place writer at work during the read raises ``_ChangedDuringReadError``
+        (retried by ``_read``), an HDF5 failure of a damaged file ``HDF5ValidationError``.
+        An SWMR read needs no such check: SWMR orders the writer's flushes for its readers."""
         path, display = self._resolve(file_path)
-        with self.pool.checkout(path, display) as handle:
+        real = realpath(path)
+        with self.pool.borrow(path, display, root=self.root) as co:
+            loc = Locator(
+                co.handle,
+                display,
+                self.root,
+                self._verified_paths,
+                co.identity,
+                policy=self.pool.policy,
+            )
             try:
-                st = os.fstat(handle.id.get_vfd_handle())
-                identity = FileIdentity.from_stat(st)
-            except (OSError, ValueError, TypeError):
-                identity = FileIdentity.of(path)
-            yield Locator(handle, display, self.root, self._verified_paths, identity), identity
+                yield loc, co.identity
+            except _PASS_THROUGH:
+                if not co.swmr and self._changed(real, display, co.identity, loc):
+                    raise _ChangedDuringReadError(display) from None
+                raise
+            except Exception as exc:
+                if not co.swmr and self._changed(real, display, co.identity, loc):
+                    raise _ChangedDuringReadError(display) from exc
+                damaged = _damaged(exc, display)
+                if damaged is None:
+                    raise
+                raise damaged from exc
+            else:
+                if not co.swmr and self._changed(real, display, co.identity, loc):
+                    raise _ChangedDuringReadError(display)
+                self._learn_links(real, loc)
+            finally:
+                for handle in loc.opened:
+                    with contextlib.suppress(Exception):
+                        handle.close()
+
+    def _changed(self, real: str, display: str, before: FileIdentity, loc: Locator) -> bool:
+        """Whether the file read (the inode, not the name: a replacement by rename leaves
+        the inode read intact) or a file reached through a link changed, or a writer
+        started on it, since ``before``."""
+        try:
+            vfd = loc.file.id.get_vfd_handle()
+            fd = vfd if isinstance(vfd, int) and loc.file.driver == "sec2" else None
+        except (OSError, ValueError, TypeError, RuntimeError):
+            fd = None
+        try:
+            if fd is None:
+                now, _ = self.pool.current(real, display, self.root)
+            else:
+                now = FileIdentity.from_stat(check_descriptor(fd, display, self.pool.policy)[0])
+        except (OSError, HDF5ValidationError):
+            return True  # gone, replaced by something else, or a writer at work now
+        if now != before:
+            return True
+        for linked, identity in loc.reached:
+            try:
+                if FileIdentity.of(linked) != identity:
+                    return True
+            except OSError:
+                return True
+        return False
+
+    def _learn_links(self, real: str, loc: Locator) -> None:
+        known = self.pool.linked_files.get(real, frozenset())
+        reached = frozenset(path for path, _ in loc.reached)
+        if not reached <= known:
+            self.pool.linked_files[real] = known | reached
 
     @staticmethod
     def _check_group(group: Any) -> str:
@@ -148,10 +264,17 @@ class HDF5Facade:
         *extra: Any,
     ) -> S:
         group = self._check_group(group)
-        with self._open(file_path) as (loc, identity):
-            obj = reader(loc)
-            key = (loc.file.filename, identity, group, kind, *extra)
-            return self._checked(obj, loc, group, key, self.validate)
+        for attempt in range(_READ_ATTEMPTS):
+            try:
+                with self._open(file_path) as (loc, identity):
+                    obj = reader(loc)
+                    key = (loc.file.filename, identity, tuple(loc.reached), group, kind, *extra)
+                # Validated only now, once the file is known not to have changed meanwhile.
+                return self._checked(obj, loc, group, key, self.validate)
+            except _ChangedDuringReadError:
+                if attempt + 1 >= _READ_ATTEMPTS:
+                    raise
+        raise AssertionError("unreachable")
 
     # ------------------------------------------------------------------ reads
 
@@ -503,7 +626,13 @@ class HDF5Facade:
         if writer is not None and not isinstance(writer, str):
             raise TypeError(f"writer must be a string, got {type(writer).__name__}")
         path, display = self._resolve(file_path)
-        with edit_atomically(path, lock_timeout=self.lock_timeout, display=display) as h5:
+        with edit_atomically(
+            path,
+            lock_timeout=self.lock_timeout,
+            display=display,
+            root=self.root,
+            policy=self.pool.policy,
+        ) as h5:
             record = write_version(h5, group, arrays, writer=writer or default_writer(), **kwargs)
         self.pool.invalidate(path)
         return record
@@ -514,21 +643,31 @@ class HDF5Facade:
         Raises:
             PermissionError: the path leads outside the facade's root.
         """
-        return os.path.realpath(self._resolve(file_path)[0])
+        return realpath(self._resolve(file_path)[0])
 
-    def file_identity(self, file_path: PathLike) -> FileIdentity:
-        """The file's identity now (device, inode, size, mtime, ctime): equal identities mean
-        the reads return equal results, which is what the service's ETags rely on.
+    def file_identity(self, file_path: PathLike) -> DataIdentity:
+        """The identity now of the file and of every file its reads were seen to reach
+        through external links and virtual datasets (device, inode, size, mtime, ctime
+        each): equal identities mean the reads return equal results, which is what the
+        service's ETags and result cache rely on.
 
         Raises:
             FileNotFoundError: the file does not exist.
             PermissionError: the path leads outside the facade's root.
+            FileBusyError: another program is writing the file.
+            FileMarkedOpenError: a crashed writer left it marked open.
+            HDF5ValidationError: the path names a folder or a non-regular file.
         """
         path, display = self._resolve(file_path)
-        try:
-            return FileIdentity.of(path)
-        except FileNotFoundError:
-            raise FileNotFoundError(f"No such file: {display}") from None
+        real = realpath(path)
+        identity, swmr = self.pool.current(real, display, self.root)
+        linked: list[tuple[str, FileIdentity | None]] = []
+        for other in sorted(self.pool.linked_files.get(real, ())):
+            try:
+                linked.append((other, FileIdentity.of(other)))
+            except OSError:
+                linked.append((other, None))
+        return DataIdentity(identity, tuple(linked), swmr)
 
     # ------------------------------------------------------------------ pool
 

@@ -63,6 +63,14 @@ class Settings(BaseSettings):
     state_dir: Path | None = Field(
         None, description="Set by `xpcs-io serve --workers N`: where workers share pool state."
     )
+    file_locking: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description=(
+            "Locks shared with other HDF5 programs and between writers: on (required), off "
+            "(none: no protection against other programs), auto (on, except on a filesystem "
+            "that refuses locks, e.g. NFS without lockd: one warning, then off there)."
+        ),
+    )
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
-from xpcs_io.errors import ERROR_TABLE, status_for
+from xpcs_io.errors import ERROR_TABLE, RETRYABLE, status_for
 from xpcs_io.server.responses import JsonTooLargeError
 
 __all__ = ["PROBLEM_MEDIA_TYPE", "install_handlers", "problem"]
@@ -69,11 +69,13 @@ def _detail(exc: BaseException) -> str:
 async def _known(request: Request, exc: Exception) -> Response:
     # A class may carry its own status (401 vs 403 for credentials).
     status = getattr(exc, "http_status", None) or status_for(exc) or 500
-    if status >= 500 and not isinstance(exc, TimeoutError):
+    if status == 500:
         return await _unexpected(request, exc)
     # Name the table's class, so the client rebuilds the same exception.
     name = next(cls.__name__ for cls, _ in ERROR_TABLE if isinstance(exc, cls))
-    headers = {"retry-after": "1"} if status == 503 else None
+    # A busy file or lock clears by itself: say when to ask again.
+    retryable = status == 503 or isinstance(exc, RETRYABLE)
+    headers = {"retry-after": "1"} if retryable else None
     if status == 401:
         headers = {"www-authenticate": 'Bearer realm="xpcs-io"'}
     return problem(
