@@ -248,6 +248,8 @@ def _open_verified(
                 if exc.errno in _REFUSED_LOCKS or "errno = 37" in str(exc):
                     policy.refused(OSError(errno.ENOLCK, "No locks available"), st.st_dev, name)
                     continue
+                if not _names(real, st):
+                    continue  # the name moved during the open: HDF5 saw something else
                 raise _open_error(exc, name) from exc
             try:
                 vfd = handle.id.get_vfd_handle()
@@ -270,6 +272,15 @@ def _open_verified(
 
 
 _REFUSED_LOCKS = frozenset({errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP})
+
+
+def _names(real: Path, st: os.stat_result) -> bool:
+    """Whether the name ``real`` still leads to the file ``st`` describes."""
+    try:
+        now = os.stat(real)
+    except OSError:
+        return False
+    return (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino)
 
 
 def _h5open(real: Path, driver: str | None, locking: bool, swmr: bool) -> h5py.File:
