@@ -440,3 +440,63 @@ def test_server_without_locks_reads_and_writes(
 def test_policy_rejects_unknown_modes() -> None:
     with pytest.raises(ValueError, match="auto, on or off"):
         LockPolicy("maybe")  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------- freshness follows links
+
+
+def _linked_tree(root: Path) -> tuple[Path, Path]:
+    """main.h5 whose /xpcs/g2 is an external link into data/linked.h5."""
+    (root / "data").mkdir()
+    linked = write_native_file(root / "data" / "linked.h5", SPEC)
+    main = write_native_file(root / "main.h5", SPEC)
+    with h5py.File(main, "a") as f:
+        del f["/xpcs/g2"]
+        f["/xpcs/g2"] = h5py.ExternalLink("data/linked.h5", "/xpcs/g2")
+    return main, linked
+
+
+def _bump(linked: Path, value: float) -> None:
+    with h5py.File(linked, "a") as f:
+        f["/xpcs/g2/g2"][0, 0] = value
+
+
+def test_a_change_in_a_linked_file_is_seen_with_a_new_etag(served: Server) -> None:
+    _, linked = _linked_tree(served.root)
+    facade = HDF5Facade(pool=HDF5ConnectionPool(max_size=4), root=served.root)
+    url, params = f"{served.url}/v1/g2", {"file_path": "main.h5"}
+    tags = []
+    for value in (1.5, 1.25):
+        _bump(linked, value)
+        assert facade.read_g2_data("main.h5").g2[0, 0] == value
+        with RemoteHDF5Facade(served.url) as api:
+            assert api.read_g2_data("main.h5").g2[0, 0] == value
+        r = httpx.get(url, params=params, headers={"accept": "application/json"})
+        assert r.json()["g2"][0][0] == value
+        tags.append(r.headers["etag"])
+        again = httpx.get(
+            url, params=params, headers={"accept": "application/json", "if-none-match": tags[-1]}
+        )
+        assert again.status_code == 304
+    assert tags[0] != tags[1]
+    linked_id = facade.file_identity("main.h5").linked
+    assert [p for p, _ in linked_id] == [str(linked)]
+
+
+def test_missing_link_target_inside_the_root_is_a_key_error(served: Server) -> None:
+    main, linked = _linked_tree(served.root)
+    linked.unlink()
+    facade = HDF5Facade(pool=HDF5ConnectionPool(max_size=2), root=served.root)
+    with pytest.raises(KeyError, match=r"/xpcs/g2 in main\.h5 links to data/linked\.h5"):
+        facade.read_g2_data("main.h5")
+    r = httpx.get(f"{served.url}/v1/g2", params={"file_path": "main.h5"})
+    assert (r.status_code, r.json()["error"]) == (404, "KeyError")
+    assert "data/linked.h5, which does not exist" in r.json()["detail"]
+    facade.clear_pool()  # this process writes the file next: HDF5 shares one open per file
+    with h5py.File(main, "a") as f:  # a link out of the root stays a refusal
+        del f["/xpcs/g2"]
+        f["/xpcs/g2"] = h5py.ExternalLink("../elsewhere.h5", "/xpcs/g2")
+    with pytest.raises(PermissionError, match="outside the data root"):
+        facade.read_g2_data("main.h5")
+    r = httpx.get(f"{served.url}/v1/g2", params={"file_path": "main.h5"})
+    assert r.status_code == 403

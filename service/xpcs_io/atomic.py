@@ -224,7 +224,7 @@ def _edit(
                 _copy(src, fd)
             try:
                 h5 = h5py.File(fobj, "r+" if src is not None else "w")
-            except OSError as exc:
+            except (OSError, ValueError, RuntimeError) as exc:
                 if _storage_full(exc):
                     raise
                 raise HDF5ValidationError(

@@ -88,9 +88,20 @@ _PASS_THROUGH = (
 )
 
 
+def _HDF5_DAMAGE_KEY(text: str) -> bool:  # noqa: N802  (reads as a constant predicate)
+    missing = ("not found", "doesn't exist", "does not exist", "no such")
+    return "Unable to" in text and not any(m in text.lower() for m in missing)
+
+
 def _damaged(exc: Exception, display: str) -> HDF5ValidationError | None:
     """The error to answer for an HDF5 library failure while reading a file that did not
     change: its bytes are damaged. ``None`` for anything else (the caller's mistakes)."""
+    if isinstance(exc, KeyError) and _HDF5_DAMAGE_KEY(str(exc)):
+        # h5py raises KeyError for every failure to open an object, damage included.
+        return HDF5ValidationError(
+            f"{display} is damaged: HDF5 cannot read it ({str(exc).strip(chr(39))})",
+            file=display,
+        )
     if isinstance(exc, OSError | RuntimeError | SystemError | OverflowError):
         reason = str(exc).split("(", 1)[-1].rstrip(")") if "(" in str(exc) else str(exc)
         return HDF5ValidationError(
@@ -176,10 +187,13 @@ class HDF5Facade:
             )
             try:
                 yield loc, co.identity
-            except _PASS_THROUGH:
+            except _PASS_THROUGH as exc:
                 if not co.swmr and self._changed(real, display, co.identity, loc):
                     raise _ChangedDuringReadError(display) from None
-                raise
+                damaged = _damaged(exc, display) if isinstance(exc, KeyError) else None
+                if damaged is None:
+                    raise
+                raise damaged from exc
             except Exception as exc:
                 if not co.swmr and self._changed(real, display, co.identity, loc):
                     raise _ChangedDuringReadError(display) from exc
@@ -633,7 +647,21 @@ class HDF5Facade:
             root=self.root,
             policy=self.pool.policy,
         ) as h5:
-            record = write_version(h5, group, arrays, writer=writer or default_writer(), **kwargs)
+            try:
+                record = write_version(
+                    h5, group, arrays, writer=writer or default_writer(), **kwargs
+                )
+            except _PASS_THROUGH:
+                raise
+            except (ValueError, TypeError) as exc:
+                if display in str(exc) or group in str(exc):
+                    raise
+                raise type(exc)(f"{display}: cannot write {group} ({exc})") from exc
+            except Exception as exc:
+                damaged = _damaged(exc, display)
+                if damaged is None:
+                    raise
+                raise damaged from exc  # a full disk is still told apart by the edit
         self.pool.invalidate(path)
         return record
 

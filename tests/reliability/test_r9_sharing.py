@@ -1,0 +1,385 @@
+"""R9: sharing files with other programs, and races on the names under the data root.
+
+* An h5py program writing one file in place ("a" mode, open-write-close in a loop, as a
+  viewer saving fit results does) while the service writes masks into the same file and
+  reads them back: no write of either side lost, no torn read, no lock left behind.
+* A folder of the data root swapped for a symlink to a folder outside, over and over, while
+  the service reads and writes files in it: nothing outside is ever served or changed.
+* One flipped bit in real result files (native and APS 8-ID-I), read and written through
+  the facade and the server: every failure a clear 4xx naming the file, never a 500.
+* A full disk (a 1 MiB tmpfs in a user and mount namespace): the write answers 507 naming
+  the cause, and the file is unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import shutil
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+import h5py
+import httpx
+import numpy as np
+import pytest
+
+from xpcs_io.demo import DemoSpec, write_native_file
+from xpcs_io.demo_aps8idi import write_aps8idi_file
+from xpcs_io.errors import FileBusyError, status_for
+from xpcs_io.facade import HDF5Facade
+from xpcs_io.locking import lock_path_for
+from xpcs_io.pool import HDF5ConnectionPool
+from xpcs_io.schemas import MaskSchema
+
+from ..conftest import free_port
+from .support import Figure, geometry, mask_body, scale, server_5xx, serving
+
+SPEC = DemoSpec(shape=(16, 16), n_delay=6, n_q=3)
+
+# ---------------------------------------------------------------- in-place writer beside us
+
+IN_PLACE = """
+import h5py, sys, time
+path, rounds = sys.argv[1], int(sys.argv[2])
+refused = 0
+for i in range(rounds):
+    while True:
+        try:
+            with h5py.File(path, "a") as f:
+                f.attrs[f"fit{i:05d}"] = i
+            break
+        except OSError as exc:
+            if "unable to lock file" not in str(exc):
+                raise
+            refused += 1  # the service holds the file for a write: try again
+            time.sleep(0.002)
+    print(i, flush=True)
+print("refused", refused, flush=True)
+"""
+
+
+def test_in_place_writer_and_service_writes(tmp_path: Path) -> None:
+    rounds = scale(40, 200)
+    fig = Figure("R9", "in-place-writer", "An h5py program writing in place beside the service")
+    path = write_native_file(tmp_path / "shared.h5", SPEC)
+    facade = HDF5Facade(pool=HDF5ConnectionPool(max_size=2), lock_timeout=30)
+    shape = SPEC.shape
+    other = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(IN_PLACE), str(path), str(rounds)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    written: dict[int, str] = {}
+    torn = busy_reads = busy_writes = reads = 0
+    try:
+        for i in range(rounds):
+            mask = (np.arange(shape[0] * shape[1]).reshape(shape) + i) % 2
+            schema = MaskSchema(
+                mask=mask.astype(np.uint8), metadata=geometry(shape), description=f"m{i}"
+            )
+            try:
+                record = facade.write_mask_version(path, schema, compression=None)
+                written[int(record["version"])] = f"m{i}"
+            except FileBusyError:
+                busy_writes += 1
+            try:
+                got = facade.read_mask(path)
+                reads += 1
+                n = int(got.description[1:]) if got.description else -1
+                expect = ((np.arange(shape[0] * shape[1]).reshape(shape) + n) % 2).astype(np.uint8)
+                torn += int(not np.array_equal(got.mask, expect))
+            except FileBusyError:
+                busy_reads += 1
+        out, err = other.communicate(timeout=300)
+    finally:
+        if other.poll() is None:
+            other.kill()
+            other.wait()
+    assert other.returncode == 0, err[-2000:]
+    refused = int(out.strip().splitlines()[-1].split()[1])
+    with h5py.File(path, "r") as f:
+        fits = sorted(k for k in f.attrs if k.startswith("fit"))
+        versions = f["simplemask/mask/versions"]
+        kept = {int(name[1:]): versions[name].attrs["description"] for name in versions}
+    lost_other = rounds - len(fits)
+    lost_ours = sum(1 for v, d in written.items() if kept.get(v) != d)
+    # Nothing left locked: an exclusive HDF5 lock and the service's lock can both be taken.
+    stuck = 0
+    for target in (path, lock_path_for(path)):
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import fcntl, sys\nf = open(sys.argv[1], 'rb+')\n"
+                "fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
+                "fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)",
+                str(target),
+            ],
+            capture_output=True,
+        )
+        stuck += int(done.returncode != 0)
+    fig["rounds"] = rounds
+    fig["service_writes_acknowledged"] = len(written)
+    fig["service_writes_busy"] = busy_writes
+    fig["reads"] = reads
+    fig["reads_busy"] = busy_reads
+    fig["other_program_opens_refused_then_retried"] = refused
+    fig.target("writes of the other program lost", lost_other, "0", lost_other == 0)
+    fig.target("acknowledged service writes lost", lost_ours, "0", lost_ours == 0)
+    fig.target("torn reads", torn, "0", torn == 0)
+    fig.target("locks left behind", stuck, "0", stuck == 0)
+    fig.target(
+        "service writes acknowledged",
+        len(written),
+        f">= {rounds // 2}",
+        len(written) >= rounds // 2,
+    )
+    fig.check()
+
+
+# ---------------------------------------------------------------- symlink swaps
+
+
+def _tree(base: Path) -> tuple[Path, Path]:
+    root, outside = base / "root", base / "outside"
+    (root / "race").mkdir(parents=True)
+    outside.mkdir()
+    write_native_file(root / "race" / "x.h5", SPEC)
+    write_native_file(outside / "x.h5", SPEC)
+    with h5py.File(outside / "x.h5", "a") as f:
+        del f["/xpcs/metadata/bcx"]
+        f["/xpcs/metadata/bcx"] = 4242.0
+    return root, outside
+
+
+SWAPPER = """
+import os, sys, time
+race, real, outside = sys.argv[1:4]
+swaps = 0
+while swaps % 50 or not os.path.exists(os.environ["STOP_FILE"]):
+    try:
+        os.rename(race, real)
+        os.symlink(outside, race)
+        time.sleep(0.0005)
+        os.unlink(race)
+        os.rename(real, race)
+        time.sleep(0.0005)
+        swaps += 1
+    except OSError:
+        pass
+print(swaps, flush=True)
+"""
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+def test_symlink_swaps_during_reads_and_writes(tmp_path: Path) -> None:
+    n_reads, n_writes = scale(400, 4000), scale(60, 600)
+    fig = Figure("R9", "symlink-swaps", "A folder swapped for a symlink out of the root")
+    root, outside = _tree(tmp_path)
+    before = _digest(outside)
+    race, real = root / "race", root / ".race_real"
+    done_flag = tmp_path / "stop"
+    # The attacker is another program (a separate process, as a user with write access to
+    # the data root would be), swapping until told to stop.
+    swapper = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(SWAPPER), str(race), str(real), str(outside)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "STOP_FILE": str(done_flag)},
+    )
+    facade = HDF5Facade(pool=HDF5ConnectionPool(max_size=4), root=root, lock_timeout=10)
+    answers: dict[str, int] = {}
+    escapes = 0
+    try:
+        schema = MaskSchema(mask=np.ones(SPEC.shape, np.uint8), metadata=geometry(SPEC.shape))
+        for i in range(n_reads + n_writes):
+            try:
+                if i % (n_reads // n_writes + 1) == 0:
+                    facade.write_mask("race/x.h5", schema, compression=None)
+                    answers["write ok"] = answers.get("write ok", 0) + 1
+                else:
+                    escapes += int(facade.read_geometry_metadata("race/x.h5").bcx == 4242.0)
+                    answers["read ok"] = answers.get("read ok", 0) + 1
+            except Exception as exc:  # every refusal must be a mapped, non-5xx error
+                key = f"{type(exc).__name__} {status_for(exc)}"
+                answers[key] = answers.get(key, 0) + 1
+    finally:
+        done_flag.touch()
+        out, _ = swapper.communicate(timeout=60)
+        if race.is_symlink():
+            race.unlink()
+        if real.exists():
+            os.rename(real, race)
+    swaps = int(out.strip() or 0)
+    changed = int(_digest(outside) != before)
+    unmapped = sum(n for k, n in answers.items() if k.endswith((" None", " 500")))
+    fig["swaps"] = swaps
+    fig["answers"] = answers
+    fig.target("answers carrying the outside file", escapes, "0", escapes == 0)
+    fig.target("files outside changed or created", changed, "0", changed == 0)
+    fig.target("unmapped errors (500)", unmapped, "0", unmapped == 0)
+    fig.target("swaps during the run", swaps, ">= 10", swaps >= 10)
+    fig.check()
+
+
+# ---------------------------------------------------------------- damaged files
+
+
+def test_flipped_bits_are_clear_4xx(tmp_path: Path) -> None:
+    flips = scale(240, 1200)
+    remote_every = 6
+    fig = Figure("R9", "bit-flips", "One flipped bit in real result files")
+    root = tmp_path / "root"
+    root.mkdir()
+    sources = [
+        write_native_file(tmp_path / "native.h5", SPEC),
+        write_aps8idi_file(tmp_path / "aps8idi.h5"),
+    ]
+    rng = random.Random(20261130)
+    facade = HDF5Facade(pool=HDF5ConnectionPool(max_size=4), root=root)
+    outcomes: dict[str, int] = {}
+    bad: list[str] = []
+    schema = MaskSchema(mask=np.ones(SPEC.shape, np.uint8), metadata=geometry(SPEC.shape))
+
+    def write(name: str, schema: MaskSchema) -> None:
+        facade.write_mask(name, schema)
+
+    body = mask_body(np.ones(SPEC.shape, np.uint8))
+    with serving(root, tmp_path / "server.log") as srv, httpx.Client(timeout=60) as http:
+        for i in range(flips):
+            data = bytearray(sources[i % 2].read_bytes())
+            pos = rng.randrange(len(data))
+            data[pos] ^= 1 << rng.randrange(8)
+            name = f"flip{i % 5}.h5"
+            (root / name).write_bytes(bytes(data))
+            calls: dict[str, Callable[[str], object]] = {
+                "qmap": facade.read_qmap,
+                "g2": facade.read_g2_data,
+                "geometry": facade.read_geometry_metadata,
+            }
+            if i % 2 == 0:
+                calls["write"] = partial(write, schema=schema)
+            for what, call in calls.items():
+                try:
+                    call(name)
+                    key = "ok"
+                except Exception as exc:
+                    status = status_for(exc)
+                    key = f"{type(exc).__name__} {status}"
+                    if status is None or status >= 500 or name not in str(exc):
+                        bad.append(f"byte {pos} {what}: {key}: {str(exc)[:160]}")
+                outcomes[key] = outcomes.get(key, 0) + 1
+            if i % remote_every == 0:
+                for route in ("qmap", "g2", "geometry"):
+                    r = http.get(f"{srv.url}/v1/{route}", params={"file_path": name})
+                    if r.status_code >= 500:
+                        bad.append(f"byte {pos} remote {route}: {r.status_code}")
+                r = http.post(
+                    f"{srv.url}/v1/mask",
+                    params={"file_path": name},
+                    content=body,
+                    headers={"content-type": "application/msgpack"},
+                )
+                if r.status_code >= 500:
+                    bad.append(f"byte {pos} remote write: {r.status_code}")
+        fives = server_5xx(srv.url)
+    fig["flips"] = flips
+    fig["outcomes"] = outcomes
+    fig.notes.extend(bad[:10])
+    fig.target("answers that are 5xx or do not name the file", len(bad), "0", not bad)
+    fig.target("5xx counted by the server", fives, "0", fives == 0)
+    fig.check()
+
+
+# ---------------------------------------------------------------- full disk
+
+FULL_DISK = """
+import hashlib, os, sys, subprocess, time
+import numpy as np
+import httpx
+from xpcs_io.demo import DemoSpec, write_native_file
+from xpcs_io.errors import InsufficientStorageError
+from xpcs_io.facade import HDF5Facade
+from xpcs_io.pool import HDF5ConnectionPool
+from xpcs_io.schemas import GeometryMetadata, MaskSchema
+mnt = sys.argv[1]
+path = write_native_file(os.path.join(mnt, "run.h5"), DemoSpec(shape=(64, 64), n_delay=6, n_q=3))
+with open(os.path.join(mnt, "filler"), "wb") as f:  # leave less room than a copy needs
+    free = os.statvfs(mnt).f_bavail * os.statvfs(mnt).f_frsize
+    f.write(b"\\0" * max(0, free - os.path.getsize(path) // 2))
+digest = hashlib.sha256(open(path, "rb").read()).hexdigest()
+geo = GeometryMetadata(bcx=1.0, bcy=1.0, det_dist=5000.0, lambda_=1.54, pix_dim=0.075, shape=(64, 64))
+try:
+    HDF5Facade(pool=HDF5ConnectionPool(max_size=1)).write_mask(path, MaskSchema(mask=np.ones((64, 64), np.uint8), metadata=geo))
+    print("local ok")
+except InsufficientStorageError as exc:
+    print("local InsufficientStorageError", exc)
+port = int(sys.argv[2])
+srv = subprocess.Popen([sys.executable, "-m", "xpcs_io.cli", "serve", "--root", mnt, "--port", str(port), "--log-level", "warning"])
+try:
+    for _ in range(300):
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/health", timeout=1)
+            break
+        except httpx.TransportError:
+            time.sleep(0.05)
+    import msgpack
+    raw = msgpack.packb({"mask": {"dtype": "|u1", "shape": [64, 64], "data": np.ones(64 * 64, np.uint8).tobytes()}, "metadata": {"bcx": 1.0, "bcy": 1.0, "det_dist": 5000.0, "lambda_": 1.54, "pix_dim": 0.075, "shape": [64, 64]}}, use_bin_type=True)
+    r = httpx.post(f"http://127.0.0.1:{port}/v1/mask", params={"file_path": "run.h5"}, content=raw, headers={"content-type": "application/msgpack"}, timeout=60)
+    print("remote", r.status_code, r.json().get("error"), r.json().get("detail"))
+finally:
+    srv.terminate()
+    srv.wait(30)
+print("unchanged", hashlib.sha256(open(path, "rb").read()).hexdigest() == digest)
+print("leftovers", len([n for n in os.listdir(mnt) if "xpcs-io-tmp" in n]))
+"""
+
+
+def test_full_disk_is_507_and_the_file_unchanged(tmp_path: Path) -> None:
+    unshare = shutil.which("unshare")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    if unshare is None:
+        pytest.skip("unshare is needed to mount a small tmpfs")
+    probe = subprocess.run(
+        [unshare, "-rm", "mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)],
+        capture_output=True,
+    )
+    if probe.returncode != 0:
+        pytest.skip("no user/mount namespaces here: cannot mount a small filesystem")
+    fig = Figure("R9", "full-disk", "A write on a full disk")
+
+    script = tmp_path / "full.py"
+    script.write_text(FULL_DISK)
+    cmd = (
+        f"mount -t tmpfs -o size=1m tmpfs {mnt} && "
+        f"exec {sys.executable} {script} {mnt} {free_port()}"
+    )
+    done = subprocess.run(
+        [unshare, "-rm", "sh", "-c", cmd],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    lines = done.stdout.splitlines()
+    fig.notes.extend(lines)
+    local = next((line for line in lines if line.startswith("local")), "")
+    remote = next((line for line in lines if line.startswith("remote")), "")
+    fig.target(
+        "local error", local[:60], "InsufficientStorageError", "InsufficientStorage" in local
+    )
+    fig.target("remote status", remote[:40], "507", remote.startswith("remote 507"))
+    fig.target("file unchanged", "unchanged True" in lines, "True", "unchanged True" in lines)
+    fig.target("temporary copies left", "leftovers 0" in lines, "none", "leftovers 0" in lines)
+    assert done.returncode == 0, done.stderr[-2000:]
+    fig.check()
