@@ -489,3 +489,84 @@ def test_write_while_pool_and_another_process_hold_the_file(tmp_path: Path) -> N
             reader.kill()
             reader.communicate()
         pool.shutdown()
+
+
+# ---------------------------------------------------------------- sharing and the data root
+
+EXCLUSIVE = (
+    "import fcntl, sys\nf = open(sys.argv[1], 'rb')\nfcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)"
+)
+
+
+def test_pooled_handle_holds_no_lock_on_the_file(pool: HDF5ConnectionPool, tmp_path: Path) -> None:
+    path = make_file(tmp_path / "a.h5", 1.0)
+    with pool.checkout(path) as f:
+        assert f["data"][0] == 1.0
+        # Even while the handle is in use, another process may lock the file exclusively,
+        # as HDF5 does when a program opens it for writing.
+        done = subprocess.run([sys.executable, "-c", EXCLUSIVE, str(path)], capture_output=True)
+        assert done.returncode == 0, done.stderr.decode()
+    assert pool.stats()["pool_size"] == 1
+
+
+def test_borrow_reports_the_identity_read(pool: HDF5ConnectionPool, tmp_path: Path) -> None:
+    path = make_file(tmp_path / "a.h5", 1.0)
+    with pool.borrow(path) as co:
+        st = os.stat(path)
+        assert (co.identity.device, co.identity.inode) == (st.st_dev, st.st_ino)
+        assert co.identity.ctime_ns == st.st_ctime_ns
+        assert co.swmr is False
+
+
+def test_a_name_swapped_during_the_open_is_never_served(tmp_path: Path) -> None:
+    """The pool opens by name only after a descriptor taken beneath the root; a symlink
+    swapped in between is caught by comparing inodes, and the open retried."""
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    (root / "d").mkdir(parents=True)
+    outside.mkdir()
+    make_file(root / "d" / "x.h5", 1.0)
+    make_file(outside / "x.h5", 4242.0)
+    pool = HDF5ConnectionPool(max_size=2)
+    real = os.path.realpath(root / "d" / "x.h5")
+    original = h5py.File.__init__
+    swaps = 0
+
+    def swapping_init(self: Any, name: Any, *args: Any, **kwargs: Any) -> None:
+        # The attacker's move, at the worst moment: just before HDF5 opens the name.
+        nonlocal swaps
+        if swaps == 0:
+            swaps += 1
+            os.rename(root / "d", root / ".d")
+            os.symlink(outside, root / "d")
+            try:
+                original(self, name, *args, **kwargs)
+            finally:
+                os.unlink(root / "d")
+                os.rename(root / ".d", root / "d")
+            return
+        original(self, name, *args, **kwargs)
+
+    h5py.File.__init__ = swapping_init  # type: ignore[method-assign]
+    try:
+        with pool.checkout(real, "d/x.h5", root=root) as f:
+            assert f["data"][0] == 1.0
+    finally:
+        h5py.File.__init__ = original  # type: ignore[method-assign]
+        pool.shutdown()
+    assert swaps == 1
+
+
+def test_a_folder_turned_symlink_is_refused(tmp_path: Path) -> None:
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    (root / "d").mkdir(parents=True)
+    outside.mkdir()
+    make_file(outside / "x.h5", 4242.0)
+    real = os.path.realpath(root / "d" / "x.h5")  # resolved while d was a folder
+    os.rmdir(root / "d")
+    os.symlink(outside, root / "d")
+    pool = HDF5ConnectionPool(max_size=2)
+    try:
+        with pytest.raises(PermissionError), pool.checkout(real, "d/x.h5", root=root):
+            pass
+    finally:
+        pool.shutdown()
