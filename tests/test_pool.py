@@ -546,12 +546,12 @@ def test_a_name_swapped_during_the_open_is_never_served(tmp_path: Path) -> None:
             return
         original(self, name, *args, **kwargs)
 
-    h5py.File.__init__ = swapping_init  # type: ignore[method-assign]
+    h5py.File.__init__ = swapping_init
     try:
         with pool.checkout(real, "d/x.h5", root=root) as f:
             assert f["data"][0] == 1.0
     finally:
-        h5py.File.__init__ = original  # type: ignore[method-assign]
+        h5py.File.__init__ = original
         pool.shutdown()
     assert swaps == 1
 
