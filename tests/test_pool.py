@@ -570,3 +570,15 @@ def test_a_folder_turned_symlink_is_refused(tmp_path: Path) -> None:
             pass
     finally:
         pool.shutdown()
+
+
+def test_private_view_holds_no_lock_either(pool: HDF5ConnectionPool, tmp_path: Path) -> None:
+    path = make_file(tmp_path / "a.h5", 1.0)
+    with h5py.File(path, "r", locking=False) as plain:  # this process holds the inode open
+        rewrite_in_place(path, 9.0, add="added")
+        with pool.checkout(path) as f:
+            assert f.driver == "stdio"  # a private view: the shared one would be stale
+            assert f["data"].attrs["v"] == 9.0
+            done = subprocess.run([sys.executable, "-c", EXCLUSIVE, str(path)], capture_output=True)
+            assert done.returncode == 0, done.stderr.decode()
+        assert plain["data"].shape == (64,)

@@ -239,7 +239,9 @@ def _open_verified(
         try:
             st, swmr = check_descriptor(fd, name, policy)
             identity = FileIdentity.from_stat(st)
-            locking = policy.hdf5_locking(st.st_dev)
+            # A private view through another driver shares nothing with other opens here, so
+            # it can skip HDF5's lock altogether (its descriptor is not ours to unlock).
+            locking = driver is None and policy.hdf5_locking(st.st_dev)
             try:
                 handle = _h5open(real, driver, locking, swmr)
             except FileNotFoundError:
