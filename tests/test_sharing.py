@@ -500,3 +500,23 @@ def test_missing_link_target_inside_the_root_is_a_key_error(served: Server) -> N
         facade.read_g2_data("main.h5")
     r = httpx.get(f"{served.url}/v1/g2", params={"file_path": "main.h5"})
     assert r.status_code == 403
+
+
+def test_server_with_hdf5_locking_disabled_in_its_environment(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    path = write_native_file(root / "x.h5", SPEC)
+    srv = start_server(root, tmp_path / "server.log", env={"HDF5_USE_FILE_LOCKING": "FALSE"})
+    try:
+        with RemoteHDF5Facade(srv.url) as api:
+            geo = api.read_geometry_metadata("x.h5")
+            api.write_mask("x.h5", MaskSchema(mask=np.ones(geo.shape, np.uint8), metadata=geo))
+            assert api.read_mask("x.h5").mask.sum() == geo.shape[0] * geo.shape[1]
+            with program(HOLD_OPEN, path) as other:  # its writers still hold HDF5's lock
+                assert other.said() == "ready"
+                with pytest.raises(FileBusyError):
+                    api.read_g2_data("x.h5")
+                assert other.step() == "closed"
+        assert 'status="500"' not in httpx.get(f"{srv.url}/metrics").text
+    finally:
+        srv.stop()
