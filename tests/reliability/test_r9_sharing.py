@@ -20,9 +20,8 @@ import shutil
 import subprocess
 import sys
 import textwrap
-from collections.abc import Callable
-from functools import partial
 from pathlib import Path
+from typing import Any
 
 import h5py
 import httpx
@@ -234,6 +233,107 @@ def test_symlink_swaps_during_reads_and_writes(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------- damaged files
 
+SEED = 20261130
+CALLS = ("read_qmap", "read_g2_data", "read_geometry_metadata", "write_mask")
+# A flip that makes HDF5 2.0 loop forever (never an error): see test_damaged_global_heap.
+HANG_AFTER = 20.0
+
+
+def _flipped(source: bytes, i: int) -> tuple[bytes, int]:
+    """Flip ``i`` of a run: one bit of ``source`` chosen by its own seeded generator, so a
+    child process restarted at any flip makes the same files."""
+    rng = random.Random(SEED + i)
+    data = bytearray(source)
+    pos = rng.randrange(len(data))
+    data[pos] ^= 1 << rng.randrange(8)
+    return bytes(data), pos
+
+
+def fuzz_child(root: str, sources: list[str], start: int, stop: int) -> None:
+    """Run flips ``start``..``stop - 1`` through the local facade, one JSON line per flip
+    (run in a child process, so a flip that hangs HDF5 costs only that child)."""
+    import json
+
+    facade = HDF5Facade(pool=HDF5ConnectionPool(max_size=4), root=Path(root))
+    schema = MaskSchema(mask=np.ones(SPEC.shape, np.uint8), metadata=geometry(SPEC.shape))
+    blobs = [Path(s).read_bytes() for s in sources]
+    for i in range(start, stop):
+        data, pos = _flipped(blobs[i % 2], i)
+        name = f"flip{i}.h5"
+        (Path(root) / name).write_bytes(data)
+        print(json.dumps({"i": i, "pos": pos, "started": True}), flush=True)
+        out: dict[str, str] = {}
+        for call in CALLS[: 4 if i % 2 == 0 else 3]:
+            try:
+                if call == "write_mask":
+                    facade.write_mask(name, schema)
+                else:
+                    getattr(facade, call)(name)
+                out[call] = "ok"
+            except Exception as exc:
+                status = status_for(exc)
+                named = name in str(exc)
+                out[call] = f"{type(exc).__name__} {status}{'' if named else ' unnamed'}"
+        print(json.dumps({"i": i, "pos": pos, "out": out}), flush=True)
+        (Path(root) / name).unlink()
+
+
+def _run_children(
+    root: Path, sources: list[Path], flips: int
+) -> tuple[list[dict[str, Any]], list[int]]:
+    import json
+    import selectors
+
+    results: list[dict[str, Any]] = []
+    hangs: list[int] = []
+    start = 0
+    code = (
+        "import sys, json\n"
+        "from tests.reliability.test_r9_sharing import fuzz_child\n"
+        "fuzz_child(sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))"
+    )
+    while start < flips:
+        child = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                code,
+                str(root),
+                json.dumps([str(s) for s in sources]),
+                str(start),
+                str(flips),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=Path(__file__).resolve().parents[2],
+        )
+        assert child.stdout is not None
+        sel = selectors.DefaultSelector()
+        sel.register(child.stdout, selectors.EVENT_READ)
+        current = start
+        try:
+            while True:
+                if not sel.select(timeout=HANG_AFTER):
+                    hangs.append(current)  # HDF5 never returned: skip this flip
+                    break
+                line = child.stdout.readline()
+                if not line:
+                    current = flips
+                    break
+                doc = json.loads(line)
+                current = doc["i"]
+                if "out" in doc:
+                    results.append(doc)
+                    current += 1
+        finally:
+            sel.close()
+            if child.poll() is None:
+                child.kill()
+            child.wait()
+            child.stdout.close()
+        start = current + 1 if hangs and hangs[-1] == current else current
+    return results, hangs
+
 
 def test_flipped_bits_are_clear_4xx(tmp_path: Path) -> None:
     flips = scale(240, 1200)
@@ -245,59 +345,87 @@ def test_flipped_bits_are_clear_4xx(tmp_path: Path) -> None:
         write_native_file(tmp_path / "native.h5", SPEC),
         write_aps8idi_file(tmp_path / "aps8idi.h5"),
     ]
-    rng = random.Random(20261130)
-    facade = HDF5Facade(pool=HDF5ConnectionPool(max_size=4), root=root)
+    results, hangs = _run_children(root, sources, flips)
     outcomes: dict[str, int] = {}
     bad: list[str] = []
-    schema = MaskSchema(mask=np.ones(SPEC.shape, np.uint8), metadata=geometry(SPEC.shape))
-
-    def write(name: str, schema: MaskSchema) -> None:
-        facade.write_mask(name, schema)
-
+    for doc in results:
+        for call, said in doc["out"].items():
+            outcomes[said] = outcomes.get(said, 0) + 1
+            if said != "ok" and (said.endswith(("None", "unnamed")) or " 5" in said):
+                bad.append(f"flip {doc['i']} byte {doc['pos']} {call}: {said}")
     body = mask_body(np.ones(SPEC.shape, np.uint8))
+    remote = 0
     with serving(root, tmp_path / "server.log") as srv, httpx.Client(timeout=60) as http:
-        for i in range(flips):
-            data = bytearray(sources[i % 2].read_bytes())
-            pos = rng.randrange(len(data))
-            data[pos] ^= 1 << rng.randrange(8)
-            name = f"flip{i % 5}.h5"
-            (root / name).write_bytes(bytes(data))
-            calls: dict[str, Callable[[str], object]] = {
-                "qmap": facade.read_qmap,
-                "g2": facade.read_g2_data,
-                "geometry": facade.read_geometry_metadata,
-            }
-            if i % 2 == 0:
-                calls["write"] = partial(write, schema=schema)
-            for what, call in calls.items():
-                try:
-                    call(name)
-                    key = "ok"
-                except Exception as exc:
-                    status = status_for(exc)
-                    key = f"{type(exc).__name__} {status}"
-                    if status is None or status >= 500 or name not in str(exc):
-                        bad.append(f"byte {pos} {what}: {key}: {str(exc)[:160]}")
-                outcomes[key] = outcomes.get(key, 0) + 1
-            if i % remote_every == 0:
-                for route in ("qmap", "g2", "geometry"):
-                    r = http.get(f"{srv.url}/v1/{route}", params={"file_path": name})
-                    if r.status_code >= 500:
-                        bad.append(f"byte {pos} remote {route}: {r.status_code}")
-                r = http.post(
-                    f"{srv.url}/v1/mask",
-                    params={"file_path": name},
-                    content=body,
-                    headers={"content-type": "application/msgpack"},
-                )
+        blobs = [s.read_bytes() for s in sources]
+        for doc in results[::remote_every]:  # flips known not to hang HDF5
+            data, pos = _flipped(blobs[doc["i"] % 2], doc["i"])
+            name = f"remote{doc['i']}.h5"
+            (root / name).write_bytes(data)
+            for route in ("qmap", "g2", "geometry"):
+                r = http.get(f"{srv.url}/v1/{route}", params={"file_path": name})
+                remote += 1
                 if r.status_code >= 500:
-                    bad.append(f"byte {pos} remote write: {r.status_code}")
+                    bad.append(f"flip {doc['i']} byte {pos} remote {route}: {r.status_code}")
+            r = http.post(
+                f"{srv.url}/v1/mask",
+                params={"file_path": name},
+                content=body,
+                headers={"content-type": "application/msgpack"},
+            )
+            remote += 1
+            if r.status_code >= 500:
+                bad.append(f"flip {doc['i']} byte {pos} remote write: {r.status_code}")
         fives = server_5xx(srv.url)
     fig["flips"] = flips
+    fig["local calls"] = sum(outcomes.values())
+    fig["remote requests"] = remote
     fig["outcomes"] = outcomes
+    fig["flips that hang HDF5 (library bug, skipped)"] = len(hangs)
     fig.notes.extend(bad[:10])
-    fig.target("answers that are 5xx or do not name the file", len(bad), "0", not bad)
+    fig.target("answers that are 5xx, unmapped or do not name the file", len(bad), "0", not bad)
     fig.target("5xx counted by the server", fives, "0", fives == 0)
+    fig.target("flips run to an answer", len(results), f">= {flips - 5}", len(results) >= flips - 5)
+    fig.check()
+
+
+@pytest.mark.xfail(strict=True, reason="HDF5 loops forever on a damaged global heap")
+def test_damaged_global_heap(tmp_path: Path) -> None:
+    """One bit flipped in an object size of a global heap collection (where h5py keeps
+    variable-length strings) makes HDF5 2.0 parse a free-space object of size 0 and loop
+    forever in H5HG__cache_heap_deserialize: the read never answers, and h5py's global lock
+    stays held. Kept as a known bug of the HDF5 library the service cannot interrupt."""
+    fig = Figure(
+        "R9",
+        "global-heap-hang",
+        "A damaged global heap collection",
+        bug="BUG (HDF5 library): a global heap object size off by one bit makes HDF5 loop "
+        "forever instead of failing; the request never answers",
+    )
+    path = write_native_file(tmp_path / "heap.h5", SPEC)
+    data = bytearray(path.read_bytes())
+    gcol = data.find(b"GCOL")
+    assert gcol > 0, "the file has no global heap collection"
+    third = gcol + 16 + 24 + 24  # header, then two 5-byte strings (16 + 8 bytes each)
+    data[third + 8] ^= 0x10  # the third object's size: 3 -> 19
+    path.write_bytes(bytes(data))
+    code = (
+        "import sys\nfrom xpcs_io.facade import HDF5Facade\n"
+        "from xpcs_io.pool import HDF5ConnectionPool\n"
+        "f = HDF5Facade(pool=HDF5ConnectionPool(max_size=1))\n"
+        "for call in ('read_qmap', 'read_g2_data', 'read_geometry_metadata'):\n"
+        "    try:\n        getattr(f, call)(sys.argv[1])\n"
+        "    except Exception as exc:\n        print(type(exc).__name__, flush=True)\n"
+        "print('answered', flush=True)\n"
+    )
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=10
+        )
+        answered = "answered" in done.stdout
+    except subprocess.TimeoutExpired:
+        answered = False
+    fig["answered within 10 s"] = answered
+    fig.target("reads of the damaged file answered", answered, "True", answered)
     fig.check()
 
 
