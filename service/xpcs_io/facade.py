@@ -108,7 +108,19 @@ def _damaged(exc: Exception, display: str) -> HDF5ValidationError | None:
             f"{display} is damaged: HDF5 cannot read it ({reason or type(exc).__name__})",
             file=display,
         )
+    if type(exc) in (ValueError, TypeError) and _raised_in_h5py(exc):
+        # e.g. a datatype h5py cannot map to numpy: a bad file, not a bad request.
+        return HDF5ValidationError(f"{display}: HDF5 cannot read it ({exc})", file=display)
     return None
+
+
+def _raised_in_h5py(exc: BaseException) -> bool:
+    tb = exc.__traceback__
+    last = None
+    while tb is not None:
+        last = tb.tb_frame.f_code.co_filename
+        tb = tb.tb_next
+    return last is not None and ("/h5py/" in last or last.startswith("h5py/"))
 
 
 class _BoundedKeys(OrderedDict[Any, None]):

@@ -336,7 +336,7 @@ def _run_children(
 
 
 def test_flipped_bits_are_clear_4xx(tmp_path: Path) -> None:
-    flips = scale(240, 1200)
+    flips = scale(300, 5000)
     remote_every = 6
     fig = Figure("R9", "bit-flips", "One flipped bit in real result files")
     root = tmp_path / "root"
