@@ -57,6 +57,8 @@ S = TypeVar("S", bound=Schema)
 _COMPRESSIONS = {"gzip", "lzf", "szip"}
 LAYOUTS = ("native", "aps8idi")
 _VALIDATED_CACHE_SIZE = 4096
+# What each thread's last read used (see ``HDF5Facade.last_read_identity``).
+_SEEN = threading.local()
 # Reads repeated when the file changed under them before answering "busy, retry later".
 _READ_ATTEMPTS = 3
 
@@ -112,6 +114,17 @@ def _damaged(exc: Exception, display: str) -> HDF5ValidationError | None:
         # e.g. a datatype h5py cannot map to numpy: a bad file, not a bad request.
         return HDF5ValidationError(f"{display}: HDF5 cannot read it ({exc})", file=display)
     return None
+
+
+def _replaced_only(fd: int | None, now: FileIdentity, before: FileIdentity) -> bool:
+    """Whether the only change is the inode's ctime because it was unlinked (replaced by a
+    rename, as every write of this service does, or deleted): its bytes are those read."""
+    if fd is None or now[:4] != before[:4]:
+        return False
+    try:
+        return os.fstat(fd).st_nlink == 0
+    except OSError:
+        return False
 
 
 def _raised_in_h5py(exc: BaseException) -> bool:
@@ -217,6 +230,7 @@ class HDF5Facade:
                 if not co.swmr and self._changed(real, display, co.identity, loc):
                     raise _ChangedDuringReadError(display)
                 self._learn_links(real, loc)
+                _SEEN.identity = co.identity
             finally:
                 for handle in loc.opened:
                     with contextlib.suppress(Exception):
@@ -238,7 +252,7 @@ class HDF5Facade:
                 now = FileIdentity.from_stat(check_descriptor(fd, display, self.pool.policy)[0])
         except (OSError, HDF5ValidationError):
             return True  # gone, replaced by something else, or a writer at work now
-        if now != before:
+        if now != before and not _replaced_only(fd, now, before):
             return True
         for linked, identity in loc.reached:
             try:
@@ -684,6 +698,13 @@ class HDF5Facade:
             PermissionError: the path leads outside the facade's root.
         """
         return realpath(self._resolve(file_path)[0])
+
+    def last_read_identity(self) -> FileIdentity | None:
+        """The identity of the file version the calling thread's last successful read (by
+        any facade) used: the inode read, not what the name leads to now. A server tags its
+        answer with it. ``None`` before any read in this thread."""
+        identity: FileIdentity | None = getattr(_SEEN, "identity", None)
+        return identity
 
     def file_identity(self, file_path: PathLike) -> DataIdentity:
         """The identity now of the file and of every file its reads were seen to reach
