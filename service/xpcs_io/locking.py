@@ -265,9 +265,7 @@ class FileWriteLock:
             else self._dir_fd
         )
         try:
-            shown = f"{self.display.rsplit('/', 1)[0]}/{self.path.name}".lstrip("/")
-            if "/" not in self.display:
-                shown = self.path.name
+            shown = str(Path(self.display).with_name(self.path.name))
             self._fd = _open_sidecar(dir_fd, self.path.name, shown)
             device = os.fstat(self._fd).st_dev
             delay = 0.001

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 from pathlib import Path, PurePosixPath
 
 __all__ = [
@@ -124,6 +125,13 @@ def _relative_parts(root: Path | None, real: Path) -> tuple[str, list[str]]:
     return str(root), list(rel.parts)
 
 
+def _is_link(name: str, dir_fd: int) -> bool:
+    try:
+        return stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+    except OSError:
+        return True  # gone meanwhile: the path is changing
+
+
 def open_dir_beneath(root: Path | None, real_dir: Path) -> int:
     """A descriptor of the folder ``real_dir`` (resolved, inside ``root``), opened from the
     root's descriptor one component at a time without following symlinks. With ``root``
@@ -143,11 +151,16 @@ def open_dir_beneath(root: Path | None, real_dir: Path) -> int:
             try:
                 nfd = os.open(part, _DIR_FLAGS, dir_fd=fd)
             except OSError as exc:
-                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                    raise
+                if _is_link(part, fd):
                     raise PathChangedError(
                         f"access denied: {part} changed while the path was opened"
                     ) from None
-                raise
+                # A file where a folder should be: the path names nothing.
+                raise FileNotFoundError(
+                    errno.ENOENT, f"No such file: {part} is not a folder"
+                ) from None
             os.close(fd)
             fd = nfd
     except BaseException:
