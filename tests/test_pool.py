@@ -18,7 +18,7 @@ import numpy.typing as npt
 import pytest
 
 from xpcs_io.demo import DemoSpec, write_native_file
-from xpcs_io.errors import HDF5ValidationError
+from xpcs_io.errors import FileBusyError, HDF5ValidationError
 from xpcs_io.facade import HDF5Facade
 from xpcs_io.pool import HDF5ConnectionPool, get_default_pool
 from xpcs_io.schemas import GeometryMetadata, MaskSchema
@@ -582,3 +582,53 @@ def test_private_view_holds_no_lock_either(pool: HDF5ConnectionPool, tmp_path: P
             done = subprocess.run([sys.executable, "-c", EXCLUSIVE, str(path)], capture_output=True)
             assert done.returncode == 0, done.stderr.decode()
         assert plain["data"].shape == (64,)
+
+
+def test_a_replaced_handle_in_use_is_waited_for_then_a_fresh_one_opened(tmp_path: Path) -> None:
+    path = make_file(tmp_path / "a.h5", 1.0)
+    pool = HDF5ConnectionPool(max_size=2)
+    got: list[tuple[float, str]] = []
+
+    def reader() -> None:
+        with pool.checkout(path) as f:
+            got.append((float(f["data"].attrs["v"]), f.driver))
+
+    try:
+        with pool.checkout(path):
+            rewrite_in_place(path, 9.0)
+            second = threading.Thread(target=reader)
+            second.start()
+            second.join(0.3)
+            assert second.is_alive()  # waiting for the replaced handle to be checked in
+        second.join(30)
+        assert got == [(9.0, "sec2")]  # a fresh, shared-driver handle: no private view
+    finally:
+        pool.shutdown()
+
+
+def test_beneath_a_root_no_unverifiable_private_view_is_opened(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import xpcs_io.pool as pool_module
+
+    monkeypatch.setattr(pool_module, "_RETIRED_WAIT", 0.2)
+    root = tmp_path / "root"
+    root.mkdir()
+    path = make_file(root / "a.h5", 1.0)
+    real = os.path.realpath(path)
+    pool = HDF5ConnectionPool(max_size=2)
+    try:
+        with pool.checkout(real, "a.h5", root=root):
+            rewrite_in_place(path, 9.0)
+            # This thread itself still holds the replaced handle: the only way to read the
+            # new bytes now would be a private view through the stdio driver, whose opened
+            # file cannot be checked against the root: refused, retryable.
+            with (
+                pytest.raises(FileBusyError, match="still being read"),
+                pool.checkout(real, "a.h5", root=root),
+            ):
+                pass
+        with pool.checkout(real, "a.h5", root=root) as f:
+            assert f["data"].attrs["v"] == 9.0
+    finally:
+        pool.shutdown()

@@ -37,6 +37,7 @@ import logging
 import os
 import stat
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -64,6 +65,8 @@ log = logging.getLogger(__name__)
 # Opening again after a rename or a symlink swap raced the open: a few attempts, then a
 # retryable error (a loop or a persistent swap is answered, never waited out).
 _OPEN_ATTEMPTS = 4
+# Seconds a checkout waits for a replaced handle on the same inode to be checked in.
+_RETIRED_WAIT = 5.0
 
 
 class FileIdentity(NamedTuple):
@@ -250,7 +253,7 @@ def _open_verified(
                 if exc.errno in _REFUSED_LOCKS or "errno = 37" in str(exc):
                     policy.refused(OSError(errno.ENOLCK, "No locks available"), st.st_dev, name)
                     continue
-                if not _names(real, st):
+                if not _names(real, st) or any(t in str(exc) for t in _NAME_MOVED):
                     continue  # the name moved during the open: HDF5 saw something else
                 raise _open_error(exc, name) from exc
             try:
@@ -272,6 +275,9 @@ def _open_verified(
         raise FileNotFoundError(f"No such file: {name} (symlink loop)")
     raise FileBusyError(f"{name} kept changing while it was opened; retry later")
 
+
+# HDF5's words when the name it opens stops leading to a file halfway through the open.
+_NAME_MOVED = ("can't retrieve stat info", "unable to open file", "No such file")
 
 _REFUSED_LOCKS = frozenset({errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP})
 
@@ -327,6 +333,8 @@ class HDF5ConnectionPool:
         #: How locks are used (``XPCS_IO_FILE_LOCKING``); shared with the facade's writes.
         self.policy = policy or LockPolicy()
         self._lock = threading.RLock()
+        self._checked_in = threading.Condition(self._lock)  # a retired handle was closed
+        self._retired_in_use: dict[int, _Entry] = {}
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
         self._closed = False
         #: The files each file's reads reached through external links and virtual datasets
@@ -413,35 +421,42 @@ class HDF5ConnectionPool:
         except FileNotFoundError:
             self._drop(key)
             raise
+        deadline = time.monotonic() + _RETIRED_WAIT
         with self._lock:
-            if self._closed:
-                raise RuntimeError("the HDF5 connection pool has been shut down")
-            entry = self._entries.get(key)
-            if entry is not None and entry.identity == identity:
-                self.hits += 1
-                self._entries.move_to_end(key)
-                entry.accesses += 1
-                entry.users += 1
-                return entry
+            while True:
+                if self._closed:
+                    raise RuntimeError("the HDF5 connection pool has been shut down")
+                entry = self._entries.get(key)
+                if entry is not None and entry.identity == identity:
+                    self.hits += 1
+                    self._entries.move_to_end(key)
+                    entry.accesses += 1
+                    entry.users += 1
+                    return entry
+                if entry is not None:
+                    self.reopens_on_change += 1
+                    del self._entries[key]
+                    self._retire(entry)
+                # HDF5 shares one open file, metadata cache included, between all opens of
+                # an inode through one driver: if this inode is still open in the process and
+                # was rewritten in place, a sec2 open would serve that open's stale metadata.
+                # A replaced handle of ours still in use is waited for (reads are short).
+                left = deadline - time.monotonic()
+                if swmr or left <= 0 or not self._retired_on(identity):
+                    break
+                self._checked_in.wait(left)  # the pool lock is released meanwhile
             self.misses += 1
-            if entry is not None:
-                self.reopens_on_change += 1
-                del self._entries[key]
-                self._retire(entry)
-            # HDF5 shares one open file, metadata cache included, between all opens of an
-            # inode through one driver. If this inode is still open in the process (a retired
-            # handle still in use, or the caller's own h5py.File) and was rewritten in place,
-            # a sec2 open would serve that handle's stale metadata: open a private view
-            # through another driver instead (SWMR reading needs sec2: it refreshes itself).
+            # Still open here (the caller's own h5py.File, or a handle this thread holds):
+            # without a root, read a private view through another driver. Beneath a root,
+            # where nothing else opens files, never: that driver's inode cannot be verified.
             private = not swmr and _open_in_process(identity)
+            if private and root is not None:
+                raise FileBusyError(f"{display} is still being read here; retry later")
             # Opening under the lock keeps the bound exact and avoids two threads opening the
             # same file at once; h5py serialises every call behind its own global lock anyway.
             handle, identity, swmr = _open_verified(
                 Path(key), display, "stdio" if private else None, root, self.policy
             )
-            if private and self.current(key, display, root)[0][:2] != identity[:2]:
-                handle.close()  # the name moved while the private view was opened
-                raise FileBusyError(f"{display} kept changing while it was opened; retry later")
             self.opens += 1
             entry = _Entry(handle=handle, identity=identity, swmr=swmr, accesses=1, users=1)
             self._entries[key] = entry
@@ -451,16 +466,24 @@ class HDF5ConnectionPool:
                 self._retire(old)
             return entry
 
+    def _retired_on(self, identity: FileIdentity) -> bool:
+        """Whether a replaced handle of ours on the inode ``identity`` names is in use."""
+        return any(e.identity[:2] == identity[:2] for e in self._retired_in_use.values())
+
     def _release(self, entry: _Entry) -> None:
         with self._lock:
             entry.users -= 1
             if entry.retired and entry.users == 0:
+                self._retired_in_use.pop(id(entry), None)
                 self._close(entry)
+                self._checked_in.notify_all()
 
     def _retire(self, entry: _Entry) -> None:
         entry.retired = True
         if entry.users == 0:
             self._close(entry)
+        else:
+            self._retired_in_use[id(entry)] = entry
 
     def _close(self, entry: _Entry) -> None:
         try:

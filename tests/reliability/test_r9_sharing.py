@@ -20,6 +20,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -199,19 +200,36 @@ def test_symlink_swaps_during_reads_and_writes(tmp_path: Path) -> None:
     facade = HDF5Facade(pool=HDF5ConnectionPool(max_size=4), root=root, lock_timeout=10)
     answers: dict[str, int] = {}
     escapes = 0
-    try:
-        schema = MaskSchema(mask=np.ones(SPEC.shape, np.uint8), metadata=geometry(SPEC.shape))
-        for i in range(n_reads + n_writes):
+    lock = threading.Lock()
+    schema = MaskSchema(mask=np.ones(SPEC.shape, np.uint8), metadata=geometry(SPEC.shape))
+
+    def count(key: str, escaped: bool = False) -> None:
+        nonlocal escapes
+        with lock:
+            answers[key] = answers.get(key, 0) + 1
+            escapes += int(escaped)
+
+    def worker(n: int, write: bool) -> None:
+        # Several threads at once, as a server's thread pool runs them: handles replaced
+        # while others still read from them are part of what is raced.
+        for _ in range(n):
             try:
-                if i % (n_reads // n_writes + 1) == 0:
+                if write:
                     facade.write_mask("race/x.h5", schema, compression=None)
-                    answers["write ok"] = answers.get("write ok", 0) + 1
+                    count("write ok")
                 else:
-                    escapes += int(facade.read_geometry_metadata("race/x.h5").bcx == 4242.0)
-                    answers["read ok"] = answers.get("read ok", 0) + 1
+                    bcx = facade.read_geometry_metadata("race/x.h5").bcx
+                    count("read ok", bcx == 4242.0)
             except Exception as exc:  # every refusal must be a mapped, non-5xx error
-                key = f"{type(exc).__name__} {status_for(exc)}"
-                answers[key] = answers.get(key, 0) + 1
+                count(f"{type(exc).__name__} {status_for(exc)}")
+
+    threads = [threading.Thread(target=worker, args=(n_reads // 4, False)) for _ in range(4)]
+    threads.append(threading.Thread(target=worker, args=(n_writes, True)))
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(600)
     finally:
         done_flag.touch()
         out, _ = swapper.communicate(timeout=60)
