@@ -9,7 +9,8 @@ deleted file raises ``FileNotFoundError``. A handle is only opened by name after
 descriptor was taken, and is kept only if HDF5 opened the very same inode: a folder swapped for
 a symlink in between is noticed and the open retried, so a handle never reads a file outside
 the root. A handle that is evicted or replaced while another thread still reads from it is
-closed when that thread checks it back in, never under its feet.
+closed when that thread checks it back in, never under its feet; a checkout of the same inode
+meanwhile waits for that (HDF5 would share the old handle's stale metadata with a new one).
 
 **Readers never block writers.** HDF5 takes a ``flock`` on every file it opens (shared for
 reading) and keeps it while the file is open, so a pooled handle would keep every other

@@ -183,7 +183,7 @@ def _digest(folder: Path) -> dict[str, str]:
 
 
 def test_symlink_swaps_during_reads_and_writes(tmp_path: Path) -> None:
-    n_reads, n_writes = scale(400, 4000), scale(60, 600)
+    n_reads, n_writes = scale(2000, 40000), scale(100, 4000)
     fig = Figure("R9", "symlink-swaps", "A folder swapped for a symlink out of the root")
     root, outside = _tree(tmp_path)
     before = _digest(outside)
