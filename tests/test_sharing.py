@@ -445,14 +445,22 @@ def test_policy_rejects_unknown_modes() -> None:
 # ---------------------------------------------------------------- freshness follows links
 
 
-def _linked_tree(root: Path) -> tuple[Path, Path]:
-    """main.h5 whose /xpcs/g2 is an external link into data/linked.h5."""
+def _linked_tree(root: Path, kind: str = "external") -> tuple[Path, Path]:
+    """main.h5 whose G2 comes from data/linked.h5: /xpcs/g2 an external link to its group,
+    or /xpcs/g2/g2 a virtual dataset whose source is its G2."""
     (root / "data").mkdir()
     linked = write_native_file(root / "data" / "linked.h5", SPEC)
     main = write_native_file(root / "main.h5", SPEC)
     with h5py.File(main, "a") as f:
-        del f["/xpcs/g2"]
-        f["/xpcs/g2"] = h5py.ExternalLink("data/linked.h5", "/xpcs/g2")
+        if kind == "external":
+            del f["/xpcs/g2"]
+            f["/xpcs/g2"] = h5py.ExternalLink("data/linked.h5", "/xpcs/g2")
+        else:
+            shape, dtype = f["/xpcs/g2/g2"].shape, f["/xpcs/g2/g2"].dtype
+            del f["/xpcs/g2/g2"]
+            layout = h5py.VirtualLayout(shape=shape, dtype=dtype)
+            layout[...] = h5py.VirtualSource("data/linked.h5", "/xpcs/g2/g2", shape=shape)
+            f["/xpcs/g2"].create_virtual_dataset("g2", layout)
     return main, linked
 
 
@@ -461,8 +469,9 @@ def _bump(linked: Path, value: float) -> None:
         f["/xpcs/g2/g2"][0, 0] = value
 
 
-def test_a_change_in_a_linked_file_is_seen_with_a_new_etag(served: Server) -> None:
-    _, linked = _linked_tree(served.root)
+@pytest.mark.parametrize("kind", ["external", "virtual"])
+def test_a_change_in_a_linked_file_is_seen_with_a_new_etag(served: Server, kind: str) -> None:
+    _, linked = _linked_tree(served.root, kind)
     facade = HDF5Facade(pool=HDF5ConnectionPool(max_size=4), root=served.root)
     url, params = f"{served.url}/v1/g2", {"file_path": "main.h5"}
     tags = []
