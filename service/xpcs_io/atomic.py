@@ -9,7 +9,10 @@ program writing it: one holding HDF5's exclusive lock (h5py and every HDF5 progr
 uses HDF5's file locking, in "a"/"r+"/"w" mode), or an SWMR writer (its superblock says so).
 The write waits for it up to the lock timeout, then raises ``FileBusyError`` (retryable). Once
 the original is free, a shared lock on it is held until the rename, so such a program cannot
-start writing it in between (its open fails at once with "unable to lock file"). Just before
+start writing it in between (its open fails at once with "unable to lock file"), and for two
+seconds after it, so a program that opened the old file just before the rename cannot lock it
+and write into a file that is no longer there (its open fails; opened again, it is the new
+file). Just before
 the rename the original must still be the file that was copied (same inode, size, mtime and
 ctime), so a program writing without HDF5's locking is caught unless it writes in the last
 microseconds; such programs cannot be fully protected (see README, "Sharing files").
@@ -30,9 +33,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import heapq
 import os
 import secrets
 import stat
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -56,6 +61,36 @@ TMP_MARK = ".xpcs-io-tmp-"
 _FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 _FULL_TEXT = ("No space left on device", "Disk quota exceeded", "errno = 28", "errno = 122")
 _ATTEMPTS = 4
+# Seconds the replaced file stays locked after the rename (see edit_atomically).
+_GRACE = 2.0
+
+
+_later: list[tuple[float, int]] = []  # (monotonic deadline, descriptor) heap
+_later_cv = threading.Condition()
+_later_thread: threading.Thread | None = None
+
+
+def _close_later(fd: int, delay: float) -> None:
+    """Close ``fd`` after ``delay`` seconds, from one background thread for all of them."""
+    global _later_thread
+    with _later_cv:
+        heapq.heappush(_later, (time.monotonic() + delay, fd))
+        if _later_thread is None or not _later_thread.is_alive():
+            _later_thread = threading.Thread(
+                target=_closer, name="xpcs-io-close-later", daemon=True
+            )
+            _later_thread.start()
+        _later_cv.notify()
+
+
+def _closer() -> None:
+    while True:
+        with _later_cv:
+            while not _later or _later[0][0] > time.monotonic():
+                _later_cv.wait(max(0.0, _later[0][0] - time.monotonic()) if _later else None)
+            _, fd = heapq.heappop(_later)
+        with contextlib.suppress(OSError):
+            os.close(fd)
 
 
 def _storage_full(exc: BaseException) -> bool:
@@ -190,10 +225,17 @@ def edit_atomically(
         ):
             _remove_leftovers(dir_fd, target.name)
             src = _open_original(dir_fd, target, name)
+            replaced = False
             try:
                 yield from _edit(dir_fd, src, target, name, policy, deadline)
+                replaced = True
             finally:
-                if src is not None:
+                if src is not None and replaced:
+                    # A program that opened the old file just before the rename locks it a
+                    # moment later: keep it locked a while, so that program's lock fails
+                    # and it opens the new file, instead of writing into the replaced one.
+                    _close_later(src, _GRACE)
+                elif src is not None:
                     os.close(src)  # drops the shared lock on the original
         with contextlib.suppress(OSError):
             os.fsync(dir_fd)
