@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -107,3 +108,13 @@ def test_facade_reads_gzip_maps_equal_from_many_threads(tmp_path: Path) -> None:
     for q in results:
         for name, value in want.items():
             np.testing.assert_array_equal(getattr(q, name), value)
+
+
+def test_a_damaged_chunk_is_an_error_not_a_wrong_array(tmp_path: Path) -> None:
+    data = _data("<f4")
+    with h5py.File(tmp_path / "f.h5", "w") as f:
+        ds = f.create_dataset("d", data=data, chunks=(550, 265), compression="gzip")
+        ds.id.write_direct_chunk((0, 0), zlib.compress(b"\x01" * 1001), 0)  # too short
+        ds.id.write_direct_chunk((550, 0), b"not deflate at all", 0)
+    with h5py.File(tmp_path / "f.h5", "r") as f, pytest.raises((OSError, zlib.error)):
+        read_whole(f["d"])

@@ -98,13 +98,13 @@ def read_whole(ds: h5py.Dataset) -> npt.NDArray[Any] | None:
     offsets: list[tuple[int, ...]] = []
     dsid.chunk_iter(lambda info: offsets.append(info.chunk_offset))
     out = np.empty(shape, dt)
+    chunk_bytes = int(np.prod(chunks)) * dt.itemsize
     for offset in offsets:
         skipped, raw = dsid.read_direct_chunk(offset)
         data = _decode(raw, codes, skipped, dt.itemsize)
-        block = np.frombuffer(data, dt)
-        if block.size != int(np.prod(chunks)):
-            raise OSError(f"{ds.name}: chunk at {offset} decodes to {block.size} elements")
-        block = block.reshape(chunks)
+        if len(data) != chunk_bytes:  # a damaged chunk: said as HDF5 would say it
+            raise OSError(f"{ds.name}: chunk at {offset} decodes to {len(data)} bytes")
+        block = np.frombuffer(data, dt).reshape(chunks)
         bounds = zip(offset, chunks, shape, strict=True)
         where = tuple(slice(o, min(o + c, n)) for o, c, n in bounds)
         out[where] = block[tuple(slice(0, s.stop - s.start) for s in where)]
