@@ -80,8 +80,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         events.bind(asyncio.get_running_loop())
         watcher = None
         if settings.watch:
-            own = HDF5Facade(HDF5ConnectionPool(max_size=2), False, root=root)
-            watcher = RootWatcher(root, events, own)
+            # The app's own pool: its handles hold no lock other programs would wait for, and
+            # one pool knows every open of a file in this process.
+            watcher = RootWatcher(root, events, app.state.facade_unchecked)
             watch_task = asyncio.create_task(watcher.run())
         log.info("serving %s with a pool of %d handles", root, settings.pool_size)
         try:
