@@ -5,6 +5,7 @@ written against the local ``HDF5Facade`` catches the same things remotely::
 
     Exception
      ├── HDF5ValidationError              stored data break a schema rule, or the file is not HDF5
+     │    └── DatasetTooLargeError        a read would allocate more than the configured limit
      ├── ValueError
      │    ├── SchemaError                 a schema value breaks a rule (.field)
      │    ├── WireFormatError             bytes that are not valid msgpack (HTTP 400)
@@ -20,7 +21,8 @@ written against the local ``HDF5Facade`` catches the same things remotely::
      │    ├── ConnectionError
      │    │    └── RemoteConnectionError  the server could not be reached (keeps the cause)
      │    └── TimeoutError
-     │         └── WriteLockTimeout       another writer held the file's lock too long (HTTP 503)
+     │         ├── WriteLockTimeout       another writer held the file's lock too long (HTTP 503)
+     │         └── RequestTimeoutError    the request body stalled; the server gave up (HTTP 408)
      └── ServerError                      the server failed (HTTP 5xx): never a client mistake
 
 ``ERROR_TABLE`` maps each class to its HTTP status and is the single source for both
@@ -34,9 +36,11 @@ from __future__ import annotations
 __all__ = [
     "CLIENT_ONLY",
     "ERROR_TABLE",
+    "DatasetTooLargeError",
     "HDF5ValidationError",
     "PayloadTooLargeError",
     "RemoteConnectionError",
+    "RequestTimeoutError",
     "SchemaError",
     "SchemaTypeError",
     "ServerError",
@@ -108,8 +112,21 @@ class ServerError(Exception):
         self.status = status
 
 
+class DatasetTooLargeError(HDF5ValidationError):
+    """Reading a dataset (or the asked selection of it) would allocate more bytes than the
+    configured read limit (``XPCS_IO_MAX_READ_BYTES``); the message names the dataset, its
+    declared shape, dtype and size. The file may be fine: it is simply too large to read
+    whole (HTTP 422)."""
+
+
+class RequestTimeoutError(TimeoutError):
+    """The server stopped waiting for a request body that stalled or crawled (HTTP 408)."""
+
+
 # Most specific first: the first ``isinstance`` match decides the status.
 ERROR_TABLE: tuple[tuple[type[BaseException], int], ...] = (
+    (DatasetTooLargeError, 422),
+    (RequestTimeoutError, 408),
     (HDF5ValidationError, 422),
     (SchemaError, 422),
     (SchemaTypeError, 422),
@@ -161,8 +178,8 @@ def exception_from_problem(
             cls = PayloadTooLargeError
         else:
             cls = ValueError
-    if cls is HDF5ValidationError:
-        return HDF5ValidationError(detail, field=field)
+    if cls is HDF5ValidationError or cls is DatasetTooLargeError:
+        return cls(detail, field=field)
     if cls is SchemaError:
         return SchemaError(detail, field=field)
     if cls is SchemaTypeError:

@@ -41,7 +41,7 @@ import numpy as np
 import numpy.typing as npt
 
 from xpcs_io.errors import HDF5ValidationError
-from xpcs_io.h5access import Locator, decode_str
+from xpcs_io.h5access import Locator, check_allocation, decode_str
 from xpcs_io.schemas import G2Data, GeometryMetadata, QMapSchema
 
 __all__ = [
@@ -396,6 +396,9 @@ def _decimate(loc: Locator, name: str, n: int, f: int) -> npt.NDArray[np.float32
     Edge blocks (when ``f`` does not divide ``n``) average the elements that exist.
     """
     m = -(-n // f)
+    check_allocation(
+        2 * m * m * 8, display=loc.display, path=f"{C2_GROUP}/{name}", what="block means"
+    )
     sums = np.zeros((m, m), dtype=np.float64)
     rows = max(f, (_C2_READ_BYTES // (4 * n)) // f * f)
     for r0 in range(0, n, rows):
@@ -452,6 +455,8 @@ def read_c2(loc: Locator, q_idx: int, max_size: int | None = None) -> npt.NDArra
     n = int(ds.shape[0])
     if limit is not None and n > limit:
         return _decimate(loc, name, n, -(-n // limit))
+    path = f"{C2_GROUP}/{name}"
+    check_allocation(n * n * 4, display=loc.display, path=path, what="as float32")
     c = np.asarray(loc.read(C2_GROUP, name), dtype=np.float32)
     _mirror_upper(c)
     return c

@@ -18,10 +18,12 @@ from typing import Any
 
 import numpy as np
 from fastapi.concurrency import run_in_threadpool
+from fastapi.dependencies.models import Dependant
+from starlette.requests import Request
 
 from xpcs_io.schemas import Schema
 
-__all__ = ["ResultCache", "result_nbytes"]
+__all__ = ["ResultCache", "request_key", "result_nbytes"]
 
 _OVERHEAD = 512  # bytes charged per entry for the Python objects around the arrays
 
@@ -36,6 +38,31 @@ def _arrays(value: Any) -> list[np.ndarray[Any, Any]]:
     if isinstance(value, list):
         return [a for v in value for a in _arrays(v)]
     return []
+
+
+def _query_names(dependant: Dependant) -> list[str]:
+    names = [p.alias for p in dependant.query_params]
+    for sub in dependant.dependencies:
+        names += _query_names(sub)
+    return sorted(set(names))
+
+
+_NAMES: dict[int, tuple[Any, list[str]]] = {}
+
+
+def request_key(request: Request) -> tuple[Any, ...]:
+    """What identifies a read request for the cache and its ETag: the path and the route's
+    own query parameters as sent. Parameters the route does not declare are left out, so
+    ``?u=1``, ``?u=2``, ... cannot make a new entry (and a new copy of the result) each."""
+    route = request.scope.get("route")
+    dependant = getattr(route, "dependant", None)
+    if dependant is None:
+        return (request.url.path, tuple(sorted(request.query_params.multi_items())))
+    known = _NAMES.get(id(route))
+    if known is None or known[0] is not route:
+        known = _NAMES[id(route)] = (route, _query_names(dependant))
+    params = request.query_params
+    return (request.url.path, tuple((n, tuple(params.getlist(n))) for n in known[1]))
 
 
 def result_nbytes(value: Any) -> int:
