@@ -22,6 +22,7 @@ from xpcs_io.client.transport import (
     RetryPolicy,
     connection_error,
     content_length,
+    undecodable,
 )
 from xpcs_io.schemas import G2Data, GeometryMetadata, MaskSchema, PartitionSchema, QMapSchema
 
@@ -111,6 +112,8 @@ class AsyncRemoteHDF5Facade(ClientCore):
                 finally:
                     await response.aclose()
                 return self.complete(call, response, body, cached)
+            except httpx.DecodingError as exc:  # a Content-Encoding the body does not match
+                raise undecodable(call, exc) from exc
             except httpx.TransportError as exc:
                 if self.retry.may_retry(call, attempt, exc, None):
                     await asyncio.sleep(self.retry.delay(attempt))

@@ -227,16 +227,7 @@ def pool_stats() -> Call:
 
 
 def pool_clear() -> Call:
-    # A state-changing request names a content type: servers without keys refuse the
-    # content types a web page may send cross-site without asking.
-    return Call(
-        "POST",
-        "/v1/pool/clear",
-        {},
-        lambda _: None,
-        idempotent=False,
-        headers={"content-type": "application/json"},
-    )
+    return Call("POST", "/v1/pool/clear", {}, lambda _: None, idempotent=False)
 
 
 def decode_error(status: int, content_type: str, body: bytes) -> BaseException:

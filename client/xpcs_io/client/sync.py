@@ -21,6 +21,7 @@ from xpcs_io.client.transport import (
     RetryPolicy,
     connection_error,
     content_length,
+    undecodable,
 )
 from xpcs_io.schemas import G2Data, GeometryMetadata, MaskSchema, PartitionSchema, QMapSchema
 
@@ -110,6 +111,8 @@ class RemoteHDF5Facade(ClientCore):
                 finally:
                     response.close()
                 return self.complete(call, response, body, cached)
+            except httpx.DecodingError as exc:  # a Content-Encoding the body does not match
+                raise undecodable(call, exc) from exc
             except httpx.TransportError as exc:
                 if self.retry.may_retry(call, attempt, exc, None):
                     time.sleep(self.retry.delay(attempt))

@@ -33,6 +33,7 @@ __all__ = [
     "content_length",
     "finish",
     "parse_length",
+    "undecodable",
 ]
 
 #: The largest response body a client accepts unless told otherwise: 4 GiB (an Eiger 16M
@@ -193,6 +194,11 @@ def finish(call: Call, response: httpx.Response, body: Any) -> Any:
             f"the answer to {call.method} {call.path} is not valid "
             f"({type(exc).__name__}: {str(exc)[:200]})"
         ) from exc
+
+
+def undecodable(call: Call, exc: BaseException) -> WireFormatError:
+    """The error for a body that cannot be decoded at all (its Content-Encoding is false)."""
+    return WireFormatError(f"the answer to {call.method} {call.path} cannot be decoded: {exc}")
 
 
 def connection_error(call: Call, base_url: str, exc: BaseException) -> RemoteConnectionError:

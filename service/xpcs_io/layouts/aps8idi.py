@@ -64,6 +64,10 @@ BEAM = "/entry/instrument/incident_beam"
 
 # Bytes of stored two-time map read at once while decimating (a multiple of whole rows).
 _C2_READ_BYTES = 64 << 20
+# A block-averaged two-time map is read in strips; the whole map may be this many times the
+# read limit (32 GiB with the default limit of 2 GiB, a 92,000-frame float32 map).
+_C2_STREAM_FACTOR = 16
+_C2_STREAM_WHAT = f"streamed for block means (counted 1/{_C2_STREAM_FACTOR})"
 # Rows of the mirrored two-time map handled per step (keeps temporaries at block size).
 _C2_BLOCK = 512
 
@@ -453,9 +457,15 @@ def read_c2(loc: Locator, q_idx: int, max_size: int | None = None) -> npt.NDArra
         why = f"expected a square 2-D numeric map, got {ds.dtype} {ds.shape}"
         raise _invalid(loc, C2_GROUP, name, why)
     n = int(ds.shape[0])
-    if limit is not None and n > limit:
-        return _decimate(loc, name, n, -(-n // limit))
     path = f"{C2_GROUP}/{name}"
+    if limit is not None and n > limit:
+        # Streamed in strips, so memory stays small; the time it takes does not: a map
+        # declared far beyond anything measured is refused before the first strip is read.
+        stored = n * n * ds.dtype.itemsize
+        check_allocation(
+            stored // _C2_STREAM_FACTOR, display=loc.display, path=path, what=_C2_STREAM_WHAT
+        )
+        return _decimate(loc, name, n, -(-n // limit))
     check_allocation(n * n * 4, display=loc.display, path=path, what="as float32")
     c = np.asarray(loc.read(C2_GROUP, name), dtype=np.float32)
     _mirror_upper(c)

@@ -11,9 +11,11 @@ this machine's users, and also every web page they open: a page can send request
   names get 403: a rebinding page names its own domain.
 - A browser's ``Origin`` must be the server's own (the quick-look page at ``/`` is); any
   other, or ``null``, gets 403, as does ``Sec-Fetch-Site: cross-site`` on a write.
-- Requests that change state (POST, PUT, PATCH, DELETE) must say ``Content-Type:
-  application/msgpack`` or ``application/json``, which a browser cannot send cross-origin
-  without a CORS preflight (which this server never grants): anything else gets 415.
+- Requests that change state (POST, PUT, PATCH, DELETE) with a body must say
+  ``Content-Type: application/msgpack`` or ``application/json``, which a browser cannot send
+  cross-origin without a CORS preflight (which this server never grants): anything else,
+  no type included, gets 415. (Every browser sends ``Origin`` with a cross-origin POST, so
+  a bodiless one, such as a pool clear, is refused by the Origin check.)
 
 With keys none of this applies: a browser cannot attach an ``Authorization`` or
 ``X-API-Key`` header to a cross-site request on its own.
@@ -136,7 +138,10 @@ class BrowserGuardMiddleware:
                 return
             ctype = headers.get(b"content-type", b"").decode("latin-1")
             media = ctype.split(";", 1)[0].strip().lower()
-            if media not in WRITE_MEDIA_TYPES:
+            has_body = headers.get(b"content-length", b"0") != b"0" or (
+                b"transfer-encoding" in headers
+            )
+            if has_body and media not in WRITE_MEDIA_TYPES:
                 await send_problem(
                     scope,
                     send,
