@@ -44,14 +44,15 @@ def _problem(status: int, body: bytes) -> bytes:
     )
 
 
-def _array(dtype: str, shape: list[int], data: bytes) -> dict[str, Any]:
+def _array(dtype: str, shape: list[Any], data: Any) -> dict[str, Any]:
     return {"dtype": dtype, "shape": shape, "data": data}
 
 
 def _qmap(**arrays: Any) -> bytes:
     good = _array("<f4", [2, 2], b"\0" * 16)
     fields = {"sqmap": good, "dqmap": good, "phis": good, **arrays}
-    return msgpack.packb(fields, use_bin_type=True)
+    packed: bytes = msgpack.packb(fields, use_bin_type=True)
+    return packed
 
 
 # name -> raw answer; each must end as RemoteConnectionError or WireFormatError.
