@@ -22,7 +22,8 @@ written against the local ``HDF5Facade`` catches the same things remotely::
      │    │    └── RemoteConnectionError  the server could not be reached (keeps the cause)
      │    └── TimeoutError
      │         ├── WriteLockTimeout       another writer held the file's lock too long (HTTP 503)
-     │         └── RequestTimeoutError    the request body stalled; the server gave up (HTTP 408)
+     │         ├── RequestTimeoutError    the request body stalled; the server gave up (HTTP 408)
+     │         └── ServerBusyError        the server holds too many answers right now (HTTP 503)
      └── ServerError                      the server failed (HTTP 5xx): never a client mistake
 
 ``ERROR_TABLE`` maps each class to its HTTP status and is the single source for both
@@ -43,6 +44,7 @@ __all__ = [
     "RequestTimeoutError",
     "SchemaError",
     "SchemaTypeError",
+    "ServerBusyError",
     "ServerError",
     "WireFormatError",
     "WriteLockTimeout",
@@ -123,10 +125,16 @@ class RequestTimeoutError(TimeoutError):
     """The server stopped waiting for a request body that stalled or crawled (HTTP 408)."""
 
 
+class ServerBusyError(TimeoutError):
+    """The server holds as many answers for slow readers as it may: retry shortly (HTTP 503,
+    retried by the client for reads)."""
+
+
 # Most specific first: the first ``isinstance`` match decides the status.
 ERROR_TABLE: tuple[tuple[type[BaseException], int], ...] = (
     (DatasetTooLargeError, 422),
     (RequestTimeoutError, 408),
+    (ServerBusyError, 503),
     (HDF5ValidationError, 422),
     (SchemaError, 422),
     (SchemaTypeError, 422),

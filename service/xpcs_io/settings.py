@@ -78,6 +78,12 @@ class Settings(BaseSettings):
         ge=1,
         description="Request body bytes held by all requests at once; more answer 503.",
     )
+    max_unshared_result_bytes: int = Field(
+        1 << 30,
+        ge=1,
+        description="Bytes of read results held by answers outside the result cache (too "
+        "large for it, or the cache off); past it reads answer 503.",
+    )
     header_timeout: float = Field(
         10.0, gt=0, description="Seconds a connection may take to send a request head."
     )

@@ -514,3 +514,48 @@ def test_hostile_server_against_both_clients() -> None:
     fig.notes += escaped
     fig.target("exceptions outside the error table", len(escaped), "0", not escaped)
     fig.check()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(scale(120, 300))
+def test_stalled_readers_of_uncached_answers_are_bounded(tmp_path: Path) -> None:
+    fig = Figure("S2", "stalled-uncached", f"{STALLED} stalled readers with the result cache off")
+    write_native_file(tmp_path / "big.hdf5", DemoSpec(shape=BIG, n_delay=8, n_q=4))
+    budget = 64 * MiB
+    env = {"XPCS_IO_CACHE_BYTES": "0", "XPCS_IO_MAX_UNSHARED_RESULT_BYTES": str(budget)}
+    with serving(tmp_path, tmp_path / "server.log", env=env) as srv:
+        pid, port = srv.process.pid, port_of(srv)
+        size = len(httpx.get(f"{srv.url}/v1/qmap", params={"file_path": "big.hdf5"}).content)
+        time.sleep(0.5)
+        rss0 = rss_bytes(pid)
+        socks, statuses = [], []
+        for _ in range(STALLED):
+            c = socket.create_connection(("127.0.0.1", port), timeout=60)
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+            c.sendall(b"GET /v1/qmap?file_path=big.hdf5 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            statuses.append(_status(c.recv(100)))
+            socks.append(c)
+        time.sleep(2)
+        grown = (rss_bytes(pid) - rss0) / MiB
+        for c in socks:
+            c.close()
+        time.sleep(1)
+        after = httpx.get(f"{srv.url}/v1/qmap", params={"file_path": "big.hdf5"}, timeout=60)
+        faults = _server_faults(srv)
+    held = statuses.count(200)
+    fig["answer size (MiB)"] = round(size / MiB, 1)
+    fig["budget for answers outside the cache (MiB)"] = budget // MiB
+    fig["stalled readers / answered 200 / 503 (retry)"] = (
+        f"{STALLED} / {held} / {statuses.count(503)}"
+    )
+    fig["RSS growth with every reader stalled (MiB)"] = round(grown, 1)
+    fig.target(
+        "answers held (MiB)",
+        round(held * size / MiB, 1),
+        f"<= {budget // MiB}",
+        held * size <= budget,
+    )
+    fig.target("RSS growth (MiB)", round(grown, 1), f"<= {budget // MiB} + 32", grown <= 96)
+    fig.target("full read once they left", after.status_code, "200", after.status_code == 200)
+    fig.target("server faults (5xx but 503)", faults, "0", faults == 0)
+    fig.check()

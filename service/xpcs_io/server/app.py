@@ -68,7 +68,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.pool = pool
         app.state.facade = HDF5Facade(pool, True, root=root, lock_timeout=timeout)
         app.state.facade_unchecked = HDF5Facade(pool, False, root=root, lock_timeout=timeout)
-        app.state.results = ResultCache(settings.cache_bytes)
+        app.state.results = ResultCache(
+            settings.cache_bytes, unshared_bytes=settings.max_unshared_result_bytes
+        )
         group = None
         if settings.state_dir is not None:
             group = WorkerGroup(settings.state_dir, pool, lambda p: display_path(root, p))
