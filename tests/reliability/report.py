@@ -62,6 +62,13 @@ SUITES = {
         "Descriptors bounded by the pool with many files, nothing leaked by clients that drop "
         "out of downloads, in-flight downloads completed on SIGTERM.",
     ),
+    "S2": (
+        "Security II: resources and browsers",
+        "Header-only, crawling and half-sent requests, readers that stop reading, files "
+        "declaring huge datasets, browsers against a server without keys and a hostile server "
+        "against the client: memory and descriptors stay bounded, /health recovers within "
+        "seconds, nothing is written by a refused request, no 5xx but deliberate 503s.",
+    ),
 }
 
 
