@@ -5,8 +5,9 @@ a body that stalls. Here, in the ASGI layer:
 
 - every request with a body reserves its declared ``Content-Length`` from one budget of
   in-flight body bytes (``XPCS_IO_MAX_INFLIGHT_BODY_BYTES``) before a byte is read, and gives
-  it back when its answer is sent; a request the budget cannot hold is answered 503 with
-  ``Retry-After`` at once, unread (a chunked body reserves as it arrives, 413 past the budget);
+  it back when its answer is sent; a request the budget cannot hold is answered 503
+  (``ServerBusyError``, ``Retry-After``) at once, unread (a chunked body reserves as it
+  arrives, 413 past the budget);
 - each read of the body waits at most ``XPCS_IO_BODY_TIMEOUT`` seconds, and the whole body
   must arrive within that plus one second per MiB declared: a stalled or crawling body is
   answered 408 (``RequestTimeoutError``) and its connection closed;
@@ -84,7 +85,7 @@ class ResourceGuardMiddleware:
                 503,
                 f"the server holds too many request bodies right now ({self.budget.used:,} of "
                 f"{self.budget.limit:,} bytes): retry shortly",
-                error="ServerError",
+                error="ServerBusyError",
                 headers=[(b"retry-after", b"1")],
             )
             return
