@@ -52,3 +52,24 @@ def test_results_too_large_for_the_cache_are_counted() -> None:
     asyncio.run(run())
     gc.collect()
     assert cache.unshared == 0
+
+
+def test_a_read_known_to_be_too_large_is_refused_before_computing() -> None:
+    cache = ResultCache(0, unshared_bytes=1500)
+    computed: list[int] = []
+
+    def compute() -> object:
+        computed.append(1)
+        return np.zeros(1000, np.uint8)
+
+    async def run() -> None:
+        held = await cache.get("k", "f", 1, compute)
+        with pytest.raises(ServerBusyError):
+            await cache.get("k", "f", 1, compute)  # 1,000 more would pass 1,500
+        assert len(computed) == 1
+        del held
+        gc.collect()
+        assert (await cache.get("k", "f", 1, compute)).nbytes == 1000
+        assert len(computed) == 2
+
+    asyncio.run(run())

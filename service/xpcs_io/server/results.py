@@ -48,6 +48,14 @@ def _arrays(value: Any) -> list[np.ndarray[Any, Any]]:
     return []
 
 
+async def _in_thread(compute: Callable[[], Any]) -> Any:
+    # The result goes through a box, not the thread pool's future: a finished future may
+    # stay referenced for a while, which would keep the result alive after its answer.
+    box: list[Any] = []
+    await run_in_threadpool(lambda: box.append(compute()))
+    return box.pop()
+
+
 def _query_names(dependant: Dependant) -> list[str]:
     names = [p.alias for p in dependant.query_params]
     for sub in dependant.dependencies:
@@ -86,6 +94,9 @@ class ResultCache:
         self.max_bytes = max_bytes
         self.unshared_limit = unshared_bytes
         self.unshared = 0  # bytes of results held only by answers in flight
+        # Size of the last result of recent keys: a read known to be too large for what is
+        # left of the unshared budget is refused before it allocates anything.
+        self._sizes: OrderedDict[Hashable, int] = OrderedDict()
         self._entries: OrderedDict[Hashable, tuple[Any, int, str, Hashable]] = OrderedDict()
         self._by_file: dict[str, set[Hashable]] = {}
         self._flights: dict[Hashable, asyncio.Future[Any]] = {}
@@ -108,8 +119,8 @@ class ResultCache:
             Exception: whatever ``compute`` raises (errors are not cached).
         """
         if self.max_bytes <= 0:
-            self._check_unshared(0)
-            return self._lend(await run_in_threadpool(compute))
+            self._check_unshared(self._sizes.get(key, 0))
+            return self._lend(key, await _in_thread(compute))
         with self._lock:
             entry = self._entries.get(key)
             if entry is not None:
@@ -120,11 +131,11 @@ class ResultCache:
         if flight is not None:
             self.coalesced += 1
             return await asyncio.shield(flight)
-        self._check_unshared(0)
+        self._check_unshared(self._sizes.get(key, 0))
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._flights[key] = future
         try:
-            value = await run_in_threadpool(compute)
+            value = await _in_thread(compute)
         except BaseException as exc:
             future.set_exception(exc)
             future.exception()  # retrieved here: waiters re-raise it, nobody else must
@@ -134,7 +145,7 @@ class ResultCache:
         self.misses += 1
         if not self._store(key, file, version, value):
             try:
-                self._lend(value)
+                self._lend(key, value)
             except ServerBusyError as exc:
                 future.set_exception(exc)
                 future.exception()
@@ -151,7 +162,7 @@ class ResultCache:
                 f"{self.unshared_limit:,}): retry shortly"
             )
 
-    def _lend(self, value: Any) -> Any:
+    def _lend(self, key: Hashable, value: Any) -> Any:
         """Count ``value``'s arrays as held by answers until they are freed.
 
         Raises:
@@ -159,6 +170,10 @@ class ResultCache:
         """
         arrays = {id(a): a for a in _arrays(value)}.values()
         size = sum(a.nbytes for a in arrays)
+        self._sizes[key] = size
+        self._sizes.move_to_end(key)
+        while len(self._sizes) > 1024:
+            self._sizes.popitem(last=False)
         self._check_unshared(size)
         with self._lock:
             self.unshared += size
