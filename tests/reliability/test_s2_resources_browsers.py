@@ -201,7 +201,7 @@ def test_header_only_and_crawling_bodies(tmp_path: Path) -> None:
     fig["crawling body (1 byte/s, 1 MiB declared) answered after (s)"] = round(crawl_after, 1)
     fig.target("peak RSS growth (MiB)", round(grown, 1), "< 64", grown < 64)
     fig.target("answered and closed", n503 + n408, f"{HEADER_ONLY}", n503 + n408 == HEADER_ONLY)
-    fig.target("budget held", n408 * 200, "<= 512 MiB", n408 * 200 <= 512)
+    fig.target("bodies held at once (MiB)", n408 * 200, "<= 512", n408 * 200 <= 512)
     fig.target("closed within the body timeout", round(closed_after, 1), "< 8 s", closed_after < 8)
     fig.target("crawling body answered", _status(crawl_answer), "408", _status(crawl_answer) == 408)
     fig.target("write after the attack", good.status_code, "201", good.status_code == 201)
