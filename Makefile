@@ -7,7 +7,7 @@ DATA ?= demo-data
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test check bench fmt openapi clean soak
+.PHONY: run test test-fast system-deps check bench fmt openapi clean soak
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -19,8 +19,17 @@ run: $(STAMP)
 	test -f $(DATA)/.complete || $(BIN)/xpcs-io demo $(DATA)
 	$(BIN)/xpcs-io serve --root $(DATA) --host $(HOST) --port $(PORT)
 
-test: $(STAMP)
+# System programs the tests drive for real (nginx, docker-compose, chromium), installed with
+# apt when missing.
+system-deps:
+	bash scripts/system-deps.sh
+
+test: $(STAMP) system-deps
 	$(BIN)/python -m pytest
+
+# The suite without the slow reliability suites and deployment replays, for quick iterations.
+test-fast: $(STAMP) system-deps
+	$(BIN)/python -m pytest -q -m 'not slow' --ignore=tests/reliability
 
 check: $(STAMP)
 	$(BIN)/ruff check .

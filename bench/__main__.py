@@ -29,6 +29,7 @@ from bench import (
     w6_readers_rss,
     w7_gzip_viewers,
     w8_write_mask,
+    w9_g2_many,
 )
 from bench.common import MB, Config, Result, process_rss
 from bench.env import Env
@@ -44,6 +45,7 @@ WORKLOADS: dict[str, ModuleType] = {
         w6_readers_rss,
         w7_gzip_viewers,
         w8_write_mask,
+        w9_g2_many,
     )
 }
 REPO = Path(__file__).resolve().parent.parent

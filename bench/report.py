@@ -167,6 +167,24 @@ def targets(results: dict[str, Result]) -> list[Target]:
             ),
             f"w7 median MB/s, 8 viewers / 1 reader, {'1 process' if config == '1' else tag[2:-1]}",
         )
+    for tag, suffix in (("", ""), (" (cache off)", "_nocache")):
+        many = _row(results, "w9", f"many{suffix}")
+        add(
+            f"B1{tag}",
+            "G2 of 100 files in one call >= 5x faster than 100 read_g2_data calls",
+            ">=",
+            5.0,
+            _ratio(_row(results, "w9", f"sequential{suffix}"), many),
+            "w9 median, 100 sequential calls / one read_g2_data_many",
+        )
+        add(
+            f"B2{tag}",
+            "G2 of 100 files in one call >= 10x faster than h5grove one dataset at a time",
+            ">=",
+            10.0,
+            _ratio(_row(results, "w9", "h5grove"), many),
+            "w9 median, h5grove 400 GET /data / one read_g2_data_many",
+        )
     add(
         "core",
         "local facade read_qmap <= 1.5x raw h5py (validation on)",

@@ -93,10 +93,16 @@ class Server:
 
 
 def start_server(
-    root: Path, log: Path, *, env: dict[str, str] | None = None, args: tuple[str, ...] = ()
+    root: Path,
+    log: Path,
+    *,
+    env: dict[str, str] | None = None,
+    args: tuple[str, ...] = (),
+    port: int | None = None,
 ) -> Server:
-    """Start ``xpcs-io serve`` on a free port and wait until /health answers."""
-    port = free_port()
+    """Start ``xpcs-io serve`` on ``port`` (default: a free one) and wait until /health
+    answers."""
+    port = port or free_port()
     cmd = [
         sys.executable,
         "-m",

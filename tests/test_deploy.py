@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -280,3 +281,31 @@ def test_two_replicas_behind_nginx_lose_no_version(scaled: tuple[str, list[Serve
     assert all(_write_count(s) > 0 for s in replicas)
     served = {httpx.get(f"{url}/health").headers["x-served-by"] for _ in range(6)}
     assert len(served) == 2
+
+
+def test_a_watcher_behind_nginx_hears_writes_through_every_replica(
+    scaled: tuple[str, list[Server], Path],
+) -> None:
+    url, replicas, _ = scaled
+    with RemoteHDF5Facade(url) as watcher_client:
+        stream = watcher_client.watch(file_path="shared.hdf5")
+        heard: list[tuple[int | None, str | None]] = []
+
+        def collect() -> None:
+            for event in stream:
+                if event.type == "mask.written":
+                    heard.append((event.version, event.writer))
+                    if len(heard) == 2:
+                        return
+
+        thread = threading.Thread(target=collect, daemon=True)
+        thread.start()
+        time.sleep(0.5)
+        for i, replica in enumerate(replicas):  # each write straight to one replica
+            with RemoteHDF5Facade(replica.url) as api:
+                geo = api.read_geometry_metadata("shared.hdf5")
+                mask = MaskSchema(mask=np.ones(geo.shape, np.uint8), metadata=geo)
+                api.write_mask("shared.hdf5", mask, writer=f"replica{i}")
+        thread.join(timeout=10)
+        stream.close()
+    assert heard == [(1, "replica0"), (2, "replica1")]

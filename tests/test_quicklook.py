@@ -28,6 +28,7 @@ import pytest
 from websockets.sync.client import ClientConnection, connect
 
 from xpcs_io import wire
+from xpcs_io.client import RemoteHDF5Facade
 from xpcs_io.demo import DemoSpec, write_native_file
 from xpcs_io.facade import HDF5Facade
 from xpcs_io.pool import HDF5ConnectionPool
@@ -513,3 +514,41 @@ def test_problem_details_and_api_key(
         assert uncaught == []  # only the browser's own notes of the 401/404 answers
     finally:
         keyed.stop()
+
+
+def test_quicklook_page_follows_live_events(
+    server: Server, workdir: Path, request: pytest.FixtureRequest
+) -> None:
+    browser = _browser(request)
+    path = write_native_file(workdir / "live.hdf5", DemoSpec(shape=(40, 32), n_delay=8, n_q=4))
+    rel = path.relative_to(server.root).as_posix()
+    _open(browser, f"{server.url}/?file={quote(rel)}")
+    _wait_for(browser, "window.quicklook.live === true", READY_TIMEOUT)
+    assert browser.evaluate("window.quicklook.versions.length") == 0
+    # Another viewer saves a mask: this page shows the new version without a click.
+    with RemoteHDF5Facade(server.url) as other:
+        geometry = other.read_geometry_metadata(rel)
+        mask = np.ones(geometry.shape, np.uint8)
+        mask[:4] = 0
+        other.write_mask(rel, MaskSchema(mask=mask, metadata=geometry), writer="other-viewer")
+    _wait_for(
+        browser,
+        "window.quicklook.ready && window.quicklook.versions.length === 1 "
+        "&& window.quicklook.versions[0].writer === 'other-viewer'",
+        READY_TIMEOUT,
+    )
+    assert "other-viewer" in _text(browser, "versions")
+    # The correlator finishes a new result file: the file list shows it.
+    new = workdir / "fresh_result.hdf5"
+    write_native_file(new, DemoSpec(shape=(16, 12), n_delay=4, n_q=2))
+    _wait_for(
+        browser,
+        f"document.getElementById('files').innerText.includes({new.name!r})",
+        READY_TIMEOUT,
+    )
+    kinds = browser.evaluate("window.quicklook.events.map((e) => e.type)")
+    assert "mask.written" in kinds
+    assert "file.created" in kinds
+    # A file without masks answers 404 to its version list (the page shows "no masks yet").
+    errors = [e for e in browser.page_errors() if "404" not in e or "/mask/versions" not in e]
+    assert errors == []

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -84,6 +85,23 @@ class FacadeAPI(Protocol):
     def list_partition_versions(
         self, file_path: PathLike, group: str = "/simplemask/partition"
     ) -> list[VersionRecord]: ...
+
+    def read_g2_data_many(
+        self,
+        file_paths: Sequence[PathLike],
+        q_idx: int | None = None,
+        group: str = "/xpcs/g2",
+        *,
+        layout: str | None = None,
+    ) -> list[G2Data | Exception]: ...
+
+    def read_qmap_many(
+        self,
+        file_paths: Sequence[PathLike],
+        group: str = "/xpcs/qmap",
+        *,
+        layout: str | None = None,
+    ) -> list[QMapSchema | Exception]: ...
 
     def get_pool_stats(self) -> dict[str, Any]: ...
 

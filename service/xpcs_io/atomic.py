@@ -21,6 +21,7 @@ from pathlib import Path
 import h5py
 
 from xpcs_io.errors import HDF5ValidationError
+from xpcs_io.filters import FILTERS as _FILTERS  # noqa: F401  (registers HDF5 filter plugins)
 from xpcs_io.locking import FileWriteLock
 
 __all__ = ["TMP_MARK", "edit_atomically"]

@@ -1,4 +1,4 @@
-"""The ``xpcs-io`` command: serve a data root, or write demo data."""
+"""The ``xpcs-io`` command: serve a data root, write demo data, validate or inspect a file."""
 
 from __future__ import annotations
 
@@ -12,8 +12,6 @@ __all__ = ["main"]
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from xpcs_io.logs import configure_logging
     from xpcs_io.server import create_app
     from xpcs_io.settings import Settings
@@ -47,8 +45,10 @@ def _serve(args: argparse.Namespace) -> int:
     common: dict[str, Any] = {"host": settings.host, "port": settings.port}
     common.update(serve_options(settings))
     if settings.workers == 1:
+        from xpcs_io.server.serving import run
+
         del common["header_timeout"]  # set for this process by serve_options
-        uvicorn.run(app, **common)
+        run(app, **common)
         return 0
     from xpcs_io.server.supervisor import serve_workers
 
@@ -122,7 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     validate = sub.add_parser(
         "validate",
         help="check every group xpcs-io knows in FILE against its schema",
-        description="Check the q-map, G2, geometry and every mask/partition version in FILE. "
+        description="Say which layout FILE is in (native, aps8idi, aps8idi-legacy, "
+        "pysimplemask), then check its q-map, G2, geometry, every two-time map and every "
+        "mask/partition version. "
         "Exit status: 0 valid, 1 a group is invalid or none was found, 2 not readable HDF5.",
     )
     validate.add_argument("file", type=Path, help="the HDF5 file")

@@ -24,7 +24,7 @@ import numpy.typing as npt
 
 from xpcs_io.demo import multitau_delays
 
-__all__ = ["write_aps8idi_file"]
+__all__ = ["write_aps8idi_file", "write_pysimplemask_file"]
 
 DET_DIST_M = 5.0
 PIXEL_M = 75e-6
@@ -213,4 +213,29 @@ def write_aps8idi_file(
         t = np.arange(n_frames) * FRAME_TIME_S
         intensity = saxs.sum() / mask.sum() * rng.normal(1, 0.01, n_frames)
         _put(_group(f, "xpcs/spatial_mean"), "intensity_vs_time", np.stack([t, intensity]))
+    return path
+
+
+def write_pysimplemask_file(path: str | os.PathLike[str], **kwargs: Any) -> Path:
+    """A stand-alone pySimpleMask q-partition file: the same q-map datasets in a ``/qmap``
+    group (``save_partition``'s layout: ``unit``, ``name`` and ``size`` attributes on the
+    ``*_v_list_dim*`` vectors, ``hash`` and ``version`` on the group, ``blemish`` and
+    ``source_file``), with no ``/entry`` and no results. ``kwargs`` go to
+    ``write_aps8idi_file``.
+    """
+    path = write_aps8idi_file(path, n_delay=0, twotime_bins=(), **kwargs)
+    with h5py.File(path, "a") as f:
+        f.move("/xpcs/qmap", "/qmap")
+        for name in ("xpcs", "entry"):
+            del f[name]
+        f.attrs.pop("default", None)
+        qg = f["/qmap"]
+        for kind in ("dynamic", "static"):
+            for dim, label in ((0, "q"), (1, "phi")):
+                ds = qg[f"{kind}_v_list_dim{dim}"]
+                ds.attrs["name"] = label
+                ds.attrs["size"] = ds.size
+        qg["blemish"] = qg["mask"][()]
+        qg["source_file"] = "/data/2024-1/A001_00001.h5"
+        qg.attrs["version"] = "0.5.1"
     return path

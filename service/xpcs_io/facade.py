@@ -12,7 +12,7 @@ import contextlib
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -22,7 +22,7 @@ from xpcs_io.api import PathLike, VersionRecord
 from xpcs_io.atomic import edit_atomically
 from xpcs_io.errors import HDF5ValidationError, SchemaError, SchemaTypeError
 from xpcs_io.h5access import Locator, decode_str
-from xpcs_io.layouts import aps8idi, native
+from xpcs_io.layouts import registry
 from xpcs_io.paths import display_path, resolve_under_root
 from xpcs_io.pool import FileIdentity, HDF5ConnectionPool, get_default_pool
 from xpcs_io.schemas import (
@@ -40,7 +40,7 @@ __all__ = ["HDF5Facade", "HDF5ValidationError"]
 S = TypeVar("S", bound=Schema)
 
 _COMPRESSIONS = {"gzip", "lzf", "szip"}
-LAYOUTS = ("native", "aps8idi")
+LAYOUTS = registry.LAYOUTS
 _VALIDATED_CACHE_SIZE = 4096
 
 
@@ -160,22 +160,25 @@ class HDF5Facade:
     ) -> QMapSchema:
         """Read the q-map group into a ``QMapSchema``.
 
-        ``layout`` is detected per file when ``None``: the facade's own layout when its
-        datasets exist, else an APS 8-ID-I NeXus result file (pixel q computed from its
-        geometry in A^-1, phi in degrees, its ROI map as ``partition_map``). Pass "native"
-        or "aps8idi" to force one.
+        ``layout`` is detected per file when ``None`` (see ``xpcs_io.layouts.registry`` and
+        docs/layouts.md): the facade's own layout; an APS 8-ID-I NeXus result, a legacy
+        8-ID-I result or a pySimpleMask q-partition (pixel q computed from the geometry in
+        A^-1, phi in degrees, the dynamic label map as ``partition_map``). Pass one of
+        ``LAYOUTS`` ("native", "aps8idi", "aps8idi-legacy", "pysimplemask") to force it.
 
         Raises:
             FileNotFoundError: the file does not exist.
-            KeyError: the group or a required dataset is missing.
+            KeyError: the group or a required dataset is missing (the message names it and
+                the layout), or the file is of no known layout.
+            ValueError: ``layout`` is not one of ``LAYOUTS``.
             HDF5ValidationError: the data break a schema rule, or the file is not HDF5.
             PermissionError: the path leads outside the facade's root.
         """
 
+        registry.check_layout(layout)
+
         def reader(loc: Locator) -> QMapSchema:
-            if self._layout(loc, layout, group, "/xpcs/qmap", "sqmap") == "aps8idi":
-                return aps8idi.read_qmap(loc)
-            return native.read_qmap(loc, group)
+            return registry.read_qmap(loc, layout, group)
 
         return self._read(file_path, group, "qmap", reader, layout)
 
@@ -190,21 +193,24 @@ class HDF5Facade:
         """Read G2 shaped (n_delay, n_q); ``q_idx=k`` reads only q bin k (n_q becomes 1).
 
         On an APS 8-ID-I file (detected, or ``layout="aps8idi"``) G2 comes from
-        ``/xpcs/multitau``: delays in seconds, q of each bin from its ROI mapping (A^-1).
+        ``/xpcs/multitau``, on a legacy one (``layout="aps8idi-legacy"``) from
+        ``/exchange/norm-0-g2``: delays in seconds, the q of each bin in A^-1.
 
         Raises:
             FileNotFoundError: the file does not exist.
-            KeyError: the group or a required dataset is missing.
+            KeyError: the group or a required dataset is missing (the message names it and
+                the layout), or the file is of no known layout.
+            ValueError: ``layout`` is not one of ``LAYOUTS``.
             IndexError: ``q_idx`` is outside 0..n_q-1 (negative values are not wrapped).
             TypeError: ``q_idx`` is not an integer.
             HDF5ValidationError: the data break a schema rule, or the file is not HDF5.
             PermissionError: the path leads outside the facade's root.
         """
 
+        registry.check_layout(layout)
+
         def reader(loc: Locator) -> G2Data:
-            if self._layout(loc, layout, group, "/xpcs/g2", None) == "aps8idi":
-                return aps8idi.read_g2(loc, q_idx)
-            return native.read_g2(loc, group, q_idx)
+            return registry.read_g2(loc, layout, group, q_idx)
 
         return self._read(file_path, group, "g2", reader, q_idx, layout)
 
@@ -213,20 +219,23 @@ class HDF5Facade:
     ) -> GeometryMetadata:
         """Read detector geometry into ``GeometryMetadata``.
 
-        On an APS 8-ID-I file it comes from ``/xpcs/qmap`` and ``/entry/instrument``,
-        converted to mm and Angstrom (see docs/aps-8idi.md).
+        On an APS 8-ID-I file it comes from ``/xpcs/qmap`` and ``/entry/instrument``, on a
+        legacy one from ``/measurement/instrument``, converted to mm and Angstrom (see
+        docs/layouts.md).
 
         Raises:
             FileNotFoundError: the file does not exist.
-            KeyError: the group or a required field is missing.
+            KeyError: the group or a required field is missing (the message names it and
+                the layout), or the file is of no known layout.
+            ValueError: ``layout`` is not one of ``LAYOUTS``.
             HDF5ValidationError: the data break a schema rule (NaN included), or not HDF5.
             PermissionError: the path leads outside the facade's root.
         """
 
+        registry.check_layout(layout)
+
         def reader(loc: Locator) -> GeometryMetadata:
-            if self._layout(loc, layout, group, "/xpcs/metadata", None) == "aps8idi":
-                return aps8idi.read_geometry(loc)
-            return native.read_geometry(loc, group)
+            return registry.read_geometry(loc, layout, group)
 
         return self._read(file_path, group, "geometry", reader, layout)
 
@@ -234,13 +243,15 @@ class HDF5Facade:
         self, file_path: PathLike, q_idx: int, max_size: int | None = None
     ) -> np.ndarray[Any, np.dtype[np.float32]]:
         """The two-time correlation map of dynamic q bin ``q_idx`` (0-based, as in
-        ``read_g2_data``; ROI label ``q_idx + 1``) of an APS 8-ID-I file: the full symmetric
+        ``read_g2_data``; ROI label ``q_idx + 1``) of an APS 8-ID-I file (NeXus
+        ``/xpcs/twotime`` or legacy ``/exchange/C2T_all``): the full symmetric
         (N, N) float32 matrix rebuilt from the stored upper triangle. ``max_size`` block-
         averages it to at most max_size x max_size for quick looks.
 
         Raises:
             FileNotFoundError: the file does not exist.
-            KeyError: no two-time map for that bin (the message lists the available ones).
+            KeyError: no two-time map for that bin (the message lists the available ones),
+                or the file's layout holds none.
             TypeError: ``q_idx`` is not an integer.
             ValueError: ``max_size`` < 1.
         """
@@ -249,25 +260,7 @@ class HDF5Facade:
         ):
             raise ValueError(f"max_size must be a positive integer, got {max_size!r}")
         with self._open(file_path) as (loc, _):
-            return aps8idi.read_c2(loc, q_idx, max_size)
-
-    @staticmethod
-    def _layout(
-        loc: Locator, layout: str | None, group: str, default: str, marker: str | None
-    ) -> str:
-        if layout is not None:
-            if layout not in LAYOUTS:
-                raise ValueError(f"layout must be one of {list(LAYOUTS)} or None, got {layout!r}")
-            return layout
-        if group.rstrip("/") != default:
-            return "native"  # an explicit group is one of the facade's own
-        root = loc.file["/"]
-        node = root.get(default.strip("/"), getlink=True)
-        if node is not None:
-            grp = loc.group(default)
-            if marker is None or loc.has(grp, marker):
-                return "native"
-        return "aps8idi" if aps8idi.is_aps8idi(loc) else "native"
+            return registry.read_c2(loc, q_idx, max_size)
 
     # ------------------------------------------------------------------ versioned reads
 
@@ -544,3 +537,73 @@ class HDF5Facade:
     def clear_pool(self) -> None:
         """Close every pooled handle (e.g. before shutdown); later reads reopen files."""
         self.pool.clear()
+
+    # ------------------------------------------------------------------ many files
+
+    def read_g2_data_many(
+        self,
+        file_paths: Sequence[PathLike],
+        q_idx: int | None = None,
+        group: str = "/xpcs/g2",
+        *,
+        layout: str | None = None,
+    ) -> list[G2Data | Exception]:
+        """``read_g2_data`` of each file, in the order of ``file_paths``: each item is the
+        file's ``G2Data`` or the exception reading it raised (one bad file never fails the
+        others), e.g. to average repeats of one measurement.
+
+        Raises:
+            TypeError: ``file_paths`` is not a sequence of paths (a single string is not),
+                or ``q_idx`` is not an integer.
+            IndexError: ``q_idx`` is negative (a bin missing from one file is that file's
+                IndexError item).
+            ValueError: ``layout`` is not a known layout.
+        """
+        self._check_many(group, layout)
+        if q_idx is not None:
+            if isinstance(q_idx, bool) or not isinstance(q_idx, int):
+                raise TypeError(f"q_idx must be an integer, got {type(q_idx).__name__}")
+            if q_idx < 0:
+                raise IndexError(f"q_idx {q_idx} out of range: negative indices are not allowed")
+        return [
+            self._one(lambda p: self.read_g2_data(p, q_idx, group, layout=layout), p)
+            for p in _paths(file_paths)
+        ]
+
+    def read_qmap_many(
+        self,
+        file_paths: Sequence[PathLike],
+        group: str = "/xpcs/qmap",
+        *,
+        layout: str | None = None,
+    ) -> list[QMapSchema | Exception]:
+        """``read_qmap`` of each file, in order; each item is the result or its exception.
+
+        Raises:
+            TypeError: ``file_paths`` is not a sequence of paths.
+            ValueError: ``layout`` is not a known layout.
+        """
+        self._check_many(group, layout)
+        return [
+            self._one(lambda p: self.read_qmap(p, group, layout=layout), p)
+            for p in _paths(file_paths)
+        ]
+
+    def _check_many(self, group: Any, layout: Any) -> None:
+        # Mistakes that do not depend on the file fail the call, as they do remotely.
+        self._check_group(group)
+        if layout is not None and layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {list(LAYOUTS)} or None, got {layout!r}")
+
+    @staticmethod
+    def _one(read: Callable[[PathLike], S], path: PathLike) -> S | Exception:
+        try:
+            return read(path)
+        except Exception as exc:  # the caller gets it as this file's item
+            return exc
+
+
+def _paths(file_paths: Any) -> list[PathLike]:
+    if isinstance(file_paths, str | bytes | os.PathLike) or not isinstance(file_paths, Sequence):
+        raise TypeError(f"file_paths must be a list of paths, got {type(file_paths).__name__}")
+    return list(file_paths)

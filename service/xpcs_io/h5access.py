@@ -20,6 +20,7 @@ import h5py
 import numpy as np
 
 from xpcs_io.errors import DatasetTooLargeError, HDF5ValidationError
+from xpcs_io.filters import FILTERS as _FILTERS  # noqa: F401  (registers HDF5 filter plugins)
 
 __all__ = [
     "DEFAULT_MAX_READ_BYTES",

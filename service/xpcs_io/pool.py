@@ -29,6 +29,7 @@ from typing import Any, NamedTuple
 import h5py
 
 from xpcs_io.errors import HDF5ValidationError
+from xpcs_io.filters import FILTERS as _FILTERS  # noqa: F401  (registers HDF5 filter plugins)
 
 __all__ = ["FileIdentity", "HDF5ConnectionPool", "get_default_pool"]
 

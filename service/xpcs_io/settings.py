@@ -63,6 +63,16 @@ class Settings(BaseSettings):
     state_dir: Path | None = Field(
         None, description="Set by `xpcs-io serve --workers N`: where workers share pool state."
     )
+    watch: bool = Field(
+        True, description="Watch the data root and publish file and version events."
+    )
+    events_heartbeat: float = Field(
+        15.0, gt=0, description="Seconds between keep-alive lines on an idle event stream."
+    )
+    events_retention: float = Field(
+        600.0, gt=0, description="Seconds events are kept for clients that reconnect."
+    )
+    batch_max_files: int = Field(1000, ge=1, description="Most files one many-file read may name.")
 
     # Resources and browsers: bounds that hold under hostile or broken clients.
     allowed_hosts: str = Field(

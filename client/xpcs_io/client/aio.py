@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncGenerator, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -24,6 +25,8 @@ from xpcs_io.client.transport import (
     content_length,
     undecodable,
 )
+from xpcs_io.client.watching import EventWatch
+from xpcs_io.events import Event
 from xpcs_io.schemas import G2Data, GeometryMetadata, MaskSchema, PartitionSchema, QMapSchema
 
 __all__ = ["AsyncRemoteHDF5Facade"]
@@ -74,6 +77,7 @@ class AsyncRemoteHDF5Facade(ClientCore):
             progress=progress,
             max_response_bytes=max_response_bytes,
         )
+        self._timeout = timeout
         self._owns = http is None
         if http is None:
             # Plain-http servers get the lean transport that reads bodies into numpy memory.
@@ -275,3 +279,70 @@ class AsyncRemoteHDF5Facade(ClientCore):
     async def clear_pool(self) -> None:
         """Close every handle in the server's pool (needs an admin key when keys are set)."""
         await self._send(calls.pool_clear())
+
+    # ------------------------------------------------------------------ many files
+
+    async def read_g2_data_many(
+        self,
+        file_paths: Sequence[PathLike],
+        q_idx: int | None = None,
+        group: str = "/xpcs/g2",
+        *,
+        layout: str | None = None,
+    ) -> list[G2Data | Exception]:
+        """G2 of many files in one round trip (see ``HDF5Facade.read_g2_data_many``)."""
+        result: list[G2Data | Exception] = await self._send(
+            calls.read_g2_data_many(file_paths, q_idx, group, self.validate, layout)
+        )
+        return result
+
+    async def read_qmap_many(
+        self,
+        file_paths: Sequence[PathLike],
+        group: str = "/xpcs/qmap",
+        *,
+        layout: str | None = None,
+    ) -> list[QMapSchema | Exception]:
+        """The q-maps of many files in one round trip (see ``HDF5Facade.read_qmap_many``)."""
+        result: list[QMapSchema | Exception] = await self._send(
+            calls.read_qmap_many(file_paths, group, self.validate, layout)
+        )
+        return result
+
+    # ------------------------------------------------------------------ events
+
+    async def watch(
+        self,
+        prefix: str | None = None,
+        *,
+        file_path: str | None = None,
+        last_event_id: int | None = None,
+        reconnect_delay: float = 1.0,
+    ) -> AsyncGenerator[Event, None]:
+        """``RemoteHDF5Facade.watch`` as an async iterator: ``async for event in
+        client.watch("run42/"): ...``.
+
+        Raises:
+            PermissionError: no key, or a key without the read scope.
+            ValueError: bad parameters.
+        """
+        state = EventWatch(self._headers, prefix, file_path, last_event_id, reconnect_delay)
+        timeout = httpx.Timeout(self._timeout, read=max(self._timeout, 60.0))
+        async with httpx.AsyncClient(timeout=timeout) as http:
+            while True:
+                try:
+                    async with http.stream(
+                        "GET",
+                        self.base_url + "/v1/events",
+                        params=state.params,
+                        headers=state.headers(),
+                    ) as response:
+                        ctype = response.headers.get("content-type", "")
+                        body = b"" if response.status_code == 200 else await response.aread()
+                        if state.connected(response.status_code, ctype, body):
+                            async for chunk in response.aiter_raw():
+                                for event in state.events(chunk):
+                                    yield event
+                except httpx.TransportError:
+                    pass  # reconnect below
+                await asyncio.sleep(state.backoff())

@@ -86,9 +86,12 @@ def _read(path: str, cls: type[Schema], validate: bool, **params: Any) -> Call:
     return Call("GET", path, params, schema_decoder(cls, validate), cacheable=True)
 
 
+_LAYOUTS = ("native", "aps8idi", "aps8idi-legacy", "pysimplemask")
+
+
 def _layout(layout: Any) -> str | None:
-    if layout is not None and layout not in ("native", "aps8idi"):
-        raise ValueError(f"layout must be one of ['native', 'aps8idi'] or None, got {layout!r}")
+    if layout is not None and layout not in _LAYOUTS:
+        raise ValueError(f"layout must be one of {list(_LAYOUTS)} or None, got {layout!r}")
     return layout  # type: ignore[no-any-return]
 
 
@@ -275,3 +278,77 @@ def decode_body(content_type: str, body: bytes | bytearray | memoryview) -> Any:
 def posix(path: str | Path) -> str:
     """A file path as the server expects it (forward slashes)."""
     return _file(path)
+
+
+def read_many(path: str, cls: type[Schema], file_paths: Any, validate: bool, **params: Any) -> Call:
+    """A many-file read: one item per file, the result or the exception it stands for."""
+    if isinstance(file_paths, str | bytes | PurePath) or not isinstance(file_paths, list | tuple):
+        raise TypeError(f"file_paths must be a list of paths, got {type(file_paths).__name__}")
+    paths = [_file(p) for p in file_paths]
+    if not validate:
+        params["validate"] = "false"
+    params = {k: v for k, v in params.items() if v is not None}
+
+    def decode(data: Any) -> list[Any]:
+        if not isinstance(data, list) or len(data) != len(paths):
+            raise ServerError(f"expected {len(paths)} items, got {type(data).__name__}")
+        out: list[Any] = [None] * len(paths)
+        for item in data:
+            index = item.get("index") if isinstance(item, dict) else None
+            if not isinstance(index, int) or not 0 <= index < len(paths):
+                raise ServerError("a many-file answer holds an item without a valid index")
+            if "result" in item:
+                out[index] = schema_decoder(cls, validate)(item["result"])
+            else:
+                problem = item.get("error")
+                problem = problem if isinstance(problem, dict) else {}
+                name = problem.get("error")
+                status = problem.get("status")
+                field_name = problem.get("field")
+                exc = exception_from_problem(
+                    name if isinstance(name, str) else None,
+                    str(problem.get("detail", "unknown error")),
+                    status=status if isinstance(status, int) else 500,
+                    field=field_name if isinstance(field_name, str) else None,
+                )
+                out[index] = exc
+        if any(v is None for v in out):
+            raise ServerError("a many-file answer misses items")
+        return out
+
+    return Call(
+        "POST",
+        path,
+        params,
+        decode,
+        body=[wire.pack({"file_paths": paths})],
+        headers={"content-type": wire.MEDIA_TYPE},
+    )
+
+
+def read_g2_data_many(
+    file_paths: Any, q_idx: Any, group: Any, validate: bool, layout: Any = None
+) -> Call:
+    q = _int_or_none(q_idx, "q_idx")
+    if q is not None and q < 0:
+        raise IndexError(f"q_idx {q} out of range: negative indices are not allowed")
+    return read_many(
+        "/v1/g2/many",
+        G2Data,
+        file_paths,
+        validate,
+        q_idx=q,
+        group=_group(group),
+        layout=_layout(layout),
+    )
+
+
+def read_qmap_many(file_paths: Any, group: Any, validate: bool, layout: Any = None) -> Call:
+    return read_many(
+        "/v1/qmap/many",
+        QMapSchema,
+        file_paths,
+        validate,
+        group=_group(group),
+        layout=_layout(layout),
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Generator, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -23,6 +24,8 @@ from xpcs_io.client.transport import (
     content_length,
     undecodable,
 )
+from xpcs_io.client.watching import EventWatch
+from xpcs_io.events import Event
 from xpcs_io.schemas import G2Data, GeometryMetadata, MaskSchema, PartitionSchema, QMapSchema
 
 __all__ = ["RemoteHDF5Facade"]
@@ -73,6 +76,7 @@ class RemoteHDF5Facade(ClientCore):
             progress=progress,
             max_response_bytes=max_response_bytes,
         )
+        self._timeout = timeout
         self._owns = http is None
         if http is None:
             # Plain-http servers get the lean transport that reads bodies into numpy memory.
@@ -264,3 +268,75 @@ class RemoteHDF5Facade(ClientCore):
     def clear_pool(self) -> None:
         """Close every handle in the server's pool (needs an admin key when keys are set)."""
         self._send(calls.pool_clear())
+
+    # ------------------------------------------------------------------ many files
+
+    def read_g2_data_many(
+        self,
+        file_paths: Sequence[PathLike],
+        q_idx: int | None = None,
+        group: str = "/xpcs/g2",
+        *,
+        layout: str | None = None,
+    ) -> list[G2Data | Exception]:
+        """G2 of many files in one round trip (see ``HDF5Facade.read_g2_data_many``): each
+        item is the file's ``G2Data`` or the exception reading it raised."""
+        result: list[G2Data | Exception] = self._send(
+            calls.read_g2_data_many(file_paths, q_idx, group, self.validate, layout)
+        )
+        return result
+
+    def read_qmap_many(
+        self,
+        file_paths: Sequence[PathLike],
+        group: str = "/xpcs/qmap",
+        *,
+        layout: str | None = None,
+    ) -> list[QMapSchema | Exception]:
+        """The q-maps of many files in one round trip (see ``HDF5Facade.read_qmap_many``)."""
+        result: list[QMapSchema | Exception] = self._send(
+            calls.read_qmap_many(file_paths, group, self.validate, layout)
+        )
+        return result
+
+    # ------------------------------------------------------------------ events
+
+    def watch(
+        self,
+        prefix: str | None = None,
+        *,
+        file_path: str | None = None,
+        last_event_id: int | None = None,
+        reconnect_delay: float = 1.0,
+    ) -> Generator[Event, None, None]:
+        """Yield the server's events (files created, changed or removed, mask and partition
+        versions written, pool cleared) for files under ``prefix`` (or one ``file_path``),
+        forever: a dropped connection is reopened by itself and resumes after the last event
+        seen, so none is lost (an ``events.reset`` event says when some were). Stop by
+        leaving the loop.
+
+        Raises:
+            PermissionError: no key, or a key without the read scope.
+            ValueError: bad parameters.
+        """
+        state = EventWatch(self._headers, prefix, file_path, last_event_id, reconnect_delay)
+        # Its own connection: an open stream must not hold one of the reads' connections,
+        # and no read timeout (the server sends a heartbeat; a dead link is noticed by it).
+        timeout = httpx.Timeout(self._timeout, read=max(self._timeout, 60.0))
+        with httpx.Client(timeout=timeout) as http:
+            while True:
+                try:
+                    with http.stream(
+                        "GET",
+                        self.base_url + "/v1/events",
+                        params=state.params,
+                        headers=state.headers(),
+                    ) as response:
+                        ctype = response.headers.get("content-type", "")
+                        body = b"" if response.status_code == 200 else response.read()
+                        if state.connected(response.status_code, ctype, body):
+                            for chunk in response.iter_raw():
+                                yield from state.events(chunk)
+                except httpx.TransportError:
+                    pass  # reconnect below
+                time.sleep(state.backoff())

@@ -3,6 +3,7 @@ closes every handle at shutdown."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from collections.abc import AsyncIterator, Mapping
@@ -21,12 +22,14 @@ from xpcs_io.logs import configure_logging
 from xpcs_io.paths import display_path
 from xpcs_io.pool import HDF5ConnectionPool
 from xpcs_io.server.browsers import BrowserGuardMiddleware
+from xpcs_io.server.events import EventHub
 from xpcs_io.server.limits import BodyBudget, ResourceGuardMiddleware
 from xpcs_io.server.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from xpcs_io.server.observability import Metrics, ObservabilityMiddleware, render
 from xpcs_io.server.problems import install_handlers, problem
 from xpcs_io.server.results import ResultCache
 from xpcs_io.server.routes import router
+from xpcs_io.server.watcher import RootWatcher
 from xpcs_io.server.workers import WorkerGroup
 from xpcs_io.settings import Settings, is_loopback
 
@@ -76,10 +79,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             group = WorkerGroup(settings.state_dir, pool, lambda p: display_path(root, p))
             group.start()
         app.state.workers = group
+        events: EventHub = app.state.events
+        events.bind(asyncio.get_running_loop())
+        watcher = None
+        if settings.watch:
+            own = HDF5Facade(HDF5ConnectionPool(max_size=2), False, root=root)
+            watcher = RootWatcher(root, events, own)
+            watch_task = asyncio.create_task(watcher.run())
         log.info("serving %s with a pool of %d handles", root, settings.pool_size)
         try:
             yield
         finally:
+            events.close()
+            if watcher is not None:
+                watcher.stop()
+                await watch_task
             if group is not None:
                 await group.stop()
             pool.shutdown()
@@ -99,6 +113,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
     )
     app.state.settings = settings
+    app.state.events = EventHub(settings.events_retention)
     app.state.api_keys = keys
     app.state.root = root
     app.state.root_str = str(root)

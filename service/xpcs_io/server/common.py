@@ -50,8 +50,8 @@ Compression = Annotated[
 ]
 CompressionOpts = Annotated[int | None, Query(description="Filter level (gzip: 0-9).", ge=0, le=9)]
 Layout = Annotated[
-    Literal["native", "aps8idi"] | None,
-    Query(description="File layout; detected per file when omitted (native or APS 8-ID-I)."),
+    Literal["native", "aps8idi", "aps8idi-legacy", "pysimplemask"] | None,
+    Query(description="File layout; detected per file when omitted (see docs/layouts.md)."),
 ]
 Writer = Annotated[
     str | None,

@@ -22,7 +22,7 @@ from starlette.responses import JSONResponse, Response
 from xpcs_io.errors import ERROR_TABLE, status_for
 from xpcs_io.server.responses import JsonTooLargeError
 
-__all__ = ["PROBLEM_MEDIA_TYPE", "install_handlers", "problem"]
+__all__ = ["PROBLEM_MEDIA_TYPE", "install_handlers", "problem", "problem_fields"]
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 log = logging.getLogger("xpcs_io.server")
@@ -141,3 +141,28 @@ def install_handlers(app: FastAPI) -> None:
     app.add_exception_handler(JsonTooLargeError, _json_too_large)
     app.add_exception_handler(ClientDisconnect, _client_gone)
     app.add_exception_handler(Exception, _unexpected)
+
+
+def problem_fields(request: Request, exc: BaseException) -> dict[str, Any]:
+    """The problem+json fields (``error``, ``detail``, ``status``, ``field``) of ``exc``, for
+    answers that carry one error per item (many-file reads) instead of failing whole.
+    Anything outside the error table is logged and reported as a ServerError."""
+    status = getattr(exc, "http_status", None) or status_for(exc)
+    if status is None or (status >= 500 and not isinstance(exc, TimeoutError)):
+        log.error(
+            "unhandled error in one item",
+            exc_info=exc,
+            extra={"request_id": getattr(request.state, "request_id", None)},
+        )
+        return {
+            "error": "ServerError",
+            "detail": "internal server error (logged with the request id)",
+            "status": 500,
+            "field": None,
+        }
+    name = next(cls.__name__ for cls, _ in ERROR_TABLE if isinstance(exc, cls))
+    detail = _detail(exc)
+    root = getattr(request.app.state, "root_str", None)
+    if root:
+        detail = detail.replace(root + "/", "").replace(root, "<data root>")
+    return {"error": name, "detail": detail, "status": status, "field": getattr(exc, "field", None)}

@@ -7,16 +7,18 @@ routes are made by ``xpcs_io.server.versioned`` for both kinds alike.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 
 from xpcs_io.errors import ServerError
 from xpcs_io.listing import list_hdf5_files
 from xpcs_io.schemas import MaskSchema, PartitionSchema
 from xpcs_io.server.auth import require
+from xpcs_io.server.batch import add_batch_routes
 from xpcs_io.server.common import (
     FilePath,
     Layout,
@@ -26,6 +28,7 @@ from xpcs_io.server.common import (
     read_result,
     send,
 )
+from xpcs_io.server.events import EventHub, ServerEvent, sse_stream
 from xpcs_io.server.openapi_docs import ERRORS, ok
 from xpcs_io.server.versioned import add_versioned_routes
 
@@ -135,6 +138,7 @@ async def read_c2(
 
 add_versioned_routes(router, "mask", MaskSchema)
 add_versioned_routes(router, "partition", PartitionSchema)
+add_batch_routes(router)
 
 
 # ---------------------------------------------------------------- files
@@ -198,4 +202,69 @@ async def clear_pool(request: Request) -> Response:
         await run_in_threadpool(request.app.state.facade.clear_pool)
     elif not await group.clear():
         raise ServerError("not every worker confirmed the clear in time", status=503)
+    request.app.state.events.publish("pool.cleared")
     return Response(status_code=204)
+
+
+# ---------------------------------------------------------------- events
+
+
+def _event_filter(prefix: str | None, file_path: str | None) -> Callable[[ServerEvent], bool]:
+    folder = prefix.strip("/") + "/" if prefix and prefix.strip("/") else ""
+
+    def wanted(event: ServerEvent) -> bool:
+        path = event.data.get("file_path")
+        if path is None:
+            return True  # not about one file (pool cleared): everyone hears it
+        if file_path is not None and path != file_path.strip("/"):
+            return False
+        return isinstance(path, str) and path.startswith(folder)
+
+    return wanted
+
+
+@router.get(
+    "/events",
+    summary="Server-Sent Events: files and versions that change",
+    operation_id="events-stream",
+    tags=["events"],
+    dependencies=[require("read")],
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "description": (
+                "`text/event-stream`: file.created / file.changed / file.removed, "
+                "mask.written / partition.written (file_path, kind, group, version, writer), "
+                "pool.cleared, events.reset (reload: events were lost). Ids resume with "
+                "Last-Event-ID."
+            ),
+            "content": {"text/event-stream": {}},
+        },
+        **ERRORS,
+    },
+)
+async def events(
+    request: Request,
+    prefix: Annotated[
+        str | None, Query(description="Only events of files under this folder.", max_length=4096)
+    ] = None,
+    file_path: Annotated[
+        str | None, Query(description="Only events of this file.", max_length=4096)
+    ] = None,
+    last_event_id: Annotated[
+        str | None, Header(description="Resume after this event id (sent on reconnect).")
+    ] = None,
+) -> StreamingResponse:
+    """A stream of what a viewer should react to, with heartbeats; reconnecting with
+    ``Last-Event-ID`` replays the events missed in the meantime (retained for the last
+    minutes)."""
+    hub: EventHub = request.app.state.events
+    last: int | None = None
+    if last_event_id is not None and last_event_id.strip().isdigit():
+        last = int(last_event_id.strip())
+    settings = request.app.state.settings
+    return StreamingResponse(
+        sse_stream(hub, last, _event_filter(prefix, file_path), settings.events_heartbeat),
+        media_type="text/event-stream",
+        headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
+    )

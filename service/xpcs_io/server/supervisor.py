@@ -35,13 +35,14 @@ def _worker(host: str, port: int, options: dict[str, Any]) -> None:
     import uvicorn
 
     from xpcs_io.server.protocol import set_header_timeout
+    from xpcs_io.server.serving import Server
 
     options = dict(options)
     set_header_timeout(options.pop("header_timeout"))
     sock = _socket(host, port)
     sock.listen(2048)
     config = uvicorn.Config("xpcs_io.server.app:create_app", factory=True, **options)
-    uvicorn.Server(config).run(sockets=[sock])
+    Server(config).run(sockets=[sock])
 
 
 def serve_workers(settings: Settings, options: dict[str, Any]) -> int:

@@ -13,7 +13,7 @@
 
   const state = { file: null, token: 0, qmap: null, mask: null, maskLabel: "", g2: null, bins: [] };
   const ql = (window.quicklook = { file: null, qmap: null, g2: null, geometry: null, versions: [],
-    errors: [], ready: false, poolUpdates: 0 });
+    errors: [], ready: false, poolUpdates: 0, events: [], live: false, fileListUpdates: 0 });
 
   // ------------------------------------------------------------ msgpack (docs/wire-format.md)
 
@@ -481,7 +481,7 @@
 
   let fileList = [];
 
-  const loadFiles = () => api("files").then((list) => { fileList = list; renderFiles(); },
+  const loadFiles = () => api("files").then((list) => { fileList = list; ql.fileListUpdates++; renderFiles(); },
     (e) => setContent("files", el("li", { class: "bad" }, `file list: ${e.message}`)));
 
   function renderFiles() {
@@ -566,6 +566,78 @@
     refreshPool(); // show the reads just made
   }
 
+  // ------------------------------------------------------------ live events (GET /v1/events)
+
+  // fetch, not EventSource: it can send the API key in a header. The stream resumes after the
+  // last event seen (Last-Event-ID), so nothing is missed across reconnects.
+  let lastEventId = null;
+  const later = {};
+  const soon = (name, fn, ms = 150) => { // coalesce bursts (a write is several file events)
+    clearTimeout(later[name]);
+    later[name] = setTimeout(fn, ms);
+  };
+
+  function onEvent(type, data) {
+    ql.events.push({ type, file_path: data.file_path || null, version: data.version ?? null });
+    if (ql.events.length > 200) ql.events.shift();
+    const mine = data.file_path && data.file_path === state.file;
+    if (type === "events.reset") {
+      soon("files", loadFiles);
+      if (state.file) soon("file", () => loadFile(state.file, state.bins));
+    } else if (type === "file.created" || type === "file.removed" || type === "file.changed") {
+      soon("files", loadFiles, 300);
+      if (mine && type === "file.changed") soon("file", () => loadFile(state.file, state.bins), 300);
+    } else if (type === "mask.written" || type === "partition.written") {
+      if (mine) soon("file", () => loadFile(state.file, state.bins));
+    } else if (type === "pool.cleared") {
+      refreshPool();
+    }
+  }
+
+  async function listen() {
+    let delay = 1000;
+    for (;;) {
+      try {
+        const headers = { Accept: "text/event-stream" };
+        const key = apiKey();
+        if (key) headers.Authorization = `Bearer ${key}`;
+        if (lastEventId) headers["Last-Event-ID"] = lastEventId;
+        const res = await fetch("/v1/events", { headers, cache: "no-store" });
+        if (!res.ok || !res.body) throw new Error(`HTTP ${res.status}`);
+        ql.live = true;
+        $("live").textContent = "live";
+        delay = 1000;
+        const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
+        let buffer = "";
+        for (;;) {
+          const { value, done } = await reader.read();
+          if (done) break;
+          buffer += value;
+          let end;
+          while ((end = buffer.indexOf("\n\n")) >= 0) {
+            const block = buffer.slice(0, end);
+            buffer = buffer.slice(end + 2);
+            let type = "message", data = "", id = null;
+            for (const line of block.split("\n")) {
+              if (line.startsWith("event:")) type = line.slice(6).trim();
+              else if (line.startsWith("data:")) data += line.slice(5).trim();
+              else if (line.startsWith("id:")) id = line.slice(3).trim();
+            }
+            if (!data) continue; // a heartbeat or the retry hint
+            if (id) lastEventId = id;
+            let payload = {};
+            try { payload = JSON.parse(data); } catch { /* not ours */ }
+            onEvent(type, payload);
+          }
+        }
+      } catch { /* reconnect below */ }
+      ql.live = false;
+      $("live").textContent = "reconnecting…";
+      await new Promise((r) => setTimeout(r, delay));
+      delay = Math.min(delay * 2, 30000);
+    }
+  }
+
   // ------------------------------------------------------------ start
 
   function start() {
@@ -589,6 +661,7 @@
       ? params.get("bins").split(",").filter((s) => s.trim() !== "").map(Number) : null;
     loadFiles();
     refreshPool();
+    listen();
     if (params.get("file")) loadFile(params.get("file"), bins);
   }
 

@@ -1,0 +1,207 @@
+"""Many files in one round trip: ``POST /v1/g2/many`` and ``POST /v1/qmap/many``.
+
+The body names the files (``{"file_paths": [...]}``, msgpack or JSON); the query takes the
+same parameters as the one-file read. The msgpack answer is one msgpack array with an item per
+file, streamed as each file is read (several at a time, through the shared result cache), in
+the order they finish: ``{"index": i, "file_path": p, "result": {...}}`` or ``{"index": i,
+"file_path": p, "error": {"error": class, "detail": ..., "status": ..., "field": ...}}`` in the
+error table's terms. One bad file never fails the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable, Hashable
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+from starlette.responses import Response, StreamingResponse
+
+from xpcs_io import wire
+from xpcs_io.errors import SchemaError, SchemaTypeError, WireFormatError
+from xpcs_io.facade import HDF5Facade
+from xpcs_io.schemas import Schema
+from xpcs_io.server.auth import require
+from xpcs_io.server.common import Layout, Validate, facade_for, group_query, send
+from xpcs_io.server.openapi_docs import ERRORS
+from xpcs_io.server.problems import problem_fields
+from xpcs_io.server.responses import MSGPACK_MEDIA_TYPE, wants_json
+
+__all__ = ["add_batch_routes"]
+
+# Files read at the same time: enough to overlap the cache, the thread pool and the socket
+# (h5py itself runs one call at a time per process), few enough to bound memory.
+_CONCURRENCY = 4
+
+_BODY_DOC: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            media: {
+                "schema": {
+                    "type": "object",
+                    "required": ["file_paths"],
+                    "properties": {
+                        "file_paths": {
+                            "type": "array",
+                            "items": {"type": "string"},
+                            "description": "Paths relative to the data root.",
+                        }
+                    },
+                }
+            }
+            for media in (MSGPACK_MEDIA_TYPE, "application/json")
+        },
+    }
+}
+_OK_DOC: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "One item per file (result or error), streamed as each is read.",
+        "content": {MSGPACK_MEDIA_TYPE: {}, "application/json": {}},
+    }
+}
+
+
+async def _file_paths(request: Request, limit: int) -> list[str]:
+    body = await request.body()
+    media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media == "application/json":
+        try:
+            data = json.loads(body)
+        except (ValueError, RecursionError) as exc:
+            raise WireFormatError(f"the body is not valid JSON ({exc})") from None
+    elif media in (MSGPACK_MEDIA_TYPE, "application/x-msgpack"):
+        data = wire.unpack(body)
+    else:
+        raise SchemaTypeError(
+            f"unsupported content type {media!r}: send application/msgpack or application/json"
+        )
+    paths = data.get("file_paths") if isinstance(data, dict) else None
+    if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+        raise SchemaError("the body must be a map with file_paths, a list of strings")
+    if len(paths) > limit:
+        raise SchemaError(f"at most {limit} files per request, got {len(paths)}")
+    return paths
+
+
+def _array_header(n: int) -> bytes:
+    if n < 16:
+        return bytes([0x90 | n])
+    if n < 1 << 16:
+        return b"\xdc" + n.to_bytes(2, "big")
+    return b"\xdd" + n.to_bytes(4, "big")
+
+
+async def _items(
+    request: Request,
+    paths: list[str],
+    read: Callable[[HDF5Facade, str], Schema],
+    facade: HDF5Facade,
+    key: tuple[Hashable, ...],
+) -> AsyncIterator[dict[str, Any]]:
+    results = request.app.state.results
+    done: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=2 * _CONCURRENCY)
+    slots = asyncio.Semaphore(_CONCURRENCY)
+
+    async def one(index: int, path: str) -> None:
+        async with slots:
+            try:
+                identity = facade.file_identity(path)
+                real = facade.resolve(path)
+                value = await results.get(
+                    (real, identity, *key), real, identity, lambda: read(facade, path)
+                )
+                item = {"index": index, "file_path": path, "result": value.to_dict()}
+            except Exception as exc:
+                item = {"index": index, "file_path": path, "error": problem_fields(request, exc)}
+            await done.put(item)
+
+    tasks = [asyncio.create_task(one(i, p)) for i, p in enumerate(paths)]
+    try:
+        for _ in paths:
+            yield await done.get()
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
+async def _answer(
+    request: Request,
+    paths: list[str],
+    read: Callable[[HDF5Facade, str], Schema],
+    validate: bool,
+    key: tuple[Hashable, ...],
+) -> Response:
+    facade = facade_for(request, validate)
+    items = _items(request, paths, read, facade, (*key, validate))
+    if wants_json(request):
+        out: list[Any] = [None] * len(paths)
+        async for item in items:
+            out[item["index"]] = item
+        return send(request, out)
+
+    async def body() -> AsyncIterator[bytes | memoryview]:
+        yield _array_header(len(paths))
+        async for item in items:
+            for chunk in wire.pack_chunks(item):
+                yield chunk
+
+    return StreamingResponse(body(), media_type=MSGPACK_MEDIA_TYPE)
+
+
+def add_batch_routes(router: APIRouter) -> None:
+    """Add ``POST /g2/many`` and ``POST /qmap/many`` to ``router``."""
+
+    @router.post(
+        "/g2/many",
+        summary="Read G2 of many files",
+        operation_id="g2-read-many",
+        tags=["g2"],
+        dependencies=[require("read")],
+        responses={**_OK_DOC, **ERRORS},
+        openapi_extra=_BODY_DOC,
+    )
+    async def read_g2_data_many(
+        request: Request,
+        q_idx: Annotated[
+            int | None, Query(description="Read only this q bin (0-based) of every file.")
+        ] = None,
+        group: Annotated[str, group_query("G2 data")] = "/xpcs/g2",
+        validate: Validate = True,
+        layout: Layout = None,
+    ) -> Response:
+        """G2 of each file named in the body, one item per file (result or error)."""
+        paths = await _file_paths(request, request.app.state.settings.batch_max_files)
+        return await _answer(
+            request,
+            paths,
+            lambda facade, path: facade.read_g2_data(path, q_idx, group, layout=layout),
+            validate,
+            ("g2-many", q_idx, group, layout),
+        )
+
+    @router.post(
+        "/qmap/many",
+        summary="Read the q-maps of many files",
+        operation_id="qmap-read-many",
+        tags=["qmap"],
+        dependencies=[require("read")],
+        responses={**_OK_DOC, **ERRORS},
+        openapi_extra=_BODY_DOC,
+    )
+    async def read_qmap_many(
+        request: Request,
+        group: Annotated[str, group_query("q-map")] = "/xpcs/qmap",
+        validate: Validate = True,
+        layout: Layout = None,
+    ) -> Response:
+        """The q-map of each file named in the body, one item per file (result or error)."""
+        paths = await _file_paths(request, request.app.state.settings.batch_max_files)
+        return await _answer(
+            request,
+            paths,
+            lambda facade, path: facade.read_qmap(path, group, layout=layout),
+            validate,
+            ("qmap-many", group, layout),
+        )

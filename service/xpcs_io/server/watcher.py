@@ -1,0 +1,192 @@
+"""Watching the data root (watchfiles: inotify on Linux) and turning what changes into events.
+
+Every replica watches the shared filesystem itself, so a viewer connected to any replica hears
+of files created, changed or removed by any program, and of mask and partition versions
+written through any replica: a file that changed is asked for its version lists, and versions
+newer than the last ones seen (or, for a file seen for the first time, written after the
+watcher started) become ``mask.written`` / ``partition.written`` events.
+
+Only a file that appeared under its name (created, or replaced by a rename: how this service
+writes a version) is opened to look for versions, through a pool of its own that is emptied
+right after: a program writing a file in place is never kept from it by the watcher.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from fastapi.concurrency import run_in_threadpool
+from watchfiles import Change, awatch
+
+from xpcs_io.facade import HDF5Facade
+from xpcs_io.listing import HDF5_SUFFIXES
+from xpcs_io.server.events import EventHub
+
+__all__ = ["RootWatcher"]
+
+log = logging.getLogger("xpcs_io.server")
+
+_KINDS = (("mask", "/simplemask/mask"), ("partition", "/simplemask/partition"))
+
+
+def _wanted(change: Change, path: str) -> bool:
+    del change
+    name = os.path.basename(path)
+    # Hidden names are the service's lock files and temporary copies.
+    return not name.startswith(".") and Path(name).suffix.lower() in HDF5_SUFFIXES
+
+
+class RootWatcher:
+    """Publishes file and version events for ``root`` on ``hub``; ``debounce_ms`` groups the
+    changes of one write (a copy renamed over the file) into one batch. ``facade`` is the
+    watcher's own, on a pool of its own (emptied after each batch)."""
+
+    def __init__(
+        self,
+        root: Path,
+        hub: EventHub,
+        facade: HDF5Facade,
+        *,
+        debounce_ms: int = 50,
+        force_polling: bool | None = None,
+    ) -> None:
+        self.root = root
+        self.hub = hub
+        self.facade = facade
+        self.debounce_ms = debounce_ms
+        self.force_polling = force_polling
+        self._stop = asyncio.Event()
+        self._known: set[str] = set()
+        self._latest: dict[tuple[str, str], int] = {}
+        self._started = dt.datetime.now(dt.UTC)
+        self.ready = asyncio.Event()
+
+    async def run(self) -> None:
+        """Watch until ``stop``; a watcher that cannot start logs a warning and polls."""
+        await run_in_threadpool(self._scan)
+        polling = self.force_polling
+        while not self._stop.is_set():
+            try:
+                self.ready.set()
+                async for changes in awatch(
+                    self.root,
+                    watch_filter=_wanted,
+                    debounce=self.debounce_ms,
+                    step=min(50, self.debounce_ms),
+                    stop_event=self._stop,
+                    force_polling=polling,
+                    poll_delay_ms=500,
+                    recursive=True,
+                    ignore_permission_denied=True,
+                ):
+                    await self._handle(changes)
+                return
+            except (OSError, RuntimeError) as exc:
+                if polling:
+                    log.warning("file watcher stopped: %s", exc)
+                    return
+                log.warning("cannot watch %s with inotify (%s): polling instead", self.root, exc)
+                polling = True
+
+    def stop(self) -> None:
+        """End ``run``."""
+        self._stop.set()
+
+    def _scan(self) -> None:
+        for dirpath, dirnames, filenames in os.walk(self.root, followlinks=False):
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            for name in filenames:
+                if _wanted(Change.added, name):
+                    self._known.add(os.path.join(dirpath, name))
+
+    def _display(self, path: str) -> str | None:
+        # The path as a client names it, only when it (and for a removed file, its folder)
+        # lies inside the root: an event never names anything outside it.
+        try:
+            rel = Path(path).relative_to(self.root)
+        except ValueError:
+            return None
+        probe = path if os.path.lexists(path) else os.path.dirname(path)
+        real = Path(os.path.realpath(probe))
+        if real != self.root and self.root not in real.parents:
+            return None
+        return rel.as_posix()
+
+    async def _handle(self, changes: set[tuple[Change, str]]) -> None:
+        final: dict[str, Change] = {}
+        for change, path in sorted(changes, key=lambda c: c[0].value):
+            final[path] = change
+        for path, change in sorted(final.items()):
+            display = self._display(path)
+            if display is None:
+                continue
+            exists = os.path.isfile(path)
+            if not exists:
+                if path in self._known or change == Change.deleted:
+                    self._known.discard(path)
+                    self.hub.publish("file.removed", file_path=display)
+                continue
+            kind = "file.changed" if path in self._known else "file.created"
+            self._known.add(path)
+            self.hub.publish(kind, file_path=display)
+            if change == Change.added:
+                for event in await run_in_threadpool(self._new_versions, display):
+                    self.hub.publish(event.pop("type"), **event)
+
+    def _new_versions(self, display: str) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for kind, group in _KINDS:
+            lister: Callable[[str, str], list[dict[str, Any]]] = (
+                self.facade.list_mask_versions
+                if kind == "mask"
+                else self.facade.list_partition_versions
+            )
+            try:
+                records = lister(display, group)
+            except Exception as exc:  # no such group, a file being written, not HDF5
+                log.debug("no %s versions in %s: %s", kind, display, exc)
+                continue
+            key = (display, kind)
+            seen = self._latest.get(key)
+            for record in records:
+                number = record.get("version")
+                if not isinstance(number, int):
+                    continue
+                if seen is not None and number <= seen:
+                    continue
+                if seen is None and not self._after_start(record.get("created")):
+                    continue
+                out.append(
+                    {
+                        "type": f"{kind}.written",
+                        "file_path": display,
+                        "kind": kind,
+                        "group": group,
+                        "version": number,
+                        "writer": record.get("writer"),
+                        "created": record.get("created"),
+                        "description": record.get("description"),
+                    }
+                )
+            numbers = [r["version"] for r in records if isinstance(r.get("version"), int)]
+            if numbers:
+                self._latest[key] = max(numbers)
+        self.facade.clear_pool()
+        return out
+
+    def _after_start(self, created: Any) -> bool:
+        if not isinstance(created, str):
+            return False
+        with contextlib.suppress(ValueError):
+            when = dt.datetime.fromisoformat(created)
+            if when.tzinfo is None:
+                when = when.replace(tzinfo=dt.UTC)
+            return when >= self._started
+        return False

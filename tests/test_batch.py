@@ -1,0 +1,169 @@
+"""Many files in one call: ``read_g2_data_many`` / ``read_qmap_many`` on both sides, one item
+per file in order, each the result or the exception that file alone raised."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import h5py
+import httpx
+import msgpack
+import numpy as np
+import pytest
+
+from tests.conftest import Server, Side
+from xpcs_io.client import AsyncRemoteHDF5Facade, RemoteHDF5Facade
+from xpcs_io.demo import DemoSpec, write_native_file
+from xpcs_io.errors import HDF5ValidationError
+from xpcs_io.facade import HDF5Facade
+from xpcs_io.schemas import G2Data, QMapSchema
+
+
+def _repeats(workdir: Path, n: int) -> list[Path]:
+    return [
+        write_native_file(workdir / f"rep{i:03d}.hdf5", DemoSpec(shape=(24, 20), n_delay=8, n_q=5))
+        for i in range(n)
+    ]
+
+
+def _mixed(root: Path, workdir: Path) -> tuple[list[str], list[Path]]:
+    good = _repeats(workdir, 3)
+    corrupt = workdir / "corrupt.hdf5"
+    corrupt.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\x00" * 100)
+
+    def rel(p: Path) -> str:
+        return p.relative_to(root).as_posix()
+
+    paths = [
+        rel(good[0]),
+        rel(workdir / "missing.hdf5"),
+        rel(good[1]),
+        rel(corrupt),
+        "../outside.hdf5",
+        rel(good[2]),
+    ]
+    return paths, good
+
+
+def _facade(side: Side) -> Any:
+    # Paths under a root on both sides, so an escape is refused the same way.
+    return HDF5Facade(root=side.root) if side.name == "local" else side.api
+
+
+def test_g2_many_items_in_order_with_per_file_errors(side: Side, workdir: Path) -> None:
+    paths, good = _mixed(side.root, workdir)
+    items = _facade(side).read_g2_data_many(paths)
+    assert len(items) == 6
+    assert isinstance(items[1], FileNotFoundError)
+    assert isinstance(items[3], HDF5ValidationError)
+    assert isinstance(items[4], PermissionError)
+    for index, path in ((0, good[0]), (2, good[1]), (5, good[2])):
+        item = items[index]
+        assert isinstance(item, G2Data)
+        with h5py.File(path, "r") as f:
+            np.testing.assert_array_equal(item.g2, f["/xpcs/g2/g2"][()])
+            np.testing.assert_array_equal(item.delay_times, f["/xpcs/g2/delay_times"][()])
+
+
+def test_g2_many_one_q_bin_and_qmaps(side: Side, workdir: Path) -> None:
+    good = _repeats(workdir, 4)
+    items = side.api.read_g2_data_many([side.path(p) for p in good], q_idx=2)
+    for item, path in zip(items, good, strict=True):
+        assert isinstance(item, G2Data)
+        with h5py.File(path, "r") as f:
+            np.testing.assert_array_equal(item.g2[:, 0], f["/xpcs/g2/g2"][:, 2])
+    maps = side.api.read_qmap_many([side.path(good[0]), side.path(workdir / "nope.hdf5")])
+    assert isinstance(maps[0], QMapSchema)
+    assert isinstance(maps[1], FileNotFoundError)
+    with h5py.File(good[0], "r") as f:
+        np.testing.assert_array_equal(maps[0].dqmap, f["/xpcs/qmap/dqmap"][()])
+
+
+def test_many_argument_errors(side: Side, workdir: Path) -> None:
+    with pytest.raises(TypeError):
+        side.api.read_g2_data_many("one.hdf5")
+    with pytest.raises(IndexError):
+        side.api.read_g2_data_many([side.path(workdir / "x.hdf5")], q_idx=-1)
+    with pytest.raises(ValueError, match="layout"):
+        side.api.read_g2_data_many([side.path(workdir / "x.hdf5")], layout="nonsense")
+    assert side.api.read_g2_data_many([]) == []
+    bad_q = side.api.read_g2_data_many([side.path(p) for p in _repeats(workdir, 1)], q_idx=99)
+    assert isinstance(bad_q[0], IndexError)
+
+
+def test_async_many(server: Server, workdir: Path) -> None:
+    good = _repeats(workdir, 3)
+    rel = [p.relative_to(server.root).as_posix() for p in good] + ["../x.hdf5"]
+
+    async def main() -> list[Any]:
+        async with AsyncRemoteHDF5Facade(server.url) as client:
+            return await client.read_g2_data_many(rel, q_idx=1)
+
+    items = asyncio.run(main())
+    assert [type(i).__name__ for i in items] == ["G2Data", "G2Data", "G2Data", "PermissionError"]
+
+
+def test_wire_is_one_msgpack_array_readable_without_project_code(
+    server: Server, workdir: Path
+) -> None:
+    good = _repeats(workdir, 2)
+    rel = [p.relative_to(server.root).as_posix() for p in good] + ["missing.hdf5"]
+    response = httpx.post(
+        f"{server.url}/v1/g2/many",
+        params={"q_idx": 0},
+        content=msgpack.packb({"file_paths": rel}),
+        headers={"content-type": "application/msgpack"},
+        timeout=30,
+    )
+    assert response.status_code == 200
+    items = msgpack.unpackb(response.content)
+    assert sorted(i["index"] for i in items) == [0, 1, 2]
+    by_index = {i["index"]: i for i in items}
+    assert by_index[2]["error"]["error"] == "FileNotFoundError"
+    assert by_index[2]["error"]["status"] == 404
+    g2 = by_index[0]["result"]["g2"]
+    array = np.frombuffer(g2["data"], dtype=g2["dtype"]).reshape(g2["shape"])
+    with h5py.File(good[0], "r") as f:
+        np.testing.assert_array_equal(array[:, 0], f["/xpcs/g2/g2"][:, 0])
+    # JSON, in file order.
+    as_json = httpx.post(
+        f"{server.url}/v1/g2/many",
+        json={"file_paths": rel},
+        headers={"accept": "application/json"},
+        timeout=30,
+    ).json()
+    assert [i["index"] for i in as_json] == [0, 1, 2]
+
+
+@pytest.mark.parametrize(
+    ("body", "ctype", "status"),
+    [
+        (b"{}", "application/json", 422),
+        (b'{"file_paths": "a.hdf5"}', "application/json", 422),
+        (b'{"file_paths": [1, 2]}', "application/json", 422),
+        (b"{not json", "application/json", 400),
+        # A server without keys refuses the types a web page may send cross-site (415).
+        (b'{"file_paths": []}', "text/plain", 415),
+    ],
+)
+def test_bad_bodies_are_client_errors(server: Server, body: bytes, ctype: str, status: int) -> None:
+    response = httpx.post(
+        f"{server.url}/v1/g2/many", content=body, headers={"content-type": ctype}, timeout=10
+    )
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+
+
+def test_too_many_files_is_refused(tmp_path: Path) -> None:
+    from tests.conftest import start_server
+
+    root = tmp_path / "root"
+    root.mkdir()
+    srv = start_server(root, tmp_path / "log", env={"XPCS_IO_BATCH_MAX_FILES": "3"})
+    try:
+        with RemoteHDF5Facade(srv.url) as client, pytest.raises(ValueError, match="at most 3"):
+            client.read_g2_data_many(["a", "b", "c", "d"])
+    finally:
+        srv.stop()

@@ -1,0 +1,278 @@
+"""``GET /v1/events`` and the clients' ``watch()``: a real server watching a real folder, two
+clients and watchers in separate threads or tasks, files written by plain h5py."""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import h5py
+import httpx
+import numpy as np
+import pytest
+
+from tests.conftest import Server, start_server
+from xpcs_io.client import AsyncRemoteHDF5Facade, RemoteHDF5Facade
+from xpcs_io.demo import DemoSpec, write_native_file
+from xpcs_io.events import Event, EventStreamParser
+from xpcs_io.schemas import MaskSchema
+
+
+@pytest.fixture
+def watched(tmp_path: Path) -> Iterator[Server]:
+    """A server of its own over a fresh root, with a short heartbeat."""
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "run1").mkdir()
+    write_native_file(root / "run1" / "a.hdf5", DemoSpec(shape=(16, 12), n_delay=4, n_q=3))
+    srv = start_server(root, tmp_path / "server.log", env={"XPCS_IO_EVENTS_HEARTBEAT": "0.5"})
+    yield srv
+    srv.stop()
+
+
+class Watcher:
+    """``client.watch()`` in a thread, its events in a queue."""
+
+    def __init__(self, url: str, **kwargs: object) -> None:
+        self.client = RemoteHDF5Facade(url)
+        self.events: queue.Queue[Event] = queue.Queue()
+        self._iter = self.client.watch(**kwargs)  # type: ignore[arg-type]
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            for event in self._iter:
+                self.events.put(event)
+        except Exception as exc:  # surfaced by wait_for
+            self.events.put(Event(type=f"error:{exc!r}"))
+
+    def wait_for(self, kind: str, timeout: float, **match: object) -> tuple[Event, float]:
+        """The first event of ``kind`` matching ``match`` and the seconds it took."""
+        start = time.monotonic()
+        while True:
+            left = timeout - (time.monotonic() - start)
+            if left <= 0:
+                raise AssertionError(f"no {kind} {match} within {timeout} s")
+            try:
+                event = self.events.get(timeout=left)
+            except queue.Empty:
+                continue
+            assert not event.type.startswith("error:"), event.type
+            if event.type == kind and all(getattr(event, k) == v for k, v in match.items()):
+                return event, time.monotonic() - start
+
+
+def _mask(client: RemoteHDF5Facade, path: str) -> MaskSchema:
+    geometry = client.read_geometry_metadata(path)
+    return MaskSchema(mask=np.ones(geometry.shape, np.uint8), metadata=geometry)
+
+
+def test_watcher_sees_another_clients_mask_within_a_second(watched: Server) -> None:
+    watcher = Watcher(watched.url)
+    time.sleep(0.5)  # the stream is open (a missed event would be replayed anyway)
+    with RemoteHDF5Facade(watched.url) as writer, RemoteHDF5Facade(watched.url) as reader:
+        assert reader.read_g2_data("run1/a.hdf5").g2.shape == (4, 3)
+        start = time.monotonic()
+        writer.write_mask("run1/a.hdf5", _mask(writer, "run1/a.hdf5"), writer="alice")
+        event, _ = watcher.wait_for("mask.written", 5, file_path="run1/a.hdf5")
+        took = time.monotonic() - start
+    assert (event.kind, event.version, event.writer, event.group) == (
+        "mask",
+        1,
+        "alice",
+        "/simplemask/mask",
+    )
+    assert took < 1.0, f"mask event after {took:.2f} s"
+
+
+def test_watcher_sees_a_file_plain_h5py_creates_within_two_seconds(watched: Server) -> None:
+    watcher = Watcher(watched.url, prefix="run2")
+    time.sleep(0.5)
+    (watched.root / "run2").mkdir()
+    time.sleep(0.2)  # the new folder is watched
+    start = time.monotonic()
+    with h5py.File(watched.root / "run2" / "new.h5", "w") as f:
+        f["x"] = np.arange(3)
+    event, _ = watcher.wait_for("file.created", 5, file_path="run2/new.h5")
+    assert time.monotonic() - start < 2.0
+    (watched.root / "run2" / "new.h5").unlink()
+    watcher.wait_for("file.removed", 5, file_path="run2/new.h5")
+    assert event.id is not None
+
+
+def test_prefix_filter_and_no_hidden_files(watched: Server) -> None:
+    watcher = Watcher(watched.url, prefix="run1")
+    time.sleep(0.5)
+    (watched.root / "other").mkdir()
+    time.sleep(0.2)
+    with h5py.File(watched.root / "other" / "x.h5", "w") as f:
+        f["x"] = 1
+    with h5py.File(watched.root / "run1" / "b.h5", "w") as f:
+        f["x"] = 1
+    event, _ = watcher.wait_for("file.created", 5)
+    assert event.file_path == "run1/b.h5"  # other/x.h5 came first but is not under run1
+    # The service's lock files and temporary copies never show up.
+    with RemoteHDF5Facade(watched.url) as writer:
+        writer.write_mask("run1/a.hdf5", _mask(writer, "run1/a.hdf5"))
+    watcher.wait_for("mask.written", 5)
+    seen = []
+    while not watcher.events.empty():
+        seen.append(watcher.events.get())
+    assert all(not (e.file_path or "").split("/")[-1].startswith(".") for e in seen)
+
+
+def test_reconnect_with_last_event_id_replays_missed_events(watched: Server) -> None:
+    with RemoteHDF5Facade(watched.url) as client:
+        it = client.watch()
+        with h5py.File(watched.root / "run1" / "first.h5", "w") as f:
+            f["x"] = 1
+        first = next(e for e in it if e.type == "file.created")
+        it.close()  # the viewer goes away...
+        for name in ("m1.h5", "m2.h5"):
+            with h5py.File(watched.root / "run1" / name, "w") as f:
+                f["x"] = 1
+        client.write_mask("run1/a.hdf5", _mask(client, "run1/a.hdf5"), writer="w")
+        time.sleep(1.0)  # ...while these happen
+        resumed = client.watch(last_event_id=first.id)
+        got: list[Event] = []
+        for event in resumed:  # one batch of changes comes sorted by path, not by time
+            got.append(event)
+            created = sorted(e.file_path or "" for e in got if e.type == "file.created")
+            if created == ["run1/m1.h5", "run1/m2.h5"] and any(
+                e.type == "mask.written" for e in got
+            ):
+                break
+        resumed.close()
+    assert all(e.id is not None and first.id is not None and e.id > first.id for e in got)
+
+
+def test_reconnects_by_itself_after_the_server_restarts(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    srv = start_server(root, tmp_path / "a.log", env={"XPCS_IO_EVENTS_HEARTBEAT": "0.5"})
+    port = int(srv.url.rsplit(":", 1)[1])
+    watcher = Watcher(srv.url, reconnect_delay=0.1)
+    time.sleep(0.5)
+    srv.stop()
+    srv2 = start_server(root, tmp_path / "b.log", port=port)
+    try:
+        time.sleep(0.5)
+        with h5py.File(root / "after.h5", "w") as f:
+            f["x"] = 1
+        event, _ = watcher.wait_for("file.created", 10, file_path="after.h5")
+        assert event.id is not None
+    finally:
+        srv2.stop()
+
+
+def test_server_shutdown_is_not_held_up_by_open_streams(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    srv = start_server(root, tmp_path / "s.log")
+    watchers = [Watcher(srv.url) for _ in range(3)]
+    time.sleep(0.5)
+    start = time.monotonic()
+    assert srv.stop() in (0, -15)
+    # Well inside the 30 s graceful-shutdown timeout an unended stream would cost.
+    assert time.monotonic() - start < 10
+    del watchers
+
+
+def test_pool_cleared_event_and_heartbeats(watched: Server) -> None:
+    with httpx.stream("GET", f"{watched.url}/v1/events", timeout=10) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        assert response.headers["x-accel-buffering"] == "no"
+        parser = EventStreamParser()
+        raw = b""
+        httpx.post(f"{watched.url}/v1/pool/clear").raise_for_status()
+        cleared = False
+        for chunk in response.iter_raw():
+            raw += chunk
+            cleared = cleared or any(e.type == "pool.cleared" for e in parser.feed(chunk))
+            if cleared and b": keep-alive" in raw:
+                break
+    assert b"retry: 1000" in raw
+
+
+def test_events_need_the_read_scope(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    srv = start_server(root, tmp_path / "k.log", env={"XPCS_IO_API_KEYS": "r:read"})
+    try:
+        assert httpx.get(f"{srv.url}/v1/events", timeout=5).status_code == 401
+        with RemoteHDF5Facade(srv.url, api_key="wrong") as client, pytest.raises(PermissionError):
+            next(iter(client.watch()))
+        with RemoteHDF5Facade(srv.url, api_key="r") as client:
+            it = client.watch()
+            with h5py.File(root / "k.h5", "w") as f:
+                f["x"] = 1
+            event = next(e for e in it if e.type in ("file.created", "file.changed"))
+            it.close()
+        assert event.file_path == "k.h5"
+    finally:
+        srv.stop()
+
+
+def test_events_never_name_files_outside_the_root(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    outside = tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    (root / "escape").symlink_to(outside, target_is_directory=True)
+    srv = start_server(root, tmp_path / "o.log")
+    try:
+        watcher = Watcher(srv.url)
+        time.sleep(0.5)
+        with h5py.File(outside / "secret.h5", "w") as f:
+            f["x"] = 1
+        with h5py.File(root / "inside.h5", "w") as f:
+            f["x"] = 1
+        watcher.wait_for("file.created", 5, file_path="inside.h5")
+        time.sleep(0.3)
+        seen = [watcher.events.get() for _ in range(watcher.events.qsize())]
+        assert not any("secret" in (e.file_path or "") for e in seen)
+    finally:
+        srv.stop()
+
+
+def test_async_watch(watched: Server) -> None:
+    async def main() -> Event:
+        async with AsyncRemoteHDF5Facade(watched.url) as client:
+            stream = client.watch(file_path="run1/a.hdf5")
+
+            async def write_soon() -> None:
+                await asyncio.sleep(0.5)
+                geometry = await client.read_geometry_metadata("run1/a.hdf5")
+                mask = MaskSchema(mask=np.ones(geometry.shape, np.uint8), metadata=geometry)
+                await client.write_mask("run1/a.hdf5", mask, writer="async")
+
+            task = asyncio.create_task(write_soon())
+            async for event in stream:
+                if event.type == "mask.written":
+                    break
+            await task
+            await stream.aclose()
+            return event
+
+    event = asyncio.run(asyncio.wait_for(main(), 20))
+    assert (event.file_path, event.writer, event.version) == ("run1/a.hdf5", "async", 1)
+
+
+def test_parser_handles_split_lines_comments_and_crlf() -> None:
+    parser = EventStreamParser()
+    stream = (
+        b": keep-alive\r\n\r\nid: 7\r\nevent: file.changed\r\n"
+        b'data: {"file_path": "a.h5", "id": 7}\r\n\r\nevent: events.reset\ndata: {}\n\n'
+    )
+    events = [e for i in range(len(stream)) for e in parser.feed(stream[i : i + 1])]
+    assert [(e.type, e.id, e.file_path) for e in events] == [
+        ("file.changed", 7, "a.h5"),
+        ("events.reset", None, None),
+    ]
+    with pytest.raises(ValueError, match="too long"):
+        EventStreamParser().feed(b"x" * (2 << 20))
