@@ -35,11 +35,13 @@ def watched(tmp_path: Path) -> Iterator[Server]:
 
 
 class Watcher:
-    """``client.watch()`` in a thread, its events in a queue."""
+    """``client.watch()`` in a thread; every event it yields is kept in ``seen`` (and queued
+    in ``events`` for tests that drain them)."""
 
     def __init__(self, url: str, **kwargs: object) -> None:
         self.client = RemoteHDF5Facade(url)
         self.events: queue.Queue[Event] = queue.Queue()
+        self.seen: list[Event] = []
         self._iter = self.client.watch(**kwargs)  # type: ignore[arg-type]
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -47,24 +49,23 @@ class Watcher:
     def _run(self) -> None:
         try:
             for event in self._iter:
+                self.seen.append(event)
                 self.events.put(event)
         except Exception as exc:  # surfaced by wait_for
-            self.events.put(Event(type=f"error:{exc!r}"))
+            self.seen.append(Event(type=f"error:{exc!r}"))
 
     def wait_for(self, kind: str, timeout: float, **match: object) -> tuple[Event, float]:
-        """The first event of ``kind`` matching ``match`` and the seconds it took."""
+        """The first event of ``kind`` matching ``match`` seen so far or within ``timeout``
+        seconds, and the seconds the wait took."""
         start = time.monotonic()
         while True:
-            left = timeout - (time.monotonic() - start)
-            if left <= 0:
-                raise AssertionError(f"no {kind} {match} within {timeout} s")
-            try:
-                event = self.events.get(timeout=left)
-            except queue.Empty:
-                continue
-            assert not event.type.startswith("error:"), event.type
-            if event.type == kind and all(getattr(event, k) == v for k, v in match.items()):
-                return event, time.monotonic() - start
+            for event in list(self.seen):
+                assert not event.type.startswith("error:"), event.type
+                if event.type == kind and all(getattr(event, k) == v for k, v in match.items()):
+                    return event, time.monotonic() - start
+            if time.monotonic() - start > timeout:
+                raise AssertionError(f"no {kind} {match} within {timeout} s: {self.seen}")
+            time.sleep(0.02)
 
 
 def _mask(client: RemoteHDF5Facade, path: str) -> MaskSchema:
@@ -138,16 +139,10 @@ def test_reconnect_with_last_event_id_replays_missed_events(watched: Server) -> 
                 f["x"] = 1
         client.write_mask("run1/a.hdf5", _mask(client, "run1/a.hdf5"), writer="w")
         time.sleep(1.0)  # ...while these happen
-        resumed = client.watch(last_event_id=first.id)
-        got: list[Event] = []
-        for event in resumed:  # one batch of changes comes sorted by path, not by time
-            got.append(event)
-            created = sorted(e.file_path or "" for e in got if e.type == "file.created")
-            if created == ["run1/m1.h5", "run1/m2.h5"] and any(
-                e.type == "mask.written" for e in got
-            ):
-                break
-        resumed.close()
+    # Reconnect with the last id seen: the missed events come first, in a bounded wait.
+    resumed = Watcher(watched.url, last_event_id=first.id)
+    got = [resumed.wait_for("mask.written", 10)[0]]
+    got += [resumed.wait_for("file.created", 10, file_path=f"run1/{n}.h5")[0] for n in ("m1", "m2")]
     assert all(e.id is not None and first.id is not None and e.id > first.id for e in got)
 
 
@@ -276,3 +271,31 @@ def test_parser_handles_split_lines_comments_and_crlf() -> None:
     ]
     with pytest.raises(ValueError, match="too long"):
         EventStreamParser().feed(b"x" * (2 << 20))
+
+
+@pytest.mark.parametrize(
+    ("params", "headers"),
+    [
+        ({"prefix": "../"}, {}),
+        ({"prefix": "/etc"}, {}),
+        ({"file_path": "a\x00b"}, {}),
+        ({"prefix": "x" * 5000}, {}),
+        ({"file_path": "%2e%2e/secret.h5"}, {}),
+        ({}, {"last-event-id": "not-a-number"}),
+        ({}, {"last-event-id": "9" * 400}),
+        ({}, {"last-event-id": "-5"}),
+        ({"prefix": "run1", "unknown": "1"}, {}),
+    ],
+)
+def test_hostile_event_parameters_get_a_stream_or_a_client_error(
+    server: Server, params: dict[str, str], headers: dict[str, str]
+) -> None:
+    with httpx.stream(
+        "GET", f"{server.url}/v1/events", params=params, headers=headers, timeout=10
+    ) as response:
+        assert response.status_code in (200, 400, 403, 422), response.status_code
+        if response.status_code == 200:
+            first = next(response.iter_raw())
+            assert first.startswith(b"retry:")
+        else:
+            assert response.headers["content-type"] == "application/problem+json"

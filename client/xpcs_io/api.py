@@ -54,6 +54,7 @@ class FacadeAPI(Protocol):
         compression_opts: int | None = 4,
         *,
         writer: str | None = None,
+        idempotency_key: str | None = None,
     ) -> None: ...
 
     def write_partition(
@@ -65,6 +66,7 @@ class FacadeAPI(Protocol):
         compression_opts: int | None = 4,
         *,
         writer: str | None = None,
+        idempotency_key: str | None = None,
     ) -> None: ...
 
     def read_mask(

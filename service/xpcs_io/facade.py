@@ -22,7 +22,9 @@ from xpcs_io.api import PathLike, VersionRecord
 from xpcs_io.atomic import edit_atomically
 from xpcs_io.errors import HDF5ValidationError, SchemaError, SchemaTypeError
 from xpcs_io.h5access import Locator, decode_str
+from xpcs_io.idempotency import ReplayedWrite, check_key, request_sha256
 from xpcs_io.layouts import registry
+from xpcs_io.original_mask import read_original_mask
 from xpcs_io.paths import display_path, resolve_under_root
 from xpcs_io.pool import FileIdentity, HDF5ConnectionPool, get_default_pool
 from xpcs_io.schemas import (
@@ -33,7 +35,14 @@ from xpcs_io.schemas import (
     QMapSchema,
     Schema,
 )
-from xpcs_io.versions import default_writer, list_versions, read_version, write_version
+from xpcs_io.versions import (
+    default_writer,
+    find_replay,
+    holds_entries,
+    list_versions,
+    read_version,
+    write_version,
+)
 
 __all__ = ["HDF5Facade", "HDF5ValidationError"]
 
@@ -42,6 +51,7 @@ S = TypeVar("S", bound=Schema)
 _COMPRESSIONS = {"gzip", "lzf", "szip"}
 LAYOUTS = registry.LAYOUTS
 _VALIDATED_CACHE_SIZE = 4096
+_DEFAULT_MASK_GROUP = "/simplemask/mask"
 
 
 class _BoundedKeys(OrderedDict[Any, None]):
@@ -267,23 +277,39 @@ class HDF5Facade:
     def read_mask(
         self, file_path: PathLike, group: str = "/simplemask/mask", version: int | None = None
     ) -> MaskSchema:
-        """Read a mask written by ``write_mask``: the newest, or ``version`` (1 = first).
+        """Read a mask of ``group``: the newest version, or ``version`` (1 = the oldest).
+
+        Versions are what ``write_mask`` stored, and a mask another program left in the group
+        (the reference facade's unversioned layout: dataset ``mask``, geometry attributes on
+        a ``metadata`` subgroup), which counts as the newest until the next write keeps it.
+        When the default group holds neither, the newest is the mask the file's producer
+        stored (``/xpcs/qmap/mask`` of APS 8-ID-I NeXus files, ``/xpcs/mask`` of legacy ones).
 
         Raises:
             FileNotFoundError: the file does not exist.
             KeyError: no such group or version.
+            ValueError: the group lies inside a versioned group (read that one with version=).
             HDF5ValidationError: the stored mask breaks a schema rule.
+            PermissionError: a link on the way leads outside the facade's root.
         """
         return self._read(
             file_path, group, "mask", lambda loc: self._mask_from(loc, group, version), version
         )
 
     def _mask_from(self, loc: Locator, group: str, version: int | None) -> MaskSchema:
-        record, vpath, geometry, _ = read_version(loc, group, version)
+        if (
+            version is None
+            and group.rstrip("/") == _DEFAULT_MASK_GROUP
+            and not holds_entries(loc, group, "mask")
+        ):
+            original = read_original_mask(loc)
+            if original is not None:
+                return original
+        record, vpath, geometry, _ = read_version(loc, group, "mask", version)
         return MaskSchema.unchecked(
             mask=loc.read(vpath, "mask"),
             metadata=geometry,
-            version=record["schema_version"],
+            version=record["schema_version"] or MaskSchema.version,
             description=record["description"],
         )
 
@@ -293,12 +319,15 @@ class HDF5Facade:
         group: str = "/simplemask/partition",
         version: int | None = None,
     ) -> PartitionSchema:
-        """Read a partition written by ``write_partition``: the newest, or ``version``.
+        """Read a partition of ``group``: the newest version, or ``version`` (1 = the oldest);
+        a partition another program left in the group counts as in ``read_mask``.
 
         Raises:
             FileNotFoundError: the file does not exist.
             KeyError: no such group or version.
+            ValueError: the group lies inside a versioned group.
             HDF5ValidationError: the stored partition breaks a schema rule.
+            PermissionError: a link on the way leads outside the facade's root.
         """
         return self._read(
             file_path,
@@ -309,15 +338,17 @@ class HDF5Facade:
         )
 
     def _partition_from(self, loc: Locator, group: str, version: int | None) -> PartitionSchema:
-        record, vpath, geometry, attrs = read_version(loc, group, version)
+        record, vpath, geometry, attrs = read_version(loc, group, "partition", version)
         vgrp = loc.group(vpath)
+        val_list = loc.read(vpath, "val_list")
+        num_pts = np.asarray(attrs["num_pts"]) if "num_pts" in attrs else np.asarray(len(val_list))
         return PartitionSchema.unchecked(
             partition_map=loc.read(vpath, "partition_map"),
-            num_pts=int(attrs["num_pts"]),
-            val_list=loc.read(vpath, "val_list"),
+            num_pts=int(num_pts.reshape(-1)[0]) if num_pts.size else 0,
+            val_list=val_list,
             num_list=loc.read(vpath, "num_list"),
             metadata=geometry,
-            version=record["schema_version"],
+            version=record["schema_version"] or PartitionSchema.version,
             mask=loc.read(vpath, "mask") if loc.has(vgrp, "mask") else None,
             method=decode_str(attrs["method"]) if "method" in attrs else None,
         )
@@ -325,16 +356,24 @@ class HDF5Facade:
     def list_mask_versions(
         self, file_path: PathLike, group: str = "/simplemask/mask"
     ) -> list[VersionRecord]:
-        """The versions of a mask group, oldest first: dicts with version, created (UTC ISO
-        8601), description, sha256, schema_version, writer, dtype and shape.
+        """The versions of a mask group, oldest first: dicts with version, origin ("xpcs-io"
+        for versions written here, "found" for a mask another program left in the group:
+        listed last, with created and writer None), created (UTC ISO 8601), description,
+        sha256 (of the mask's bytes), schema_version, writer, dtype, shape and, for writes
+        that carried one, idempotency_key.
 
         Raises:
             FileNotFoundError: the file does not exist.
             KeyError: the group does not exist.
+            ValueError: the group lies inside a versioned group.
+            PermissionError: a link on the way leads outside the facade's root.
         """
+        return self._list_versions(file_path, group, "mask")
+
+    def _list_versions(self, file_path: PathLike, group: str, kind: str) -> list[VersionRecord]:
         group = self._check_group(group)
         with self._open(file_path) as (loc, _):
-            return list_versions(loc, group)
+            return list_versions(loc, group, kind)
 
     def list_partition_versions(
         self, file_path: PathLike, group: str = "/simplemask/partition"
@@ -344,8 +383,10 @@ class HDF5Facade:
         Raises:
             FileNotFoundError: the file does not exist.
             KeyError: the group does not exist.
+            ValueError: the group lies inside a versioned group.
+            PermissionError: a link on the way leads outside the facade's root.
         """
-        return self.list_mask_versions(file_path, group)
+        return self._list_versions(file_path, group, "partition")
 
     # ------------------------------------------------------------------ writes
 
@@ -358,19 +399,35 @@ class HDF5Facade:
         compression_opts: int | None = 4,
         *,
         writer: str | None = None,
+        idempotency_key: str | None = None,
     ) -> None:
         """Write ``mask_schema`` as a new version of ``group`` (earlier versions are kept).
 
         The file is changed atomically: readers see the old state or the complete new one,
         and a crash at any moment leaves the file intact. A missing file is created.
+        ``group`` must be new, one of this service's mask groups, or a mask group in the
+        reference facade's unversioned layout (whose mask is kept as the version before the
+        new one): never a group holding other data, nor one inside a versioned group.
+
+        ``idempotency_key`` (letters, digits, ``._:-``, at most 200) makes the write safe to
+        repeat: a write whose key is already stored in the group stores nothing and returns
+        (the first write's record, from ``write_mask_version``).
 
         Raises:
             TypeError: ``mask_schema`` is not a ``MaskSchema`` or a field has a wrong type.
-            ValueError: the schema or the compression settings are invalid (file untouched).
+            ValueError: the schema, the compression settings, the key or the group are
+                invalid, or the key was used for a different write (file untouched).
+            PermissionError: the group path or its members link outside the facade's root.
             WriteLockTimeout: another writer held the file too long.
         """
         self.write_mask_version(
-            file_path, mask_schema, group, compression, compression_opts, writer=writer
+            file_path,
+            mask_schema,
+            group,
+            compression,
+            compression_opts,
+            writer=writer,
+            idempotency_key=idempotency_key,
         )
 
     def write_mask_version(
@@ -382,6 +439,7 @@ class HDF5Facade:
         compression_opts: int | None = 4,
         *,
         writer: str | None = None,
+        idempotency_key: str | None = None,
     ) -> VersionRecord:
         """``write_mask`` returning the new version's record (what the service answers).
 
@@ -394,8 +452,8 @@ class HDF5Facade:
         return self._write(
             file_path,
             group,
+            "mask",
             {"mask": mask_schema.mask},
-            primary="mask",
             metadata=mask_schema.metadata,
             attrs={},
             description=mask_schema.description,
@@ -403,6 +461,7 @@ class HDF5Facade:
             compression=compression,
             compression_opts=compression_opts,
             writer=writer,
+            idempotency_key=idempotency_key,
         )
 
     def write_partition(
@@ -414,16 +473,26 @@ class HDF5Facade:
         compression_opts: int | None = 4,
         *,
         writer: str | None = None,
+        idempotency_key: str | None = None,
     ) -> None:
-        """Write ``partition_schema`` as a new version of ``group`` (earlier versions kept).
+        """Write ``partition_schema`` as a new version of ``group`` (earlier versions kept);
+        ``group`` and ``idempotency_key`` as in ``write_mask``.
 
         Raises:
             TypeError: not a ``PartitionSchema``, or a field has a wrong type.
-            ValueError: the schema or the compression settings are invalid (file untouched).
+            ValueError: the schema, the compression settings, the key or the group are
+                invalid, or the key was used for a different write (file untouched).
+            PermissionError: the group path or its members link outside the facade's root.
             WriteLockTimeout: another writer held the file too long.
         """
         self.write_partition_version(
-            file_path, partition_schema, group, compression, compression_opts, writer=writer
+            file_path,
+            partition_schema,
+            group,
+            compression,
+            compression_opts,
+            writer=writer,
+            idempotency_key=idempotency_key,
         )
 
     def write_partition_version(
@@ -435,6 +504,7 @@ class HDF5Facade:
         compression_opts: int | None = 4,
         *,
         writer: str | None = None,
+        idempotency_key: str | None = None,
     ) -> VersionRecord:
         """``write_partition`` returning the new version's record.
 
@@ -450,13 +520,13 @@ class HDF5Facade:
         return self._write(
             file_path,
             group,
+            "partition",
             {
                 "partition_map": p.partition_map,
                 "val_list": p.val_list,
                 "num_list": p.num_list,
                 "mask": p.mask,
             },
-            primary="partition_map",
             metadata=p.metadata,
             attrs={"num_pts": p.num_pts, "method": p.method},
             description=None,
@@ -464,6 +534,7 @@ class HDF5Facade:
             compression=compression,
             compression_opts=compression_opts,
             writer=writer,
+            idempotency_key=idempotency_key,
         )
 
     @staticmethod
@@ -482,22 +553,65 @@ class HDF5Facade:
         if compression == "lzf" and opts is not None:
             raise ValueError("lzf takes no compression_opts (pass None)")
 
+    def _find_replay(
+        self, file_path: PathLike, group: str, key: str, digest: str
+    ) -> VersionRecord | None:
+        # Best effort: whatever keeps this read from answering (no file yet, a file another
+        # program holds, a link the guard refuses) is decided again by the locked write.
+        try:
+            with self._open(file_path) as (loc, _):
+                return find_replay(loc, group, key, digest)
+        except (OSError, KeyError, HDF5ValidationError):
+            return None
+
     def _write(
         self,
         file_path: PathLike,
         group: str,
+        kind: str,
         arrays: dict[str, np.ndarray[Any, Any] | None],
         *,
         writer: str | None,
+        idempotency_key: str | None,
         **kwargs: Any,
     ) -> VersionRecord:
         group = self._check_group(group)
         self._check_compression(kwargs["compression"], kwargs["compression_opts"])
         if writer is not None and not isinstance(writer, str):
             raise TypeError(f"writer must be a string, got {type(writer).__name__}")
+        key = check_key(idempotency_key)
         path, display = self._resolve(file_path)
-        with edit_atomically(path, lock_timeout=self.lock_timeout, display=display) as h5:
-            record = write_version(h5, group, arrays, writer=writer or default_writer(), **kwargs)
+        digest = None
+        if key is not None:
+            digest = request_sha256(
+                kind,
+                arrays,
+                kwargs["metadata"],
+                kwargs["attrs"],
+                kwargs["description"],
+                kwargs["schema_version"],
+            )
+            # A resend usually finds its version already stored: answer it from a read,
+            # without the lock and the copy of the file a write costs.
+            previous = self._find_replay(file_path, group, key, digest)
+            if previous is not None:
+                return previous
+        try:
+            with edit_atomically(path, lock_timeout=self.lock_timeout, display=display) as h5:
+                record = write_version(
+                    h5,
+                    group,
+                    kind,
+                    arrays,
+                    writer=writer or default_writer(),
+                    idempotency_key=key,
+                    request_sha=digest,
+                    root=self.root,
+                    display=display,
+                    **kwargs,
+                )
+        except ReplayedWrite as replay:
+            return replay.record  # stored before under this key: the file was not touched
         self.pool.invalidate(path)
         return record
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import operator
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
@@ -181,6 +182,18 @@ def list_versions(kind: str, file_path: Any, group: Any) -> Call:
     )
 
 
+IDEMPOTENCY_HEADER = "idempotency-key"
+_KEY_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:-")
+
+
+def _idempotency_key(key: Any) -> str:
+    if not isinstance(key, str):
+        raise TypeError(f"idempotency_key must be a string, got {type(key).__name__}")
+    if not 0 < len(key) <= 200 or not set(key) <= _KEY_CHARS:
+        raise ValueError(f"idempotency_key must be 1-200 letters, digits or ._:- (got {key!r:.60})")
+    return key
+
+
 def write(
     kind: str,
     cls: type[Schema],
@@ -190,6 +203,7 @@ def write(
     compression: Any,
     compression_opts: Any,
     writer: Any,
+    idempotency_key: Any = None,
 ) -> Call:
     if not isinstance(schema, cls):
         raise TypeError(f"{kind}_schema must be a {cls.__name__}, got {type(schema).__name__}")
@@ -214,14 +228,17 @@ def write(
         raise ValueError("lzf takes no compression_opts (pass None)")
     if writer is not None:
         params["writer"] = writer
+    # The server stores the key with the version it creates and answers a resend with that
+    # version: the write becomes safe to retry, so it is retried like a read.
+    key = uuid.uuid4().hex if idempotency_key is None else _idempotency_key(idempotency_key)
     return Call(
         "POST",
         f"/v1/{kind}",
         params,
         lambda record: None,
         body=wire.pack_chunks(schema.to_dict()),
-        idempotent=False,
-        headers={"content-type": wire.MEDIA_TYPE},
+        idempotent=True,
+        headers={"content-type": wire.MEDIA_TYPE, IDEMPOTENCY_HEADER: key},
     )
 
 

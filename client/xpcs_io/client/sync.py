@@ -41,7 +41,8 @@ class RemoteHDF5Facade(ClientCore):
         timeout: seconds for connect/read/write (httpx semantics).
         validate: ask the server to validate (``False`` returns unchecked objects).
         http: an existing ``httpx.Client`` to use (not closed by this object).
-        retry: retry policy for reads (writes are retried only if never sent).
+        retry: retry policy for reads and writes (each write carries an idempotency key,
+            so a resent write never stores a second version).
         cache_bytes: keep up to this many bytes of read results and revalidate them with
             the server's ETag (an unchanged file answers 304 and nothing is transferred).
             Cached arrays are read-only. 0 (the default) disables the cache.
@@ -221,8 +222,14 @@ class RemoteHDF5Facade(ClientCore):
         compression_opts: int | None = 4,
         *,
         writer: str | None = None,
+        idempotency_key: str | None = None,
     ) -> None:
-        """Write a new mask version (see ``HDF5Facade.write_mask``); never retried blindly."""
+        """Write a new mask version (see ``HDF5Facade.write_mask``).
+
+        Each call carries an idempotency key (``idempotency_key``, else a fresh random one),
+        so a resend after a dropped connection returns the version the first attempt stored
+        instead of storing a second one; the write is retried like a read.
+        """
         self._send(
             calls.write(
                 "mask",
@@ -233,6 +240,7 @@ class RemoteHDF5Facade(ClientCore):
                 compression,
                 compression_opts,
                 writer,
+                idempotency_key,
             )
         )
 
@@ -245,8 +253,10 @@ class RemoteHDF5Facade(ClientCore):
         compression_opts: int | None = 4,
         *,
         writer: str | None = None,
+        idempotency_key: str | None = None,
     ) -> None:
-        """Write a new partition version (see ``HDF5Facade.write_partition``)."""
+        """Write a new partition version (see ``HDF5Facade.write_partition``); one
+        idempotency key per call, as in ``write_mask``."""
         self._send(
             calls.write(
                 "partition",
@@ -257,6 +267,7 @@ class RemoteHDF5Facade(ClientCore):
                 compression,
                 compression_opts,
                 writer,
+                idempotency_key,
             )
         )
 

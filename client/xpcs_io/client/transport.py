@@ -89,15 +89,17 @@ class RetryPolicy:
     def may_retry(
         self, call: Call, attempt: int, exc: BaseException | None, status: int | None
     ) -> bool:
-        """Reads retry on transport errors and 503; writes only when the connection was never
-        made (the server cannot have acted on them)."""
+        """Idempotent calls (reads, and writes carrying an idempotency key) retry on
+        transport errors; others only when the connection was never made (the server cannot
+        have acted on them). Reads also retry on 503; a write's 503 is answered at once (a
+        lock another writer held past the server's timeout would only be waited for again)."""
         if attempt + 1 >= self.attempts:
             return False
         if isinstance(exc, ResponseTooLargeError):
             return False  # the same answer would come again
         if exc is not None:
             return call.idempotent or isinstance(exc, httpx.ConnectError)
-        return call.idempotent and status == _RETRY_STATUS
+        return call.idempotent and call.method == "GET" and status == _RETRY_STATUS
 
 
 class BodyBuffer:

@@ -142,9 +142,13 @@ def read_geometry(loc: Locator, group: str) -> GeometryMetadata:
 
 
 def write_geometry(grp: h5py.Group, geometry: GeometryMetadata) -> None:
-    """Write ``geometry`` into ``grp`` in the layout ``read_geometry`` reads back."""
+    """Write ``geometry`` into ``grp`` twice: as scalar datasets (what ``read_geometry`` and
+    the reference facade's ``read_geometry_metadata`` read) and as attributes of the group
+    (where the reference facade's ``write_mask`` puts them, so its readers find them);
+    ``shape`` is an int64 (H, W) attribute."""
     for name in (*GEOMETRY_FIELDS, *OPTIONAL_GEOMETRY):
         value = getattr(geometry, name)
         if value is not None:
             grp.create_dataset(name, data=np.float64(value))
+            grp.attrs[name] = np.float64(value)
     grp.attrs["shape"] = np.asarray(geometry.shape, dtype=np.int64)

@@ -51,13 +51,19 @@ _RECORD = {
     "type": "object",
     "properties": {
         "version": {"type": "integer"},
-        "created": {"type": "string", "format": "date-time"},
+        "origin": {
+            "type": "string",
+            "enum": ["xpcs-io", "found"],
+            "description": "xpcs-io: written here; found: left in the group by another program",
+        },
+        "created": {"type": "string", "format": "date-time", "nullable": True},
         "description": {"type": "string", "nullable": True},
         "sha256": {"type": "string"},
-        "schema_version": {"type": "string"},
-        "writer": {"type": "string"},
+        "schema_version": {"type": "string", "nullable": True},
+        "writer": {"type": "string", "nullable": True},
         "dtype": {"type": "string"},
         "shape": {"type": "array", "items": {"type": "integer"}},
+        "idempotency_key": {"type": "string", "description": "The write's Idempotency-Key"},
     },
 }
 _OTHER: dict[str, dict[str, Any]] = {

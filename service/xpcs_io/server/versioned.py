@@ -9,7 +9,7 @@ import json
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Header, Request
 from fastapi.concurrency import run_in_threadpool
 from starlette.responses import Response
 
@@ -32,7 +32,20 @@ from xpcs_io.server.common import (
 from xpcs_io.server.limits import read_body as _read_body
 from xpcs_io.server.openapi_docs import ERRORS, WRITE_ERRORS, body_doc, ok
 
-__all__ = ["add_versioned_routes"]
+__all__ = ["IdempotencyKey", "add_versioned_routes"]
+
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        description=(
+            "A key the client makes up for this one write (e.g. a UUID): resending the request "
+            "with the same key returns the version the first one stored instead of storing "
+            "another, so a write whose answer was lost can be retried safely."
+        ),
+        max_length=200,
+    ),
+]
 
 
 def _decode(body: bytearray, content_type: str, cls: type[Schema]) -> Any:
@@ -89,6 +102,7 @@ def add_versioned_routes(router: APIRouter, kind: str, cls: type[Schema]) -> Non
         compression: Compression = "gzip",
         compression_opts: CompressionOpts = 4,
         writer: Writer = None,
+        idempotency_key: IdempotencyKey = None,
     ) -> Response:
         body = await _read_body(request)
         state = request.app.state
@@ -99,7 +113,13 @@ def add_versioned_routes(router: APIRouter, kind: str, cls: type[Schema]) -> Non
             comp = None if compression in (None, "none") else compression
             opts = compression_opts if comp == "gzip" else None
             record: dict[str, Any] = method(
-                file_path, schema, group, comp, opts, writer=_writer(request, writer)
+                file_path,
+                schema,
+                group,
+                comp,
+                opts,
+                writer=_writer(request, writer),
+                idempotency_key=idempotency_key,
             )
             return record
 
@@ -114,7 +134,10 @@ def add_versioned_routes(router: APIRouter, kind: str, cls: type[Schema]) -> Non
 
     read.__doc__ = f"The newest {kind} written to the group, or the given version."
     versions.__doc__ = f"Every version of the {kind} group, oldest first, with who and when."
-    write.__doc__ = f"Store the {name} in the body as a new version; earlier ones stay readable."
+    write.__doc__ = (
+        f"Store the {name} in the body as a new version; earlier ones stay readable. A resend "
+        "with the same Idempotency-Key answers the first write's record and stores nothing."
+    )
     router.add_api_route(
         f"/{kind}",
         read,

@@ -6,9 +6,9 @@ written through any replica: a file that changed is asked for its version lists,
 newer than the last ones seen (or, for a file seen for the first time, written after the
 watcher started) become ``mask.written`` / ``partition.written`` events.
 
-Only a file that appeared under its name (created, or replaced by a rename: how this service
-writes a version) is opened to look for versions, through a pool of its own that is emptied
-right after: a program writing a file in place is never kept from it by the watcher.
+Only a file that is a new inode under its name (created, or replaced by a rename: how this
+service writes a version) is opened to look for versions, through a pool of its own that is
+emptied right after: a program writing a file in place is never kept from it by the watcher.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ class RootWatcher:
         self.debounce_ms = debounce_ms
         self.force_polling = force_polling
         self._stop = asyncio.Event()
-        self._known: set[str] = set()
+        self._known: dict[str, int] = {}  # path -> inode
         self._latest: dict[tuple[str, str], int] = {}
         self._started = dt.datetime.now(dt.UTC)
         self.ready = asyncio.Event()
@@ -104,7 +104,9 @@ class RootWatcher:
             dirnames[:] = [d for d in dirnames if not d.startswith(".")]
             for name in filenames:
                 if _wanted(Change.added, name):
-                    self._known.add(os.path.join(dirpath, name))
+                    path = os.path.join(dirpath, name)
+                    with contextlib.suppress(OSError):
+                        self._known[path] = os.stat(path).st_ino
 
     def _display(self, path: str) -> str | None:
         # The path as a client names it, only when it (and for a removed file, its folder)
@@ -127,16 +129,21 @@ class RootWatcher:
             display = self._display(path)
             if display is None:
                 continue
-            exists = os.path.isfile(path)
-            if not exists:
+            try:
+                inode = os.stat(path).st_ino if os.path.isfile(path) else None
+            except OSError:
+                inode = None
+            if inode is None:
                 if path in self._known or change == Change.deleted:
-                    self._known.discard(path)
+                    self._known.pop(path, None)
                     self.hub.publish("file.removed", file_path=display)
                 continue
-            kind = "file.changed" if path in self._known else "file.created"
-            self._known.add(path)
-            self.hub.publish(kind, file_path=display)
-            if change == Change.added:
+            before = self._known.get(path)
+            self._known[path] = inode
+            self.hub.publish(
+                "file.changed" if before is not None else "file.created", file_path=display
+            )
+            if inode != before:
                 for event in await run_in_threadpool(self._new_versions, display):
                     self.hub.publish(event.pop("type"), **event)
 
