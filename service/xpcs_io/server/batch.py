@@ -23,8 +23,8 @@ from xpcs_io.errors import SchemaError, SchemaTypeError, WireFormatError
 from xpcs_io.facade import HDF5Facade
 from xpcs_io.schemas import Schema
 from xpcs_io.server.auth import require
-from xpcs_io.server.limits import read_body
 from xpcs_io.server.common import Layout, Validate, facade_for, group_query, send
+from xpcs_io.server.limits import read_body
 from xpcs_io.server.openapi_docs import BODY_ERRORS
 from xpcs_io.server.problems import problem_fields
 from xpcs_io.server.responses import MSGPACK_MEDIA_TYPE, wants_json
