@@ -97,6 +97,8 @@ def test_compressed_arrays_are_refused_unless_asked_for() -> None:
     with pytest.raises(SchemaError, match="compressed arrays are not accepted here"):
         wire.unpack(body)
     assert wire.unpack(body, codecs=True)["mask"].shape == (1 << 20,)
+    with pytest.raises(SchemaError, match="more than the 4,194,303 this message may still hold"):
+        wire.unpack(body, codecs=True, max_decoded=(4 << 20) - 1)
 
 
 def test_the_client_asks_only_off_loopback_or_when_told() -> None:

@@ -127,14 +127,19 @@ def encode_array(a: npt.NDArray[Any]) -> dict[str, Any]:
 
 
 def decode_array(
-    obj: Mapping[str, Any], *, field: str = "array", codecs: bool = False
+    obj: Mapping[str, Any],
+    *,
+    field: str = "array",
+    codecs: bool = False,
+    max_nbytes: int | None = None,
 ) -> npt.NDArray[Any]:
     """Turn an array map back into a writable numpy array of exactly the sent dtype and shape.
 
     The result is a view of ``data`` when that is a writable buffer (bytearray, writable
     memoryview) and a copy otherwise, so it is always writable. A compressed array map (with
     ``codec``) is decoded only when ``codecs`` is true: a few bytes of compressed data can
-    claim gigabytes, so only a side that asked for compression (a client) accepts it.
+    claim gigabytes, so only a side that asked for compression (a client) accepts it, and
+    only up to ``max_nbytes`` decoded bytes when given.
 
     Raises:
         SchemaError: (with ``.field = field``) a key is missing or unexpected, a compressed
@@ -179,6 +184,11 @@ def decode_array(
     dims = tuple(int(n) for n in shape)
     count = math.prod(dims)  # Python ints: a lying shape cannot overflow
     if codec is not None:
+        if max_nbytes is not None and count * dt.itemsize > max_nbytes:
+            raise bad(
+                f"compressed array decodes to {count * dt.itemsize:,} bytes, more than the "
+                f"{max_nbytes:,} this message may still hold"
+            )
         try:
             return arraycodec.decompress(dt, dims, view)
         except ValueError as exc:
@@ -325,6 +335,7 @@ def unpack(
     max_depth: int = 32,
     decode_arrays: bool = True,
     codecs: bool = False,
+    max_decoded: int | None = None,
 ) -> Any:
     """Decode one msgpack message; array maps become numpy arrays when ``decode_arrays``.
 
@@ -333,7 +344,7 @@ def unpack(
     ``bytes``. With ``decode_arrays=False`` array maps stay dicts whose ``data`` is a
     memoryview into ``buf``. A view keeps ``buf`` alive and a bytearray cannot be resized
     while one exists. Compressed array maps are decoded only with ``codecs=True`` (see
-    ``decode_array``).
+    ``decode_array``), to at most ``max_decoded`` bytes in total when given.
 
     Raises:
         WireFormatError: the bytes are not exactly one valid msgpack value: truncated,
@@ -349,6 +360,7 @@ def unpack(
         # np.frombuffer gives a flat uint8 view of any contiguous buffer and keeps writability.
         view = np.frombuffer(view, dtype=np.uint8).data
     reader = _Reader(view, max_depth, decode_arrays, codecs)
+    reader.budget = max_decoded
     try:
         value = reader.obj(0, "", "")
     except RecursionError:
@@ -367,10 +379,11 @@ def _path(parent: str, key: str | int) -> str:
 class _Reader:
     """Recursive-descent msgpack parser over a flat uint8 memoryview."""
 
-    __slots__ = ("buf", "codecs", "decode_arrays", "end", "max_depth", "pos")
+    __slots__ = ("budget", "buf", "codecs", "decode_arrays", "end", "max_depth", "pos")
 
     def __init__(self, buf: memoryview, max_depth: int, decode_arrays: bool, codecs: bool) -> None:
         self.codecs = codecs
+        self.budget: int | None = None
         self.buf, self.pos, self.end = buf, 0, len(buf)
         self.max_depth, self.decode_arrays = max_depth, decode_arrays
 
@@ -471,7 +484,12 @@ class _Reader:
             out[name] = self.obj(depth + 1, path, name)
         if is_array_map(out):
             if self.decode_arrays:
-                return decode_array(out, field=path or "array", codecs=self.codecs)
+                arr = decode_array(
+                    out, field=path or "array", codecs=self.codecs, max_nbytes=self.budget
+                )
+                if self.budget is not None and "codec" in out:
+                    self.budget -= arr.nbytes
+                return arr
         elif isinstance(out.get("data"), memoryview):
             out["data"] = bytes(out["data"])  # not an array payload: an ordinary bin
         return out

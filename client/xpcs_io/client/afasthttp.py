@@ -12,6 +12,7 @@ import httpx
 import numpy as np
 
 from xpcs_io.client.fasthttp import Dechunker, FastHTTPTransport, alive, parse_head
+from xpcs_io.client.transport import DEFAULT_MAX_RESPONSE_BYTES, check_length
 
 __all__ = ["AsyncFastHTTPTransport"]
 
@@ -28,10 +29,12 @@ class _AsyncBody(httpx.AsyncByteStream):
 
 
 class AsyncFastHTTPTransport(httpx.AsyncBaseTransport):
-    """Plain HTTP/1.1 with keep-alive sockets per host, for one event loop."""
+    """Plain HTTP/1.1 with keep-alive sockets per host, for one event loop; response bodies
+    above ``max_body`` bytes are refused before they are allocated."""
 
-    def __init__(self, max_idle: int = 16) -> None:
+    def __init__(self, max_idle: int = 16, *, max_body: int = DEFAULT_MAX_RESPONSE_BYTES) -> None:
         self.max_idle = max_idle
+        self.max_body = max_body
         self._idle: dict[tuple[str, int], list[socket.socket]] = {}
 
     async def _take(
@@ -124,6 +127,7 @@ class AsyncFastHTTPTransport(httpx.AsyncBaseTransport):
         if head.framing == "none":
             data = b""
         elif head.framing == "length":
+            check_length(head.length, self.max_body)
             out = np.empty(head.length, dtype=np.uint8)
             view = out.data
             got = min(len(head.rest), head.length)
@@ -139,7 +143,7 @@ class AsyncFastHTTPTransport(httpx.AsyncBaseTransport):
         else:
             # Chunked: the many-file reads stream their answer; else read to the close.
             rest = bytearray(head.rest)
-            dechunk = Dechunker() if head.framing == "chunked" else None
+            dechunk = Dechunker(self.max_body) if head.framing == "chunked" else None
             done = dechunk is not None and dechunk.feed(rest)
             while not done:
                 chunk = await loop.sock_recv(sock, 1 << 20)
@@ -151,6 +155,7 @@ class AsyncFastHTTPTransport(httpx.AsyncBaseTransport):
                     done = dechunk.feed(chunk)
                 else:
                     rest += chunk
+                    check_length(len(rest), self.max_body)
             data = dechunk.result() if dechunk is not None else bytes(rest)
         response = httpx.Response(head.status, headers=head.headers, stream=_AsyncBody(data))
         return response, head.keep_alive

@@ -20,9 +20,20 @@ from typing import Any
 import httpx
 import numpy as np
 
-__all__ = ["Dechunker", "FastHTTPTransport", "Head", "alive", "parse_head", "usable_for"]
+from xpcs_io.client.transport import DEFAULT_MAX_RESPONSE_BYTES, check_length, parse_length
+
+__all__ = [
+    "Dechunker",
+    "FastHTTPTransport",
+    "Head",
+    "alive",
+    "chunk_size",
+    "parse_head",
+    "usable_for",
+]
 
 _MAX_HEAD = 64 * 1024
+_MAX_CHUNK_LINE = 1024
 _PROXY_VARS = ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
 
 
@@ -53,14 +64,18 @@ def parse_head(buf: bytearray, method: str) -> Head:
     lines = bytes(buf[:end]).split(b"\r\n")
     try:
         version, status_text = lines[0].split(b" ", 2)[:2]
+        if not (len(status_text) == 3 and status_text.isdigit()):
+            raise ValueError(status_text)
         status = int(status_text)
     except ValueError:
-        raise httpx.RemoteProtocolError(f"bad status line {lines[0]!r}") from None
+        raise httpx.RemoteProtocolError(f"bad status line {lines[0][:80]!r}") from None
+    if not 100 <= status <= 599:
+        raise httpx.RemoteProtocolError(f"bad status {status}")
     headers = []
     for line in lines[1:]:
         name, sep, value = line.partition(b":")
         if not sep:
-            raise httpx.RemoteProtocolError(f"bad header line {line!r}")
+            raise httpx.RemoteProtocolError(f"bad header line {line[:80]!r}")
         headers.append((name.strip(), value.strip()))
     lookup = {n.lower(): v for n, v in headers}
     keep = version == b"HTTP/1.1" and lookup.get(b"connection", b"").lower() != b"close"
@@ -69,15 +84,24 @@ def parse_head(buf: bytearray, method: str) -> Head:
         framing = "none"
     elif b"content-length" in lookup:
         framing = "length"
-        try:
-            length = int(lookup[b"content-length"])
-        except ValueError:
-            raise httpx.RemoteProtocolError("bad Content-Length") from None
+        length = parse_length(lookup[b"content-length"])
     elif lookup.get(b"transfer-encoding", b"").lower() == b"chunked":
         framing = "chunked"
     else:
         framing, keep = "close", False
     return Head(status, headers, keep, framing, length, memoryview(buf)[end + 4 :])
+
+
+def chunk_size(line: bytes) -> int:
+    """The size on a chunk-size line of a chunked body (extensions after ';' ignored).
+
+    Raises:
+        httpx.RemoteProtocolError: not a hexadecimal number of at most 16 digits.
+    """
+    text = line.split(b";", 1)[0].strip()
+    if not text or len(text) > 16 or text.strip(b"0123456789abcdefABCDEF"):
+        raise httpx.RemoteProtocolError(f"bad chunk size {line[:40]!r}")
+    return int(text, 16)
 
 
 def alive(sock: socket.socket) -> bool:
@@ -98,35 +122,35 @@ def alive(sock: socket.socket) -> bool:
 class Dechunker:
     """Decodes a chunked HTTP body as its bytes arrive: ``feed`` each piece; it returns True
     once the last chunk was read, then ``result()`` is the payload. Every byte is parsed once
-    and consumed input is dropped, so a multi-MB answer of many small chunks costs linear
-    time (re-scanning the whole buffer per piece would cost quadratic time)."""
+    and consumed input is dropped in large steps, so a multi-MB answer of many small chunks
+    costs linear time (re-scanning the buffer per piece would cost quadratic time)."""
 
-    __slots__ = ("body", "buf", "done", "pos")
+    __slots__ = ("body", "buf", "done", "limit", "pos")
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int = DEFAULT_MAX_RESPONSE_BYTES) -> None:
         self.buf = bytearray()
         self.pos = 0
         self.body = bytearray()
         self.done = False
+        self.limit = limit
 
     def feed(self, data: bytes | bytearray | memoryview) -> bool:
         """Add ``data``; True when the body is complete (trailers are not read).
 
         Raises:
-            httpx.RemoteProtocolError: a malformed or overlong chunk size line.
+            httpx.RemoteProtocolError: a malformed or overlong chunk-size line.
+            ResponseTooLargeError: the body grows past ``limit``.
         """
         buf = self.buf
         buf += data
         while not self.done:
             line_end = buf.find(b"\r\n", self.pos)
             if line_end < 0:
-                if len(buf) - self.pos > 1024:
-                    raise httpx.RemoteProtocolError("chunk size line too long")
+                if len(buf) - self.pos > _MAX_CHUNK_LINE:
+                    raise httpx.RemoteProtocolError("chunk-size line too long")
                 break
-            try:
-                size = int(bytes(buf[self.pos : line_end]).split(b";")[0], 16)
-            except ValueError:
-                raise httpx.RemoteProtocolError("bad chunk size") from None
+            size = chunk_size(bytes(buf[self.pos : line_end]))
+            check_length(len(self.body) + size, self.limit)
             start = line_end + 2
             if len(buf) < start + size + 2:
                 break  # the last chunk, too, waits for its CRLF: none may be left unread
@@ -156,10 +180,12 @@ class _Body(httpx.SyncByteStream):
 
 
 class FastHTTPTransport(httpx.BaseTransport):
-    """Plain HTTP/1.1 with a small pool of keep-alive sockets per host (thread-safe)."""
+    """Plain HTTP/1.1 with a small pool of keep-alive sockets per host (thread-safe);
+    response bodies above ``max_body`` bytes are refused before they are allocated."""
 
-    def __init__(self, max_idle: int = 8) -> None:
+    def __init__(self, max_idle: int = 8, *, max_body: int = DEFAULT_MAX_RESPONSE_BYTES) -> None:
         self.max_idle = max_idle
+        self.max_body = max_body
         self._idle: dict[tuple[str, int], list[socket.socket]] = {}
         self._lock = threading.Lock()
 
@@ -269,14 +295,16 @@ class FastHTTPTransport(httpx.BaseTransport):
                 raise httpx.RemoteProtocolError("server closed the connection without answering")
             buf += chunk
         head = parse_head(buf, method)
+        limit = self.max_body
         if head.framing == "none":
             data: Any = b""
         elif head.framing == "length":
+            check_length(head.length, limit)
             data = self._read_exact(sock, head.length, head.rest)
         elif head.framing == "chunked":
-            data = self._read_chunked(sock, bytearray(head.rest))
+            data = self._read_chunked(sock, bytearray(head.rest), limit)
         else:
-            data = self._read_to_close(sock, bytearray(head.rest))
+            data = self._read_to_close(sock, bytearray(head.rest), limit)
         response = httpx.Response(head.status, headers=head.headers, stream=_Body(data))
         return response, head.keep_alive
 
@@ -294,8 +322,8 @@ class FastHTTPTransport(httpx.BaseTransport):
         return out
 
     @staticmethod
-    def _read_chunked(sock: socket.socket, buf: bytearray) -> Any:
-        body = Dechunker()
+    def _read_chunked(sock: socket.socket, buf: bytearray, limit: int) -> Any:
+        body = Dechunker(limit)
         more: bytes = bytes(buf)
         while not body.feed(more):
             more = sock.recv(1 << 20)
@@ -304,7 +332,9 @@ class FastHTTPTransport(httpx.BaseTransport):
         return body.result()
 
     @staticmethod
-    def _read_to_close(sock: socket.socket, buf: bytearray) -> bytes:
+    def _read_to_close(sock: socket.socket, buf: bytearray, limit: int) -> bytes:
+        check_length(len(buf), limit)
         while chunk := sock.recv(1 << 20):
             buf += chunk
+            check_length(len(buf), limit)
         return bytes(buf)
