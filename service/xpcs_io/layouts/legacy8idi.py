@@ -66,6 +66,7 @@ from xpcs_io.schemas import G2Data, GeometryMetadata, QMapSchema
 
 __all__ = [
     "analysis_type",
+    "detector_shape",
     "dynamic_bins",
     "is_legacy",
     "list_c2_bins",
@@ -144,6 +145,16 @@ def _shape(loc: Locator) -> tuple[tuple[int, int], bool]:
         if (h, w) == (width, height):
             return (w, h), True
     return (h, w), False
+
+
+def detector_shape(loc: Locator) -> tuple[tuple[int, int], bool]:
+    """(H, W) of the detector and whether ``/xpcs/dqmap`` is stored transposed.
+
+    Raises:
+        KeyError: ``/xpcs/dqmap`` is missing.
+        HDF5ValidationError: it is not a 2-D map.
+    """
+    return _shape(loc)
 
 
 def _labels(loc: Locator) -> npt.NDArray[Any]:
