@@ -20,6 +20,7 @@ from xpcs_io.facade import HDF5Facade
 from xpcs_io.logs import configure_logging
 from xpcs_io.paths import display_path
 from xpcs_io.pool import HDF5ConnectionPool
+from xpcs_io.server import h5grove_api, viewer_routes
 from xpcs_io.server.events import EventHub
 from xpcs_io.server.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from xpcs_io.server.observability import Metrics, ObservabilityMiddleware, render
@@ -118,6 +119,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = metrics
     install_handlers(app)
     app.include_router(router)
+    app.include_router(viewer_routes.router)
+    app.include_router(h5grove_api.router)
     app.mount(
         "/docs-assets",
         StaticFiles(directory=swagger_ui_bundle.swagger_ui_path),

@@ -1,0 +1,320 @@
+"""Generic browsing of any file under the data root in h5grove's request and response
+conventions, under ``/h5grove``, so h5web, jupyterlab-h5web and other h5grove clients can
+browse files through this service.
+
+- ``GET /h5grove/meta/?file=F&path=P``: the entity at P: ``name``, ``kind`` ("group",
+  "dataset", "soft_link", "external_link"), ``attributes`` (name, shape, type), for datasets
+  ``shape``, ``chunks``, ``filters``, ``type`` (``class``, ``dtype`` as ``dtype.str``,
+  ``size``), for groups ``children`` (one level, links described, not followed).
+- ``GET /h5grove/attr/?file=F&path=P[&attr_keys=K...]``: attribute values as JSON.
+- ``GET /h5grove/data/?file=F&path=P[&selection=S][&format=json|bin|npy][&flatten=true]``:
+  dataset values; ``selection`` is NumPy slicing text (``"0:10,::2"``, ``"3"``).
+
+Everything goes through the facade's guard (root, symlinks, external links and virtual
+datasets leading outside are 403). A selection that is not slicing text, has more members
+than the dataset has axes, or an index out of range is 422; a selection above
+``MAX_DATA_BYTES`` (or ``json_max_elements`` values as JSON) is refused before reading.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Annotated, Any, Literal
+
+import h5py
+import numpy as np
+from fastapi import APIRouter, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from starlette.responses import Response
+
+from xpcs_io.errors import PayloadTooLargeError
+from xpcs_io.facade import HDF5Facade
+from xpcs_io.server.auth import require
+from xpcs_io.server.openapi_docs import ERRORS
+
+__all__ = ["MAX_DATA_BYTES", "parse_selection", "router", "selected_shape"]
+
+MAX_DATA_BYTES = 1 << 30
+MAX_SELECTION_CHARS = 1024
+
+router = APIRouter(prefix="/h5grove", tags=["h5grove"])
+
+HFile = Annotated[str, Query(description="File path relative to the data root.", min_length=1)]
+HPath = Annotated[str, Query(description="HDF5 path in the file.", max_length=4096)]
+
+
+def _member(text: str) -> slice | int:
+    text = text.strip()
+    parts = text.split(":")
+    try:
+        if len(parts) == 1:
+            return int(parts[0])
+        if len(parts) in (2, 3):
+            start, stop, *rest = (int(p) if p.strip() else None for p in parts)
+            step = rest[0] if rest else None
+            if step == 0:
+                raise ValueError("slice step cannot be zero")
+            return slice(start, stop, step)
+    except ValueError as exc:
+        raise ValueError(f"selection member {text!r} is not an index or a slice ({exc})") from None
+    raise ValueError(f"selection member {text!r} is not an index or a slice")
+
+
+def parse_selection(selection: str | None, shape: tuple[int, ...]) -> tuple[slice | int, ...]:
+    """NumPy slicing text (``"0:10,::2"``) as a tuple for a dataset of ``shape``.
+
+    Raises:
+        ValueError: not slicing text, more members than axes, or an index out of range.
+    """
+    if selection is None or not selection.strip():
+        return ()
+    if len(selection) > MAX_SELECTION_CHARS:
+        raise ValueError(f"selection longer than {MAX_SELECTION_CHARS} characters")
+    members = tuple(_member(m) for m in selection.split(","))
+    if len(members) > len(shape):
+        raise ValueError(
+            f"selection {selection!r} has {len(members)} members for a {len(shape)}-D dataset"
+        )
+    for axis, (m, n) in enumerate(zip(members, shape, strict=False)):
+        if isinstance(m, int) and not -n <= m < n:
+            raise ValueError(f"index {m} out of range for axis {axis} of length {n}")
+    return members
+
+
+def selected_shape(shape: tuple[int, ...], members: tuple[slice | int, ...]) -> tuple[int, ...]:
+    """The shape ``members`` select from ``shape`` (computed on a zero-stride view)."""
+    view = np.lib.stride_tricks.as_strided(np.zeros(1, np.uint8), shape, (0,) * len(shape))
+    return tuple(int(n) for n in view[members].shape)
+
+
+def _type(type_id: Any) -> dict[str, Any]:
+    try:
+        dtype = type_id.dtype
+        text = dtype.str
+    except (TypeError, ValueError):
+        text = "|O"
+    return {"class": int(type_id.get_class()), "dtype": text, "size": int(type_id.get_size())}
+
+
+def _attributes(obj: Any) -> list[dict[str, Any]]:
+    out = []
+    for name in sorted(obj.attrs.keys()):
+        attr = h5py.h5a.open(obj.id, name.encode())
+        out.append({"name": name, "shape": attr.shape, "type": _type(attr.get_type())})
+    return out
+
+
+def _filters(ds: h5py.Dataset) -> list[dict[str, Any]] | None:
+    plist = ds.id.get_create_plist()
+    n = plist.get_nfilters()
+    if not n:
+        return None
+    return [
+        {"id": int(f[0]), "name": f[3].decode(errors="replace")}
+        for f in (plist.get_filter(i) for i in range(n))
+    ]
+
+
+def _entity(name: str, obj: Any, depth: int) -> dict[str, Any]:
+    if isinstance(obj, h5py.Dataset):
+        return {
+            "attributes": _attributes(obj),
+            "chunks": obj.chunks,
+            "filters": _filters(obj),
+            "kind": "dataset",
+            "name": name,
+            "shape": obj.shape,
+            "type": _type(obj.id.get_type()),
+        }
+    if isinstance(obj, h5py.Group):
+        meta: dict[str, Any] = {"attributes": _attributes(obj), "kind": "group", "name": name}
+        if depth > 0:
+            meta["children"] = [_child(obj, key) for key in obj]
+        return meta
+    return {"kind": "other", "name": name}
+
+
+def _child(group: h5py.Group, key: str) -> dict[str, Any]:
+    link = group.get(key, getlink=True)
+    if isinstance(link, h5py.SoftLink):
+        return {"kind": "soft_link", "name": key, "target_path": link.path}
+    if isinstance(link, h5py.ExternalLink):
+        return {
+            "kind": "external_link",
+            "name": key,
+            "target_file": link.filename,
+            "target_path": link.path,
+        }
+    return _entity(key, group[key], 0)
+
+
+def _json(content: Any) -> Response:
+    return Response(
+        json.dumps(content, separators=(",", ":"), default=_plain, allow_nan=False),
+        media_type="application/json",
+    )
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return _plain_list(value)
+    if isinstance(value, np.generic):
+        return _plain(value.item())
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    if isinstance(value, h5py.Empty):
+        return None
+    return str(value)
+
+
+def _plain_list(arr: np.ndarray[Any, Any]) -> Any:
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        obj = arr.astype(object)
+        obj[~np.isfinite(arr)] = None
+        return obj.tolist()
+    if arr.dtype.kind in "SO":
+        return [_plain(v) if not isinstance(v, str) else v for v in arr.reshape(-1).tolist()]
+    return arr.tolist()
+
+
+def _path(path: str) -> str:
+    return "/" + path.strip("/")
+
+
+def meta(facade: HDF5Facade, file: str, path: str) -> dict[str, Any]:
+    """h5grove ``/meta`` content of ``path`` in ``file`` (see the module docstring).
+
+    Raises:
+        FileNotFoundError, KeyError, PermissionError: as the facade's reads.
+    """
+    with facade._open(file) as (loc, _):
+        norm = _path(path)
+        if norm != "/":
+            parent, _, name = norm.rpartition("/")
+            group = loc.group(parent or "/")
+            link = group.get(name, getlink=True)
+            if isinstance(link, h5py.SoftLink | h5py.ExternalLink):
+                return _child(group, name)
+        return _entity(norm.rpartition("/")[2], loc.get(norm), 1)
+
+
+def attrs(facade: HDF5Facade, file: str, path: str, keys: list[str] | None) -> dict[str, Any]:
+    """h5grove ``/attr`` content: attribute values of ``path`` (all, or ``keys``).
+
+    Raises:
+        KeyError: no such entity or attribute.
+    """
+    with facade._open(file) as (loc, _):
+        obj = loc.get(_path(path))
+        names = list(obj.attrs.keys()) if keys is None else keys
+        out = {}
+        for name in names:
+            if name not in obj.attrs:
+                raise KeyError(f"{_path(path)} in {loc.display} has no attribute {name!r}")
+            out[name] = obj.attrs[name]
+        return out
+
+
+def data(facade: HDF5Facade, file: str, path: str, selection: str | None, limit: int) -> Any:
+    """The selected values of dataset ``path`` (at most ``limit`` bytes).
+
+    Raises:
+        KeyError: no such dataset. ValueError: a malformed selection.
+        PayloadTooLargeError: the selection holds more than ``limit`` bytes.
+    """
+    with facade._open(file) as (loc, _):
+        norm = _path(path)
+        ds = loc.get(norm)
+        if not isinstance(ds, h5py.Dataset):
+            raise KeyError(f"{norm} in {loc.display} is not a dataset")
+        shape = tuple(int(n) for n in (ds.shape or ()))
+        members = parse_selection(selection, shape)
+        n = int(np.prod(selected_shape(shape, members), dtype=np.int64)) if shape else 1
+        if n * ds.dtype.itemsize > limit:
+            raise PayloadTooLargeError(
+                f"{norm}[{selection or ''}] holds {n * ds.dtype.itemsize:,} bytes, more than "
+                f"the {limit:,} served at once: select a part with selection="
+            )
+        parent, _, name = norm.rpartition("/")
+        return loc.read(parent or "/", name, members)
+
+
+def _facade(request: Request) -> HDF5Facade:
+    facade: HDF5Facade = request.app.state.facade
+    return facade
+
+
+def _route(path: str) -> Any:
+    """Both ``/x`` and ``/x/`` (h5web asks for the latter)."""
+
+    def decorate(fn: Any) -> Any:
+        router.api_route(
+            f"/{path}/",
+            methods=["GET"],
+            include_in_schema=True,
+            operation_id=f"h5grove-{path}",
+            dependencies=[require("read")],
+            responses=ERRORS,
+        )(fn)
+        router.api_route(
+            f"/{path}", methods=["GET"], include_in_schema=False, dependencies=[require("read")]
+        )(fn)
+        return fn
+
+    return decorate
+
+
+@_route("meta")
+async def get_meta(request: Request, file: HFile, path: HPath = "/") -> Response:
+    """h5grove ``/meta``: metadata of one entity (groups list their children)."""
+    return _json(await run_in_threadpool(meta, _facade(request), file, path))
+
+
+@_route("attr")
+async def get_attr(
+    request: Request,
+    file: HFile,
+    path: HPath = "/",
+    attr_keys: Annotated[list[str] | None, Query()] = None,
+) -> Response:
+    """h5grove ``/attr``: attribute values."""
+    return _json(await run_in_threadpool(attrs, _facade(request), file, path, attr_keys))
+
+
+@_route("data")
+async def get_data(
+    request: Request,
+    file: HFile,
+    path: HPath = "/",
+    selection: Annotated[str | None, Query(max_length=MAX_SELECTION_CHARS)] = None,
+    format: Literal["json", "bin", "npy"] = "json",
+    flatten: bool = False,
+    dtype: Literal["origin", "safe"] = "origin",
+) -> Response:
+    """h5grove ``/data``: dataset values (json nested lists with NaN as null, bin raw
+    little-endian bytes, npy)."""
+    settings = request.app.state.settings
+    limit = MAX_DATA_BYTES
+    values = await run_in_threadpool(data, _facade(request), file, path, selection, limit)
+    arr = np.asarray(values)
+    if dtype == "safe" and arr.dtype.kind in "iuf" and arr.dtype.byteorder == ">":
+        arr = arr.astype(arr.dtype.newbyteorder("<"))
+    if flatten:
+        arr = arr.reshape(-1)
+    if format == "json":
+        if arr.size > settings.json_max_elements:
+            raise PayloadTooLargeError(
+                f"{arr.size:,} values are more than the {settings.json_max_elements:,} sent as "
+                "JSON: use format=bin or npy"
+            )
+        return _json(arr if arr.ndim else arr.item() if arr.dtype.kind != "S" else arr[()])
+    if format == "npy":
+        buf = io.BytesIO()
+        np.save(buf, arr, allow_pickle=False)
+        return Response(buf.getvalue(), media_type="application/octet-stream")
+    if arr.dtype.kind not in "biuf":
+        raise ValueError(f"format=bin needs numbers, {path} holds {arr.dtype}")
+    return Response(np.ascontiguousarray(arr).tobytes(), media_type="application/octet-stream")
