@@ -175,11 +175,12 @@ def nexus_seconds_per_frame(loc: Locator) -> float:
 
 
 def _intensity_row(loc: Locator, group: str, name: str) -> Array:
-    data = np.asarray(loc.read(group, name))
+    data: Array = np.asarray(loc.read(group, name))
     if data.ndim == 1:
         return data
     if data.ndim == 2 and data.shape[0] in (1, 2):
-        return data[-1]
+        row: Array = data[-1]
+        return row
     why = f"expected (N,) or (2, N) (frame, intensity), found shape {data.shape}"
     raise invalid(loc, group, name, why)
 

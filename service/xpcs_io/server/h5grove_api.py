@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import io
 import json
-from typing import Annotated, Any, Literal
+from collections.abc import Callable
+from typing import Annotated, Any, Literal, TypeVar
 
 import h5py
 import numpy as np
@@ -33,7 +34,17 @@ from xpcs_io.facade import HDF5Facade
 from xpcs_io.server.auth import require
 from xpcs_io.server.openapi_docs import ERRORS
 
-__all__ = ["MAX_DATA_BYTES", "parse_selection", "router", "selected_shape"]
+__all__ = [
+    "MAX_DATA_BYTES",
+    "attrs",
+    "data",
+    "entity",
+    "meta",
+    "parse_selection",
+    "plain",
+    "router",
+    "selected_shape",
+]
 
 MAX_DATA_BYTES = 1 << 30
 MAX_SELECTION_CHARS = 1024
@@ -116,7 +127,8 @@ def _filters(ds: h5py.Dataset) -> list[dict[str, Any]] | None:
     ]
 
 
-def _entity(name: str, obj: Any, depth: int) -> dict[str, Any]:
+def entity(name: str, obj: Any, depth: int) -> dict[str, Any]:
+    """h5grove metadata of a group or dataset (children one level down when ``depth``)."""
     if isinstance(obj, h5py.Dataset):
         return {
             "attributes": _attributes(obj),
@@ -146,7 +158,7 @@ def _child(group: h5py.Group, key: str) -> dict[str, Any]:
             "target_file": link.filename,
             "target_path": link.path,
         }
-    return _entity(key, group[key], 0)
+    return entity(key, group[key], 0)
 
 
 def _json(content: Any) -> Response:
@@ -158,7 +170,7 @@ def _json(content: Any) -> Response:
 
 def _plain(value: Any) -> Any:
     if isinstance(value, np.ndarray):
-        return _plain_list(value)
+        return plain(value)
     if isinstance(value, np.generic):
         return _plain(value.item())
     if isinstance(value, bytes):
@@ -170,7 +182,8 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
-def _plain_list(arr: np.ndarray[Any, Any]) -> Any:
+def plain(arr: np.ndarray[Any, Any]) -> Any:
+    """``arr`` as JSON-safe nested lists (NaN/Inf as None, bytes decoded)."""
     if arr.dtype.kind == "f" and not np.isfinite(arr).all():
         obj = arr.astype(object)
         obj[~np.isfinite(arr)] = None
@@ -198,7 +211,7 @@ def meta(facade: HDF5Facade, file: str, path: str) -> dict[str, Any]:
             link = group.get(name, getlink=True)
             if isinstance(link, h5py.SoftLink | h5py.ExternalLink):
                 return _child(group, name)
-        return _entity(norm.rpartition("/")[2], loc.get(norm), 1)
+        return entity(norm.rpartition("/")[2], loc.get(norm), 1)
 
 
 def attrs(facade: HDF5Facade, file: str, path: str, keys: list[str] | None) -> dict[str, Any]:
@@ -247,10 +260,13 @@ def _facade(request: Request) -> HDF5Facade:
     return facade
 
 
-def _route(path: str) -> Any:
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _route(path: str) -> Callable[[F], F]:
     """Both ``/x`` and ``/x/`` (h5web asks for the latter)."""
 
-    def decorate(fn: Any) -> Any:
+    def decorate(fn: F) -> F:
         router.api_route(
             f"/{path}/",
             methods=["GET"],

@@ -11,16 +11,17 @@ from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 import h5py
+import numpy as np
 from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from xpcs_io.errors import PayloadTooLargeError
 from xpcs_io.facade import HDF5Facade
+from xpcs_io.server import h5grove_api
 from xpcs_io.server.auth import require
 from xpcs_io.server.common import FilePath, Layout, Validate, facade_for, read_result, send
 from xpcs_io.server.exports import export, wanted_format
-from xpcs_io.server.h5grove_api import _entity
 from xpcs_io.server.openapi_docs import ERRORS, ok
 
 __all__ = ["MAX_TREE_NODES", "router"]
@@ -202,7 +203,7 @@ def tree(facade: HDF5Facade, file_path: str) -> dict[str, Any]:
                 f"{file_path} holds more than {MAX_TREE_NODES:,} groups and datasets: browse "
                 "it with /h5grove/meta/ one group at a time"
             )
-        meta = _entity(name, obj, 0)
+        meta = h5grove_api.entity(name, obj, 0)
         if isinstance(obj, h5py.Group):
             children = []
             for key in obj:
@@ -235,4 +236,40 @@ def tree(facade: HDF5Facade, file_path: str) -> dict[str, Any]:
 async def read_tree(request: Request, file_path: FilePath) -> Response:
     """Groups and datasets with shapes, dtypes, chunks, filters and attribute names."""
     content = await run_in_threadpool(tree, request.app.state.facade, file_path)
+    return send(request, content)
+
+
+def _dataset_values(facade: HDF5Facade, file_path: str, path: str, selection: str | None) -> Any:
+    values = h5grove_api.data(facade, file_path, path, selection, h5grove_api.MAX_DATA_BYTES)
+    arr = np.asarray(values)
+    if arr.dtype.kind in "SUO":  # strings travel as lists of str
+        return h5grove_api.plain(arr)
+    return arr
+
+
+@router.get(
+    "/dataset",
+    summary="Read any dataset, or a selection of it",
+    operation_id="dataset-read",
+    tags=["files"],
+    dependencies=[require("read")],
+    responses={**ok("C2Map"), **ERRORS},
+)
+async def read_dataset(
+    request: Request,
+    file_path: FilePath,
+    path: Annotated[str, Query(description="HDF5 path of the dataset.", max_length=4096)],
+    selection: Annotated[
+        str | None,
+        Query(
+            description="NumPy slicing text, e.g. 0:10,::2",
+            max_length=h5grove_api.MAX_SELECTION_CHARS,
+        ),
+    ] = None,
+) -> Response:
+    """The values of one dataset (dtype kept; strings as a list), checked against the size
+    limit before reading."""
+    content = await run_in_threadpool(
+        _dataset_values, request.app.state.facade, file_path, path, selection
+    )
     return send(request, content)
