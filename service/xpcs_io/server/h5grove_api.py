@@ -100,12 +100,49 @@ def selected_shape(shape: tuple[int, ...], members: tuple[slice | int, ...]) -> 
 
 
 def _type(type_id: Any) -> dict[str, Any]:
+    """HDF5 type as h5grove describes it: class, ``dtype.str``, size, and the details h5web
+    reads (byte order and sign, string charset/padding/vlen, enum members, base types)."""
     try:
-        dtype = type_id.dtype
-        text = dtype.str
+        text = type_id.dtype.str
     except (TypeError, ValueError):
         text = "|O"
-    return {"class": int(type_id.get_class()), "dtype": text, "size": int(type_id.get_size())}
+    out: dict[str, Any] = {
+        "class": int(type_id.get_class()),
+        "dtype": text,
+        "size": int(type_id.get_size()),
+    }
+    if isinstance(type_id, h5py.h5t.TypeIntegerID):
+        out.update(order=int(type_id.get_order()), sign=int(type_id.get_sign()))
+    elif isinstance(type_id, h5py.h5t.TypeFloatID):
+        out["order"] = int(type_id.get_order())
+    elif isinstance(type_id, h5py.h5t.TypeStringID):
+        out.update(
+            cset=int(type_id.get_cset()),
+            strpad=int(type_id.get_strpad()),
+            vlen=bool(type_id.is_variable_str()),
+        )
+    elif isinstance(type_id, h5py.h5t.TypeEnumID):
+        n = type_id.get_nmembers()
+        out["members"] = {
+            type_id.get_member_name(i).decode("utf-8", errors="replace"): int(
+                type_id.get_member_value(i)
+            )
+            for i in range(n)
+        }
+        out["base"] = _type(type_id.get_super())
+    elif isinstance(type_id, h5py.h5t.TypeCompoundID):
+        out["members"] = [
+            {
+                "name": type_id.get_member_name(i).decode("utf-8", errors="replace"),
+                **_type(type_id.get_member_type(i)),
+            }
+            for i in range(type_id.get_nmembers())
+        ]
+    elif isinstance(type_id, h5py.h5t.TypeArrayID):
+        out.update(dims=list(type_id.get_array_dims()), base=_type(type_id.get_super()))
+    elif isinstance(type_id, h5py.h5t.TypeVlenID):
+        out["base"] = _type(type_id.get_super())
+    return out
 
 
 def _attributes(obj: Any) -> list[dict[str, Any]]:
@@ -231,8 +268,16 @@ def attrs(facade: HDF5Facade, file: str, path: str, keys: list[str] | None) -> d
         return out
 
 
-def data(facade: HDF5Facade, file: str, path: str, selection: str | None, limit: int) -> Any:
-    """The selected values of dataset ``path`` (at most ``limit`` bytes).
+def data(
+    facade: HDF5Facade,
+    file: str,
+    path: str,
+    selection: str | None,
+    limit: int,
+    max_elements: int | None = None,
+) -> Any:
+    """The selected values of dataset ``path`` (at most ``limit`` bytes and, when given,
+    ``max_elements`` values), checked before anything is read.
 
     Raises:
         KeyError: no such dataset. ValueError: a malformed selection.
@@ -250,6 +295,11 @@ def data(facade: HDF5Facade, file: str, path: str, selection: str | None, limit:
             raise PayloadTooLargeError(
                 f"{norm}[{selection or ''}] holds {n * ds.dtype.itemsize:,} bytes, more than "
                 f"the {limit:,} served at once: select a part with selection="
+            )
+        if max_elements is not None and n > max_elements:
+            raise PayloadTooLargeError(
+                f"{norm}[{selection or ''}] holds {n:,} values, more than the {max_elements:,} "
+                "sent as JSON: use format=bin or npy, or select a part"
             )
         parent, _, name = norm.rpartition("/")
         return loc.read(parent or "/", name, members)
