@@ -202,17 +202,22 @@ def test_validate_false_returns_what_is_stored(side: Side, workdir: Path) -> Non
     assert unchecked.time[1] < 0
 
 
-def test_g2_without_phi_keeps_the_four_field_message() -> None:
+def test_g2_phi_values_round_trip() -> None:
     g2 = G2Data(
         g2=np.ones((2, 1)),
         g2_err=np.zeros((2, 1)),
         delay_times=np.array([1.0, 2.0]),
         q_values=np.array([0.1]),
     )
-    assert "phi_values" not in g2.to_dict()
+    assert g2.to_dict()["phi_values"] is None
+    assert G2Data.from_dict({k: v for k, v in g2.to_dict().items() if k != "phi_values"}) == g2
     with_phi = G2Data.from_dict({**g2.to_dict(), "phi_values": [45.0]})
     assert with_phi.phi_values is not None
     assert with_phi.phi_values.tolist() == [45.0]
+    with pytest.raises(ValueError, match="phi_values"):
+        G2Data.from_dict({**g2.to_dict(), "phi_values": [45.0, 90.0]})
+    with pytest.raises(ValueError, match="phi_values"):
+        G2Data.from_dict({**g2.to_dict(), "phi_values": [float("nan")]})
 
 
 def test_async_client(server: Server, workdir: Path) -> None:

@@ -416,13 +416,6 @@ class G2Data(Schema):
 
     _array_fields = ("g2", "g2_err", "delay_times", "q_values", "phi_values")
 
-    def to_dict(self) -> dict[str, Any]:
-        out = super().to_dict()
-        if out.get("phi_values") is None:
-            # Without phi the message stays what readers of the four-field form expect.
-            out.pop("phi_values", None)
-        return out
-
     def validate(self) -> None:
         _check_numeric(self.g2, "g2", kinds="f")
         _check_ndim(self.g2, 2, "g2")

@@ -313,6 +313,13 @@ def _facade(request: Request) -> HDF5Facade:
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+_SUMMARIES = {
+    "meta": "h5grove: metadata of a group or dataset",
+    "attr": "h5grove: attribute values",
+    "data": "h5grove: dataset values",
+}
+
+
 def _route(path: str) -> Callable[[F], F]:
     """Both ``/x`` and ``/x/`` (h5web asks for the latter)."""
 
@@ -322,6 +329,7 @@ def _route(path: str) -> Callable[[F], F]:
             methods=["GET"],
             include_in_schema=True,
             operation_id=f"h5grove-{path}",
+            summary=_SUMMARIES[path],
             dependencies=[require("read")],
             responses=ERRORS,
         )(fn)
@@ -344,7 +352,9 @@ async def get_attr(
     request: Request,
     file: HFile,
     path: HPath = "/",
-    attr_keys: Annotated[list[str] | None, Query()] = None,
+    attr_keys: Annotated[
+        list[str] | None, Query(description="Only these attributes (repeat the parameter).")
+    ] = None,
 ) -> Response:
     """h5grove ``/attr``: attribute values."""
     return _json(await run_in_threadpool(attrs, _facade(request), file, path, attr_keys))
@@ -355,10 +365,19 @@ async def get_data(
     request: Request,
     file: HFile,
     path: HPath = "/",
-    selection: Annotated[str | None, Query(max_length=MAX_SELECTION_CHARS)] = None,
-    format: Literal["json", "bin", "npy"] = "json",
-    flatten: bool = False,
-    dtype: Literal["origin", "safe"] = "origin",
+    selection: Annotated[
+        str | None,
+        Query(description="NumPy slicing text, e.g. 0:10,::2", max_length=MAX_SELECTION_CHARS),
+    ] = None,
+    format: Annotated[
+        Literal["json", "bin", "npy"],
+        Query(description="json (NaN as null), bin (raw C-order bytes) or npy."),
+    ] = "json",
+    flatten: Annotated[bool, Query(description="Return the values as one flat axis.")] = False,
+    dtype: Annotated[
+        Literal["origin", "safe"],
+        Query(description="origin: as stored; safe: big-endian numbers made little-endian."),
+    ] = "origin",
 ) -> Response:
     """h5grove ``/data``: dataset values (json nested lists with NaN as null, bin raw
     little-endian bytes, npy)."""
