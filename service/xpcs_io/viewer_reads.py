@@ -114,8 +114,9 @@ class ViewerReads:
         """A flat, JSON-safe dict of the file's instrument, sample and analysis settings:
         summary keys with their unit in the name (``energy_keV``, ``frame_time_s``,
         ``detector_distance_mm``, ``sample_name``, ``start_time``, ``analysis_type``,
-        ``layout``), then every small dataset of the layout's configuration groups by HDF5
-        path, its unit alongside as ``"<path>@unit"``.
+        ``layout``, and ``c2_q_idx``: the bins ``read_c2`` has a map for), then every small
+        dataset of the layout's configuration groups by HDF5 path, its unit alongside as
+        ``"<path>@unit"``.
 
         Raises:
             FileNotFoundError: the file does not exist.

@@ -6,7 +6,8 @@ layout keeps its configuration in; values are numbers, strings, booleans or shor
 them (NaN/Inf become None). A dataset's unit attribute goes alongside as ``"<key>@unit"``.
 A few summary keys come first, named with their unit: ``layout``, ``analysis_type``,
 ``energy_keV``, ``frame_time_s``, ``detector_distance_mm``, ``sample_name``,
-``start_time`` (those the file holds). Datasets of more than ``MAX_ELEMENTS`` values (maps,
+``start_time`` (those the file holds); ``c2_q_idx`` lists the dynamic bins with a two-time
+map. Datasets of more than ``MAX_ELEMENTS`` values (maps,
 results) are left out, as are more than ``MAX_KEYS`` keys.
 """
 

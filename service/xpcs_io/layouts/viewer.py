@@ -107,7 +107,10 @@ def read_metadata(loc: Locator, layout: str | None) -> dict[str, Any]:
         name = _layout(loc, layout)
     except KeyError:
         name = registry.detect(loc, "geometry", registry.DEFAULT_GROUPS["geometry"])[0]
-    return metadata.read_metadata(loc, name)
+    out = metadata.read_metadata(loc, name)
+    # Which dynamic bins have a two-time map (what a viewer offers for read_c2).
+    out["c2_q_idx"] = registry.c2_bins(loc)
+    return out
 
 
 def two_time_hint(loc: Locator, layout: str | None) -> str | None:
