@@ -676,5 +676,8 @@
   window.quicklookWire = { unpack }; // the msgpack decoder, for tests and the console
   // What the result views (quicklook-views.js) share with this page.
   window.quicklookCore = { api, unpack, LUT, fmt, pretty, apiKey, kvTable, note };
-  start();
+  // After every deferred script has run (the result views register themselves first).
+  // A deferred script runs while readyState is "interactive", before DOMContentLoaded.
+  if (document.readyState !== "complete") document.addEventListener("DOMContentLoaded", start, { once: true });
+  else start();
 })();
