@@ -171,7 +171,7 @@
     }
     ctx.save(); ctx.translate(canvas.width - 6, T + ih / 2); ctx.rotate(-Math.PI / 2);
     ctx.textAlign = "center"; ctx.textBaseline = "bottom";
-    ctx.fillText(`${opt.log ? "log₁₀ " : ""}${opt.quantity} (${pretty(opt.unit)})`, 0, 0); ctx.restore();
+    ctx.fillText(`${opt.quantity} (${pretty(opt.unit)})${opt.log ? ", log scale" : ""}`, 0, 0); ctx.restore();
     return { shape: [h, w], min: opt.log ? 10 ** lo : lo, max: opt.log ? 10 ** hi : hi, log: !!opt.log,
       ticks: ticks.map(([, label]) => label), image: [L, T, iw, ih] };
   }

@@ -307,7 +307,7 @@
 
   function drawG2() {
     const c = $("g2-canvas"), ctx = c.getContext("2d"), g = state.g2;
-    const W = c.width, H = c.height, L = 64, R = 176, T = 14, B = 46; // legend in the right margin
+    const W = c.width, H = c.height, L = 64, R = 206, T = 14, B = 46; // legend in the right margin
     ctx.clearRect(0, 0, W, H);
     ctx.font = "12px system-ui, sans-serif";
     if (!g) return;
@@ -399,8 +399,9 @@
     });
   }
 
-  const legendText = (g, b) => `q[${b}] = ${fmt(g.q_values[b])} Å⁻¹`
-    + (g.phi_values ? `, φ = ${fmt(g.phi_values[b])}°` : "");
+  const short = (v) => (v === null || v === undefined ? "—" : Number(Number(v).toPrecision(3)).toString());
+  const legendText = (g, b) => `q${b} = ${short(g.q_values[b])} Å⁻¹`
+    + (g.phi_values ? `, φ = ${Number(g.phi_values[b]).toFixed(1)}°` : "");
 
   function renderBins() {
     const g = state.g2;
@@ -412,8 +413,9 @@
         updateUrl();
         g2Drawn();
       });
-      const phi = g.phi_values ? `, φ ${fmt(g.phi_values[b])}°` : "";
-      return el("label", { title: `q bin ${b}` }, box, el("span", { class: "swatch" }), ` ${b}: q = ${fmt(q)}${phi}`);
+      const phi = g.phi_values ? `, φ ${Number(g.phi_values[b]).toFixed(0)}°` : "";
+      return el("label", { title: `q bin ${b}: q = ${fmt(q)} Å⁻¹${phi}` }, box, el("span", { class: "swatch" }),
+        ` ${b}: q = ${short(q)}${phi}`);
     }));
   }
 
