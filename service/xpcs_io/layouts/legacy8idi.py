@@ -10,8 +10,8 @@ Every era's way of storing a value is read alike: scalars as (), (1,) or (1, 1);
 blanks stripped; counts as float64 or integers; maps as (H, W) or (1, H, W); a mask stored
 (W, H) is transposed (as the beamline viewer does), and so is a label map whose shape is
 (x_dimension, y_dimension); Hadoop's (n_tau, n_q, 1) G2 and (N, N, 1) two-time maps lose
-the trailing axis. SAXS (``pixelSum``, ``partition-mean-*``) and intensity vs time are not
-read, nor the compound ``/exchange/norm`` of early Hadoop files.
+the trailing axis. SAXS (``pixelSum``, ``partition-mean-*``) and intensity vs time are read
+by ``xpcs_io.layouts.saxs``; the compound ``/exchange/norm`` of early Hadoop files is not.
 
 Units (no unit attributes in these files; one, where present, is honoured):
 ``/measurement/instrument/detector/distance``, ``x_pixel_size``, ``y_pixel_size`` and the
