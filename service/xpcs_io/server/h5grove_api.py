@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import io
 import json
+import posixpath
 from collections.abc import Callable
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -29,7 +30,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from starlette.responses import Response
 
-from xpcs_io.errors import PayloadTooLargeError
+from xpcs_io.errors import HDF5ValidationError, PayloadTooLargeError
 from xpcs_io.facade import HDF5Facade
 from xpcs_io.server.auth import require
 from xpcs_io.server.openapi_docs import ERRORS
@@ -231,7 +232,9 @@ def plain(arr: np.ndarray[Any, Any]) -> Any:
 
 
 def _path(path: str) -> str:
-    return "/" + path.strip("/")
+    if "\x00" in path:
+        raise ValueError("an HDF5 path cannot hold NUL")
+    return posixpath.normpath("/" + path.strip("/")).replace("//", "/")
 
 
 def meta(facade: HDF5Facade, file: str, path: str) -> dict[str, Any]:
@@ -245,7 +248,10 @@ def meta(facade: HDF5Facade, file: str, path: str) -> dict[str, Any]:
         if norm != "/":
             parent, _, name = norm.rpartition("/")
             group = loc.group(parent or "/")
-            link = group.get(name, getlink=True)
+            try:
+                link = group.get(name, getlink=True)
+            except (OSError, RuntimeError, ValueError):
+                raise KeyError(f"{norm} not found in {loc.display}") from None
             if isinstance(link, h5py.SoftLink | h5py.ExternalLink):
                 return _child(group, name)
         return entity(norm.rpartition("/")[2], loc.get(norm), 1)
@@ -262,9 +268,17 @@ def attrs(facade: HDF5Facade, file: str, path: str, keys: list[str] | None) -> d
         names = list(obj.attrs.keys()) if keys is None else keys
         out = {}
         for name in names:
+            if not name or "\x00" in name:
+                raise ValueError(f"attr_keys must name attributes, got {name!r}")
             if name not in obj.attrs:
                 raise KeyError(f"{_path(path)} in {loc.display} has no attribute {name!r}")
-            out[name] = obj.attrs[name]
+            try:
+                out[name] = obj.attrs[name]
+            except (OSError, RuntimeError, TypeError) as exc:
+                raise HDF5ValidationError(
+                    f"{loc.display}: cannot read attribute {name!r} of {_path(path)} ({exc})",
+                    file=loc.display,
+                ) from exc
         return out
 
 
