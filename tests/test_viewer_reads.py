@@ -248,3 +248,19 @@ def test_async_client(server: Server, workdir: Path) -> None:
     assert meta["layout"] == "aps8idi"
     np.testing.assert_array_equal(delays, _h5(path, "/xpcs/multitau/delay_list")[:4])
     assert {c["name"] for c in tree["children"]} == {"entry", "xpcs"}
+
+
+def test_huge_declared_dataset_is_refused_before_reading(side: Side, workdir: Path) -> None:
+    path = write_aps8idi_file(workdir / "huge.hdf")
+    with h5py.File(path, "a") as f:
+        del f["/xpcs/temporal_mean/scattering_2d"]
+        # 149 GiB declared, chunked and never written: the file stays tiny.
+        f.create_dataset(
+            "/xpcs/temporal_mean/scattering_2d",
+            shape=(1, 200_000, 200_000),
+            dtype="f4",
+            chunks=(1, 256, 256),
+        )
+    with pytest.raises(HDF5ValidationError, match="declares"):
+        side.api.read_saxs_2d(side.path(path))
+    assert side.api.read_saxs_1d(side.path(path)).q.size > 0  # the rest of the file reads

@@ -23,7 +23,11 @@ import numpy.typing as npt
 from xpcs_io.h5access import Locator
 from xpcs_io.layouts import aps8idi, legacy8idi
 from xpcs_io.layouts.common import check_index, exists, invalid, scalar, vector
-from xpcs_io.layouts.saxs import legacy_seconds_per_frame, nexus_seconds_per_frame
+from xpcs_io.layouts.saxs import (
+    checked_size,
+    legacy_seconds_per_frame,
+    nexus_seconds_per_frame,
+)
 from xpcs_io.schemas import G2Data
 
 __all__ = [
@@ -119,6 +123,7 @@ def _build(
     if ds.ndim != 2 or ds.shape[1] != len(labels):
         why = f"expected (n_lag, {len(labels)}), one column per processed bin; found {ds.shape}"
         raise invalid(loc, group, name, why)
+    checked_size(loc, group, name)
     cols = _pick(loc, labels, q_idx, group, name)
     sel = np.s_[:, cols[0] : cols[0] + 1] if len(cols) == 1 and q_idx is not None else ()
     g2 = np.asarray(loc.read(group, name, sel))

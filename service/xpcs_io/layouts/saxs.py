@@ -47,6 +47,8 @@ from xpcs_io.layouts.common import (
 from xpcs_io.schemas import IntensityTimeData, Saxs1DData, Saxs2DData
 
 __all__ = [
+    "MAX_READ_BYTES",
+    "checked_size",
     "legacy_intensity_time",
     "legacy_saxs_1d",
     "legacy_saxs_2d",
@@ -57,6 +59,10 @@ __all__ = [
     "nexus_seconds_per_frame",
 ]
 
+#: A result dataset declaring more bytes than this is refused before reading: no SAXS image,
+#: curve or intensity trace of a real detector comes near it (an Eiger 4M image is 36 MB as
+#: float64), and a tiny file can declare a 149 GiB dataset that is never written.
+MAX_READ_BYTES = 1 << 30
 TEMPORAL = "/xpcs/temporal_mean"
 SPATIAL = "/xpcs/spatial_mean"
 QMAP = "/xpcs/qmap"
@@ -65,16 +71,32 @@ LEGACY_DETECTOR = "/measurement/instrument/detector"
 Array = npt.NDArray[Any]
 
 
+def checked_size(loc: Locator, group: str, name: str) -> None:
+    """Refuse a dataset declaring more than ``MAX_READ_BYTES``.
+
+    Raises:
+        KeyError: the dataset is missing.
+        HDF5ValidationError: it declares more bytes than that.
+    """
+    ds = loc.dataset(group, name)
+    declared = int(ds.size) * int(ds.dtype.itemsize)
+    if declared > MAX_READ_BYTES:
+        why = f"declares {declared:,} bytes (shape {ds.shape}), more than {MAX_READ_BYTES:,}"
+        raise invalid(loc, group, name, why)
+
+
 def _unit(loc: Locator, group: str, name: str) -> str:
     return unit_of(loc, group, name) or "a.u."
 
 
 def _image(loc: Locator, group: str, name: str) -> Array:
     h, w = map_shape(loc, group, name)
+    checked_size(loc, group, name)
     return np.asarray(loc.read(group, name)).reshape(h, w)
 
 
 def _curve(loc: Locator, group: str, name: str) -> Array:
+    checked_size(loc, group, name)
     return vector(loc, group, name)
 
 
@@ -82,6 +104,7 @@ def _segments(loc: Locator, group: str, name: str, n_full: int) -> Array:
     """(n_segments, n_full) from a 2-D dataset (or (0, n_full) when absent)."""
     if not exists(loc, group, name):
         return np.zeros((0, n_full), dtype=np.float32)
+    checked_size(loc, group, name)
     seg = np.asarray(loc.read(group, name))
     if seg.ndim == 3 and seg.shape[0] == 1:
         seg = seg[0]
@@ -175,6 +198,7 @@ def nexus_seconds_per_frame(loc: Locator) -> float:
 
 
 def _intensity_row(loc: Locator, group: str, name: str) -> Array:
+    checked_size(loc, group, name)
     data: Array = np.asarray(loc.read(group, name))
     if data.ndim == 1:
         return data
