@@ -190,8 +190,8 @@ def targets(results: dict[str, Result]) -> list[Target]:
         "SAXS 2-D of an Eiger 4M: read_saxs_2d (cache off) <= 1.5x h5grove serving the dataset",
         "<=",
         1.5,
-        _ratio(_row(results, "w10", "ours_cold"), _row(results, "w10", "h5grove")),
-        "w10 median, RemoteHDF5Facade.read_saxs_2d (cache off) / h5grove GET /data",
+        _ratio(_row(results, "w11", "ours_cold"), _row(results, "w11", "h5grove")),
+        "w11 median, RemoteHDF5Facade.read_saxs_2d (cache off) / h5grove GET /data",
     )
     add(
         "core",

@@ -1,4 +1,4 @@
-"""w10: the SAXS 2-D image of an Eiger 4M result file (float32 (1, 2162, 2068), lzf, as
+"""w11: the SAXS 2-D image of an Eiger 4M result file (float32 (1, 2162, 2068), lzf, as
 boost_corr writes ``/xpcs/temporal_mean/scattering_2d``): our typed ``read_saxs_2d`` next to
 h5grove serving the same dataset, and our own h5grove-compatible ``/h5grove/data``."""
 
@@ -13,7 +13,7 @@ from bench.common import Case, Result, interleave, nbytes
 from bench.env import Env, checked
 from xpcs_io.client import RemoteHDF5Facade
 
-NAME = "w10"
+NAME = "w11"
 NEEDS = {"ours", "ours_nocache", "h5grove"}
 EIGER_4M = (2162, 2068)
 REL = "saxs/eiger4m_saxs.hdf"
