@@ -19,8 +19,16 @@ written against the local ``HDF5Facade`` catches the same things remotely::
      │    ├── PermissionError             a path outside the data root, or a missing/wrong API key
      │    ├── ConnectionError
      │    │    └── RemoteConnectionError  the server could not be reached (keeps the cause)
-     │    └── TimeoutError
-     │         └── WriteLockTimeout       another writer held the file's lock too long (HTTP 503)
+     │    ├── TimeoutError
+     │    │    └── WriteLockTimeout       another writer held the file's lock too long (HTTP 503)
+     │    ├── BlockingIOError
+     │    │    └── FileBusyError          another program has the file open for writing, or it
+     │    │                               changed during every read attempt (HTTP 423, retry)
+     │    ├── FileMarkedOpenError         the file is marked open for writing but nobody holds
+     │    │                               its lock: a crashed writer; ``h5clear -s`` (HTTP 409)
+     │    ├── LockFileError               the write lock cannot be taken: its path is not a
+     │    │                               regular file, or the filesystem refuses locks (409)
+     │    └── InsufficientStorageError    the disk or quota is full; nothing changed (HTTP 507)
      └── ServerError                      the server failed (HTTP 5xx): never a client mistake
 
 ``ERROR_TABLE`` maps each class to its HTTP status and is the single source for both
@@ -34,7 +42,12 @@ from __future__ import annotations
 __all__ = [
     "CLIENT_ONLY",
     "ERROR_TABLE",
+    "RETRYABLE",
+    "FileBusyError",
+    "FileMarkedOpenError",
     "HDF5ValidationError",
+    "InsufficientStorageError",
+    "LockFileError",
     "PayloadTooLargeError",
     "RemoteConnectionError",
     "SchemaError",
@@ -108,6 +121,26 @@ class ServerError(Exception):
         self.status = status
 
 
+class FileBusyError(BlockingIOError):
+    """Another program has the file open for writing (it holds HDF5's file lock, or the file
+    is being written in place): retry later. Never a sign of a damaged file."""
+
+
+class FileMarkedOpenError(OSError):
+    """The file's superblock says it is open for writing, but no program holds its lock: a
+    writer crashed (or writes without HDF5's file locking). If nothing is writing it, clear the
+    mark with ``h5clear -s FILE``."""
+
+
+class LockFileError(OSError):
+    """The service's write lock for the file cannot be taken: the lock path is not a regular
+    file (a folder, a symlink), or the filesystem refuses locks while locking is ``on``."""
+
+
+class InsufficientStorageError(OSError):
+    """A write failed because the disk (or the quota) is full; the file was left unchanged."""
+
+
 # Most specific first: the first ``isinstance`` match decides the status.
 ERROR_TABLE: tuple[tuple[type[BaseException], int], ...] = (
     (HDF5ValidationError, 422),
@@ -123,7 +156,14 @@ ERROR_TABLE: tuple[tuple[type[BaseException], int], ...] = (
     (ValueError, 422),
     (TypeError, 422),
     (ServerError, 500),
+    (FileBusyError, 423),
+    (FileMarkedOpenError, 409),
+    (LockFileError, 409),
+    (InsufficientStorageError, 507),
 )
+
+#: Errors a caller may simply retry later; the server answers them with ``Retry-After``.
+RETRYABLE: tuple[type[BaseException], ...] = (FileBusyError, WriteLockTimeout)
 
 # Raised by the client itself, never sent by a server, so they have no status.
 CLIENT_ONLY: tuple[type[BaseException], ...] = (RemoteConnectionError,)

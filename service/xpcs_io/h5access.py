@@ -3,7 +3,10 @@
 ``Locator`` walks an HDF5 path one component at a time without following links blindly: an
 external link, or a virtual dataset's source file, that points outside the allowed root is
 refused with ``PermissionError`` before HDF5 opens it, so neither its bytes nor its existence
-leak. Missing objects raise ``KeyError`` naming the HDF5 path and the file.
+leak; one pointing to a missing file inside the root raises ``KeyError`` naming the link.
+Linked files are opened as the pool opens files (beneath the root, verified, no lock kept)
+and recorded in ``reached`` with their identity, so freshness checks cover them. Missing
+objects raise ``KeyError`` naming the HDF5 path and the file.
 """
 
 from __future__ import annotations
@@ -20,6 +23,9 @@ import numpy as np
 
 from xpcs_io.errors import HDF5ValidationError
 from xpcs_io.filters import FILTERS as _FILTERS  # noqa: F401  (registers HDF5 filter plugins)
+from xpcs_io.locking import LockPolicy
+from xpcs_io.paths import realpath
+from xpcs_io.pool import FileIdentity, open_hdf5
 
 __all__ = ["Locator", "decode_str", "is_inside"]
 
@@ -28,7 +34,7 @@ _MAX_LINK_DEPTH = 16
 
 def is_inside(path: str | os.PathLike[str], root: Path) -> bool:
     """True when ``path`` (symlinks resolved) is ``root`` or lies below it."""
-    real = Path(os.path.realpath(path))
+    real = Path(realpath(path))
     return real == root or root in real.parents
 
 
@@ -58,21 +64,34 @@ class Locator:
     #: Files this locator opened while following external links (kept open while it lives,
     #: since objects found in them need them), shared with the locators it spawns.
     opened: list[Any] = field(default_factory=list, repr=False, compare=False)
+    #: How linked files are opened (locks as configured; default ``auto``).
+    policy: LockPolicy | None = field(default=None, repr=False, compare=False)
+    #: (resolved path, identity when opened) of each file reached through a link, shared
+    #: with the locators this one spawns.
+    reached: list[tuple[str, FileIdentity]] = field(default_factory=list, repr=False, compare=False)
 
     def _check_external(self, holder: str, target_file: str, hdf5_path: str) -> Path:
         """Refuse a link (or virtual source) held in file ``holder`` unless its target file
         exists inside the root. Relative names are taken from the holder's folder, as HDF5
         does first; requiring that the file exists there stops HDF5 from searching on (its
-        later candidates, such as the working directory, may lie outside the root)."""
-        base = Path(os.path.dirname(os.path.realpath(holder)))
+        later candidates, such as the working directory, may lie outside the root).
+
+        Raises:
+            PermissionError: the target lies outside the root.
+            KeyError: the target would lie inside the root but does not exist there.
+        """
+        base = Path(os.path.dirname(realpath(holder)))
         target = Path(target_file)
         candidate = target if target.is_absolute() else base / target
         assert self.root is not None
-        if not is_inside(candidate, self.root) or not candidate.is_file():
+        if not is_inside(candidate, self.root):
             raise PermissionError(
                 f"{self.display}: {hdf5_path} links to a file outside the data root"
             )
-        return Path(os.path.realpath(candidate))
+        if not candidate.is_file():
+            shown = Path(realpath(candidate)).relative_to(self.root).as_posix()
+            raise KeyError(f"{hdf5_path} in {self.display} links to {shown}, which does not exist")
+        return Path(realpath(candidate))
 
     def get(self, hdf5_path: str) -> Any:
         """The group or dataset at ``hdf5_path``.
@@ -149,19 +168,38 @@ class Locator:
         return self._walk(norm, depth)
 
     def _in_file(self, handle: Any) -> Locator:
-        return Locator(handle, self.display, self.root, opened=self.opened)
+        return Locator(
+            handle,
+            self.display,
+            self.root,
+            opened=self.opened,
+            policy=self.policy,
+            reached=self.reached,
+        )
 
     def _open_external(self, real: Path, path: str, walked: str, depth: int) -> Any:
-        # Open the (checked, inside) target ourselves and walk the link's path in it with the
+        # Open the (checked, inside) target ourselves, as the pool opens files (beneath the
+        # root, the inode verified, no lock kept), and walk the link's path in it with the
         # same guard, so a link found there is checked as well.
+        assert self.root is not None
+        shown = real.relative_to(self.root).as_posix()
         try:
-            target = h5py.File(real, "r")
-        except OSError as exc:
+            target = open_hdf5(os.fspath(real), shown, root=self.root, policy=self.policy)
+        except HDF5ValidationError as exc:
             raise HDF5ValidationError(
-                f"{self.display}: {walked} links to a file that is not readable HDF5",
+                f"{self.display}: {walked} links to {shown}, which is not readable HDF5",
                 file=self.display,
             ) from exc
+        except FileNotFoundError:
+            raise KeyError(
+                f"{walked} in {self.display} links to {shown}, which does not exist"
+            ) from None
         self.opened.append(target)
+        try:
+            identity = FileIdentity.from_stat(os.fstat(target.id.get_vfd_handle()))
+        except (OSError, ValueError, TypeError):
+            identity = FileIdentity.of(real)
+        self.reached.append((os.fspath(real), identity))
         return self._in_file(target).walk_from(
             posixpath.normpath("/" + path.lstrip("/")), depth + 1
         )

@@ -55,7 +55,14 @@ class Settings(BaseSettings):
         ge=0,
         description="Bytes of read results kept for all viewers (0 disables the cache).",
     )
-    lock_timeout: float = Field(60.0, gt=0, description="Seconds a write waits for the lock.")
+    lock_timeout: float = Field(
+        30.0,
+        gt=0,
+        description=(
+            "Seconds a write waits for another writer (below the clients' 60 s timeout, so a "
+            "remote caller gets the 423 and knows the write did not happen)."
+        ),
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     workers: int = Field(
         1, ge=1, le=64, description="Server processes (h5py runs one call at a time per process)."
@@ -73,6 +80,14 @@ class Settings(BaseSettings):
         600.0, gt=0, description="Seconds events are kept for clients that reconnect."
     )
     batch_max_files: int = Field(1000, ge=1, description="Most files one many-file read may name.")
+    file_locking: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description=(
+            "Locks shared with other HDF5 programs and between writers: on (required), off "
+            "(none: no protection against other programs), auto (on, except on a filesystem "
+            "that refuses locks, e.g. NFS without lockd: one warning, then off there)."
+        ),
+    )
 
     @field_validator("log_level", mode="before")
     @classmethod

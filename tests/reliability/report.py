@@ -62,6 +62,13 @@ SUITES = {
         "Descriptors bounded by the pool with many files, nothing leaked by clients that drop "
         "out of downloads, in-flight downloads completed on SIGTERM.",
     ),
+    "R9": (
+        "Sharing files and races",
+        "An h5py program writing in place beside the service loses nothing and sees no torn "
+        "read; a folder swapped for a symlink never leads a read or a write out of the root; "
+        "one flipped bit is a clear 4xx naming the file; a full disk is a 507 with the file "
+        "unchanged.",
+    ),
 }
 
 

@@ -17,6 +17,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
 
 from xpcs_io.facade import HDF5Facade
+from xpcs_io.locking import LockPolicy
 from xpcs_io.logs import configure_logging
 from xpcs_io.paths import display_path
 from xpcs_io.pool import HDF5ConnectionPool
@@ -63,7 +64,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        pool = HDF5ConnectionPool(max_size=settings.pool_size)
+        pool = HDF5ConnectionPool(
+            max_size=settings.pool_size, policy=LockPolicy(settings.file_locking)
+        )
         timeout = settings.lock_timeout
         app.state.pool = pool
         app.state.facade = HDF5Facade(pool, True, root=root, lock_timeout=timeout)

@@ -85,6 +85,17 @@ async def _file_paths(request: Request, limit: int) -> list[str]:
     return paths
 
 
+def _seen_by(
+    facade: HDF5Facade, read: Callable[[HDF5Facade, str], Schema], path: str
+) -> Callable[[], tuple[Schema, Any]]:
+    # Runs on a pool thread: the facade remembers per thread which file version it read.
+    def run() -> tuple[Schema, Any]:
+        value = read(facade, path)
+        return value, facade.last_read_identity()
+
+    return run
+
+
 def _array_header(n: int) -> bytes:
     if n < 16:
         return bytes([0x90 | n])
@@ -107,11 +118,15 @@ async def _items(
     async def one(index: int, path: str) -> None:
         async with slots:
             try:
-                identity = facade.file_identity(path)
                 real = facade.resolve(path)
-                value = await results.get(
-                    (real, identity, *key), real, identity, lambda: read(facade, path)
+                identity = facade.file_identity(path)
+                value, seen = await results.get(
+                    (real, identity, *key), real, identity, _seen_by(facade, read, path)
                 )
+                if not identity.swmr and seen != identity.file:
+                    # Read from another version than the key names (a write raced it):
+                    # answered as read, not kept.
+                    results.drop_file(real, keep=None)
                 item = {"index": index, "file_path": path, "result": value.to_dict()}
             except Exception as exc:
                 item = {"index": index, "file_path": path, "error": problem_fields(request, exc)}

@@ -33,7 +33,7 @@ def _arrays(value: Any) -> list[np.ndarray[Any, Any]]:
         value = value.to_dict()
     if isinstance(value, dict):
         return [a for v in value.values() for a in _arrays(v)]
-    if isinstance(value, list):
+    if isinstance(value, list | tuple):  # tuples: a result and the identity it was read at
         return [a for v in value for a in _arrays(v)]
     return []
 
