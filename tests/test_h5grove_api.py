@@ -18,7 +18,7 @@ from PIL import Image
 
 from xpcs_io.client import RemoteHDF5Facade
 from xpcs_io.demo_aps8idi import write_aps8idi_file
-from xpcs_io.errors import PayloadTooLargeError
+from xpcs_io.errors import DatasetTooLargeError, PayloadTooLargeError
 from xpcs_io.facade import HDF5Facade
 from xpcs_io.server.h5grove_api import data
 
@@ -121,15 +121,24 @@ def test_client_browsing(server: Server, nexus: Path) -> None:
 def test_size_limit(server: Server, workdir: Path) -> None:
     path = workdir / "limit.hdf"
     with h5py.File(path, "w") as f:
-        f.create_dataset("big", shape=(4096, 4096), dtype="f4")  # 64 MiB, never written
+        # 149 GiB declared, chunked and never written: refused before anything is read.
+        f.create_dataset("huge", shape=(200_000, 200_000), dtype="f4", chunks=(256, 256))
+        f.create_dataset("big", shape=(4096, 4096), dtype="f4")  # 64 MiB
     facade = HDF5Facade(root=server.root)
     rel = path.relative_to(server.root).as_posix()
-    with pytest.raises(PayloadTooLargeError, match="selection"):
-        data(facade, rel, "/big", None, 1 << 20)
-    assert data(facade, rel, "/big", "0:2,0:2", 1 << 20).shape == (2, 2)
+    with pytest.raises(DatasetTooLargeError, match="declares"):
+        data(facade, rel, "/huge", None)
+    assert data(facade, rel, "/huge", "0:2,0:2").shape == (2, 2)
+    with pytest.raises(PayloadTooLargeError, match="JSON"):
+        data(facade, rel, "/big", None, max_elements=1000)
+    for fmt in ("json", "bin", "npy"):
+        answer = _get(server, "data", file=rel, path="/huge", format=fmt)
+        assert answer.status_code == 422, answer.text
+        assert "read limit" in answer.json()["detail"]
     # JSON answers are bounded by the server's element limit, before any value is sent.
-    answer = _get(server, "data", file=rel, path="/big")
-    assert answer.status_code == 413
+    assert _get(server, "data", file=rel, path="/big").status_code == 413
+    part = _get(server, "data", file=rel, path="/huge", selection="5:7,1:4", format="npy")
+    assert np.load(io.BytesIO(part.content)).shape == (2, 3)
 
 
 def test_exports_read_back(server: Server, workdir: Path) -> None:

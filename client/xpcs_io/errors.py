@@ -5,6 +5,7 @@ written against the local ``HDF5Facade`` catches the same things remotely::
 
     Exception
      ├── HDF5ValidationError              stored data break a schema rule, or the file is not HDF5
+     │    └── DatasetTooLargeError        a read would allocate more than the configured limit
      ├── ValueError
      │    ├── SchemaError                 a schema value breaks a rule (.field)
      │    ├── WireFormatError             bytes that are not valid msgpack (HTTP 400)
@@ -20,7 +21,9 @@ written against the local ``HDF5Facade`` catches the same things remotely::
      │    ├── ConnectionError
      │    │    └── RemoteConnectionError  the server could not be reached (keeps the cause)
      │    ├── TimeoutError
-     │    │    └── WriteLockTimeout       another writer held the file's lock too long (HTTP 503)
+     │    │    ├── WriteLockTimeout       another writer held the file's lock too long (HTTP 503)
+     │    │    ├── RequestTimeoutError    the request body stalled; the server gave up (HTTP 408)
+     │    │    └── ServerBusyError        the server holds too many answers right now (HTTP 503)
      │    ├── BlockingIOError
      │    │    └── FileBusyError          another program has the file open for writing, or it
      │    │                               changed during every read attempt (HTTP 423, retry)
@@ -43,6 +46,7 @@ __all__ = [
     "CLIENT_ONLY",
     "ERROR_TABLE",
     "RETRYABLE",
+    "DatasetTooLargeError",
     "FileBusyError",
     "FileMarkedOpenError",
     "HDF5ValidationError",
@@ -50,8 +54,10 @@ __all__ = [
     "LockFileError",
     "PayloadTooLargeError",
     "RemoteConnectionError",
+    "RequestTimeoutError",
     "SchemaError",
     "SchemaTypeError",
+    "ServerBusyError",
     "ServerError",
     "WireFormatError",
     "WriteLockTimeout",
@@ -141,8 +147,27 @@ class InsufficientStorageError(OSError):
     """A write failed because the disk (or the quota) is full; the file was left unchanged."""
 
 
+class DatasetTooLargeError(HDF5ValidationError):
+    """Reading a dataset (or the asked selection of it) would allocate more bytes than the
+    configured read limit (``XPCS_IO_MAX_READ_BYTES``); the message names the dataset, its
+    declared shape, dtype and size. The file may be fine: it is simply too large to read
+    whole (HTTP 422)."""
+
+
+class RequestTimeoutError(TimeoutError):
+    """The server stopped waiting for a request body that stalled or crawled (HTTP 408)."""
+
+
+class ServerBusyError(TimeoutError):
+    """The server holds as many answers for slow readers as it may: retry shortly (HTTP 503,
+    retried by the client for reads)."""
+
+
 # Most specific first: the first ``isinstance`` match decides the status.
 ERROR_TABLE: tuple[tuple[type[BaseException], int], ...] = (
+    (DatasetTooLargeError, 422),
+    (RequestTimeoutError, 408),
+    (ServerBusyError, 503),
     (HDF5ValidationError, 422),
     (SchemaError, 422),
     (SchemaTypeError, 422),
@@ -201,8 +226,8 @@ def exception_from_problem(
             cls = PayloadTooLargeError
         else:
             cls = ValueError
-    if cls is HDF5ValidationError:
-        return HDF5ValidationError(detail, field=field)
+    if cls is HDF5ValidationError or cls is DatasetTooLargeError:
+        return cls(detail, field=field)
     if cls is SchemaError:
         return SchemaError(detail, field=field)
     if cls is SchemaTypeError:

@@ -89,6 +89,42 @@ class Settings(BaseSettings):
         ),
     )
 
+    # Resources and browsers: bounds that hold under hostile or broken clients.
+    allowed_hosts: str = Field(
+        "",
+        description="Comma-separated Host names a server without API keys answers besides its "
+        "loopback names (127.0.0.1, localhost, [::1]); '*' turns the Host check off.",
+    )
+    max_read_bytes: int = Field(
+        2 << 30, ge=1, description="Largest dataset selection one read may allocate (bytes)."
+    )
+    max_inflight_body_bytes: int = Field(
+        512 << 20,
+        ge=1,
+        description="Request body bytes held by all requests at once; more answer 503.",
+    )
+    max_unshared_result_bytes: int = Field(
+        1 << 30,
+        ge=1,
+        description="Bytes of read results held by answers outside the result cache (too "
+        "large for it, or the cache off); past it reads answer 503.",
+    )
+    header_timeout: float = Field(
+        10.0, gt=0, description="Seconds a connection may take to send a request head."
+    )
+    body_timeout: float = Field(
+        30.0, gt=0, description="Seconds a request body may stall before the request gets 408."
+    )
+    keep_alive_timeout: float = Field(
+        75.0, gt=0, description="Seconds an idle keep-alive connection stays open."
+    )
+    max_connections: int = Field(
+        1000,
+        ge=1,
+        description="Open connections per process (kept below the descriptor limit); "
+        "more are answered 503 and closed.",
+    )
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _lower(cls, value: object) -> object:
@@ -121,3 +157,7 @@ class Settings(BaseSettings):
                 raise ValueError(f"unknown API key scope {scope!r} (use {', '.join(SCOPES)})")
             out[key] = scope  # checked against SCOPES above
         return out
+
+    def allowed_host_names(self) -> frozenset[str]:
+        """The extra Host names of ``allowed_hosts``, lower case, without ports."""
+        return frozenset(h.strip().lower() for h in self.allowed_hosts.split(",") if h.strip())

@@ -69,6 +69,13 @@ SUITES = {
         "one flipped bit is a clear 4xx naming the file; a full disk is a 507 with the file "
         "unchanged.",
     ),
+    "S2": (
+        "Security II: resources and browsers",
+        "Header-only, crawling and half-sent requests, readers that stop reading, files "
+        "declaring huge datasets, browsers against a server without keys and a hostile server "
+        "against the client: memory and descriptors stay bounded, /health recovers within "
+        "seconds, nothing is written by a refused request, no 5xx but deliberate 503s.",
+    ),
 }
 
 

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from xpcs_io.h5access import Locator
+from xpcs_io.h5access import Locator, check_read_size
 from xpcs_io.layouts import legacy8idi
 from xpcs_io.layouts.common import (
     TO_INV_ANGSTROM,
@@ -47,7 +47,6 @@ from xpcs_io.layouts.common import (
 from xpcs_io.schemas import IntensityTimeData, Saxs1DData, Saxs2DData
 
 __all__ = [
-    "MAX_READ_BYTES",
     "checked_size",
     "legacy_intensity_time",
     "legacy_saxs_1d",
@@ -59,10 +58,6 @@ __all__ = [
     "nexus_seconds_per_frame",
 ]
 
-#: A result dataset declaring more bytes than this is refused before reading: no SAXS image,
-#: curve or intensity trace of a real detector comes near it (an Eiger 4M image is 36 MB as
-#: float64), and a tiny file can declare a 149 GiB dataset that is never written.
-MAX_READ_BYTES = 1 << 30
 TEMPORAL = "/xpcs/temporal_mean"
 SPATIAL = "/xpcs/spatial_mean"
 QMAP = "/xpcs/qmap"
@@ -72,17 +67,15 @@ Array = npt.NDArray[Any]
 
 
 def checked_size(loc: Locator, group: str, name: str) -> None:
-    """Refuse a dataset declaring more than ``MAX_READ_BYTES``.
+    """Refuse a dataset larger than the read limit before reading it (a tiny file can declare
+    a 149 GiB dataset that is never written).
 
     Raises:
         KeyError: the dataset is missing.
-        HDF5ValidationError: it declares more bytes than that.
+        DatasetTooLargeError: it declares more bytes than ``h5access.read_limit()``.
     """
     ds = loc.dataset(group, name)
-    declared = int(ds.size) * int(ds.dtype.itemsize)
-    if declared > MAX_READ_BYTES:
-        why = f"declares {declared:,} bytes (shape {ds.shape}), more than {MAX_READ_BYTES:,}"
-        raise invalid(loc, group, name, why)
+    check_read_size(ds, display=loc.display, path=f"{group.rstrip('/')}/{name}")
 
 
 def _unit(loc: Locator, group: str, name: str) -> str:

@@ -24,6 +24,7 @@ from xpcs_io.facade import HDF5Facade
 from xpcs_io.schemas import Schema
 from xpcs_io.server.auth import require
 from xpcs_io.server.common import Layout, Validate, facade_for, group_query, send
+from xpcs_io.server.limits import read_body
 from xpcs_io.server.openapi_docs import BODY_ERRORS
 from xpcs_io.server.problems import problem_fields
 from xpcs_io.server.responses import MSGPACK_MEDIA_TYPE, wants_json
@@ -64,7 +65,7 @@ _OK_DOC: dict[int | str, dict[str, Any]] = {
 
 
 async def _file_paths(request: Request, limit: int) -> list[str]:
-    body = await request.body()
+    body = await read_body(request)
     media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if media == "application/json":
         try:

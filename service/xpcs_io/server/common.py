@@ -14,6 +14,7 @@ from starlette.responses import Response
 from xpcs_io.facade import HDF5Facade
 from xpcs_io.pool import DataIdentity
 from xpcs_io.server.responses import encode, wants_json
+from xpcs_io.server.results import request_key
 
 __all__ = [
     "Compression",
@@ -92,9 +93,8 @@ def send(
 def _etag(request: Request, identity: DataIdentity) -> str:
     # Same bytes in every file the read reaches (identity) + same request + same
     # representation = same body.
-    query = sorted(request.query_params.multi_items())
     form = "json" if wants_json(request) else "msgpack"
-    digest = hashlib.sha256(repr((identity, request.url.path, query, form)).encode())
+    digest = hashlib.sha256(repr((identity, request_key(request), form)).encode())
     return f'"{digest.hexdigest()[:32]}"'
 
 
@@ -127,7 +127,7 @@ async def read_result(request: Request, file_path: str, produce: Callable[[], An
     if _matches(request.headers.get("if-none-match"), headers["etag"]):
         return Response(status_code=304, headers=headers)
 
-    key = (real, identity, request.url.path, tuple(sorted(request.query_params.multi_items())))
+    key = (real, identity, request_key(request))
     content, seen = await state.results.get(key, real, identity, _seen_by(produce, facade))
     if not identity.swmr and (seen != identity.file or facade.file_identity(file_path) != identity):
         state.results.drop_file(real, keep=None)

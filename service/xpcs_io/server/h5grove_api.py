@@ -13,13 +13,15 @@ browse files through this service.
 Everything goes through the facade's guard (root, symlinks, external links and virtual
 datasets leading outside are 403). A selection that is not slicing text, has more members
 than the dataset has axes, or an index out of range is 422; a selection above
-``MAX_DATA_BYTES`` (or ``json_max_elements`` values as JSON) is refused before reading.
+the read limit (``XPCS_IO_MAX_READ_BYTES``, or ``json_max_elements`` values as JSON) is
+refused before reading.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import math
 import posixpath
 from collections.abc import Callable
 from typing import Annotated, Any, Literal, TypeVar
@@ -32,11 +34,11 @@ from starlette.responses import Response
 
 from xpcs_io.errors import HDF5ValidationError, PayloadTooLargeError
 from xpcs_io.facade import HDF5Facade
+from xpcs_io.h5access import check_read_size
 from xpcs_io.server.auth import require
 from xpcs_io.server.openapi_docs import ERRORS
 
 __all__ = [
-    "MAX_DATA_BYTES",
     "attrs",
     "data",
     "entity",
@@ -47,7 +49,6 @@ __all__ = [
     "selected_shape",
 ]
 
-MAX_DATA_BYTES = 1 << 30
 MAX_SELECTION_CHARS = 1024
 
 router = APIRouter(prefix="/h5grove", tags=["h5grove"])
@@ -287,15 +288,15 @@ def data(
     file: str,
     path: str,
     selection: str | None,
-    limit: int,
     max_elements: int | None = None,
 ) -> Any:
-    """The selected values of dataset ``path`` (at most ``limit`` bytes and, when given,
-    ``max_elements`` values), checked before anything is read.
+    """The selected values of dataset ``path``, refused before anything is read when larger
+    than the read limit (``XPCS_IO_MAX_READ_BYTES``) or, when given, ``max_elements`` values.
 
     Raises:
         KeyError: no such dataset. ValueError: a malformed selection.
-        PayloadTooLargeError: the selection holds more than ``limit`` bytes.
+        DatasetTooLargeError: the selection is larger than the read limit.
+        PayloadTooLargeError: more than ``max_elements`` values.
     """
     with facade._open(file) as (loc, _):
         norm = _path(path)
@@ -304,12 +305,8 @@ def data(
             raise KeyError(f"{norm} in {loc.display} is not a dataset")
         shape = tuple(int(n) for n in (ds.shape or ()))
         members = parse_selection(selection, shape)
-        n = int(np.prod(selected_shape(shape, members), dtype=np.int64)) if shape else 1
-        if n * ds.dtype.itemsize > limit:
-            raise PayloadTooLargeError(
-                f"{norm}[{selection or ''}] holds {n * ds.dtype.itemsize:,} bytes, more than "
-                f"the {limit:,} served at once: select a part with selection="
-            )
+        check_read_size(ds, members, display=loc.display, path=norm)
+        n = math.prod(selected_shape(shape, members)) if shape else 1
         if max_elements is not None and n > max_elements:
             raise PayloadTooLargeError(
                 f"{norm}[{selection or ''}] holds {n:,} values, more than the {max_elements:,} "
@@ -396,8 +393,8 @@ async def get_data(
     """h5grove ``/data``: dataset values (json nested lists with NaN as null, bin raw
     little-endian bytes, npy)."""
     settings = request.app.state.settings
-    limit = MAX_DATA_BYTES
-    values = await run_in_threadpool(data, _facade(request), file, path, selection, limit)
+    max_elements = settings.json_max_elements if format == "json" else None
+    values = await run_in_threadpool(data, _facade(request), file, path, selection, max_elements)
     arr = np.asarray(values)
     if dtype == "safe" and arr.dtype.kind in "iuf" and arr.dtype.byteorder == ">":
         arr = arr.astype(arr.dtype.newbyteorder("<"))

@@ -240,7 +240,7 @@ async def read_tree(request: Request, file_path: FilePath) -> Response:
 
 
 def _dataset_values(facade: HDF5Facade, file_path: str, path: str, selection: str | None) -> Any:
-    values = h5grove_api.data(facade, file_path, path, selection, h5grove_api.MAX_DATA_BYTES)
+    values = h5grove_api.data(facade, file_path, path, selection)
     arr = np.asarray(values)
     if arr.dtype.kind in "SUO":  # strings travel as lists of str
         return h5grove_api.plain(arr)
