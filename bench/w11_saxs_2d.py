@@ -52,8 +52,7 @@ def run(env: Env) -> Result:
     api = RemoteHDF5Facade(env.url("ours"), timeout=300)
     cold = RemoteHDF5Facade(env.url("ours_nocache"), timeout=300)
     expected = int(np.prod(shape)) * 4
-    # Earlier workloads may leave handles of files since deleted: a new file can reuse such an
-    # inode, which the servers refuse to read while the old handle is open. Start clean.
+    # Start from empty pools: what earlier workloads left open must not change this one.
     api.clear_pool()
     cold.clear_pool()
     assert nbytes(api.read_saxs_2d(rel)) == expected

@@ -16,9 +16,9 @@ from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from starlette.responses import Response
 
+from xpcs_io import h5browse
 from xpcs_io.errors import PayloadTooLargeError
 from xpcs_io.facade import HDF5Facade
-from xpcs_io.server import h5grove_api
 from xpcs_io.server.auth import require
 from xpcs_io.server.common import FilePath, Layout, Validate, facade_for, read_result, send
 from xpcs_io.server.exports import export, wanted_format
@@ -203,7 +203,7 @@ def tree(facade: HDF5Facade, file_path: str) -> dict[str, Any]:
                 f"{file_path} holds more than {MAX_TREE_NODES:,} groups and datasets: browse "
                 "it with /h5grove/meta/ one group at a time"
             )
-        meta = h5grove_api.entity(name, obj, 0)
+        meta = h5browse.entity(name, obj, 0)
         if isinstance(obj, h5py.Group):
             children = []
             for key in obj:
@@ -240,10 +240,10 @@ async def read_tree(request: Request, file_path: FilePath) -> Response:
 
 
 def _dataset_values(facade: HDF5Facade, file_path: str, path: str, selection: str | None) -> Any:
-    values = h5grove_api.data(facade, file_path, path, selection)
+    values = h5browse.data(facade, file_path, path, selection)
     arr = np.asarray(values)
     if arr.dtype.kind in "SUO":  # strings travel as lists of str
-        return h5grove_api.plain(arr)
+        return h5browse.plain(arr)
     return arr
 
 
@@ -263,7 +263,7 @@ async def read_dataset(
         str | None,
         Query(
             description="NumPy slicing text, e.g. 0:10,::2",
-            max_length=h5grove_api.MAX_SELECTION_CHARS,
+            max_length=h5browse.MAX_SELECTION_CHARS,
         ),
     ] = None,
 ) -> Response:
