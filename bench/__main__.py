@@ -31,6 +31,7 @@ from bench import (
     w8_write_mask,
     w9_g2_many,
     w10_links,
+    w11_saxs_2d,
 )
 from bench.common import MB, Config, Result, process_rss
 from bench.env import Env
@@ -48,6 +49,7 @@ WORKLOADS: dict[str, ModuleType] = {
         w8_write_mask,
         w9_g2_many,
         w10_links,
+        w11_saxs_2d,
     )
 }
 REPO = Path(__file__).resolve().parent.parent
