@@ -10,9 +10,8 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-import swagger_ui_bundle
-from fastapi import FastAPI, Request
-from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi import Depends, FastAPI, Request
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.staticfiles import StaticFiles
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
 
@@ -20,12 +19,14 @@ from xpcs_io.facade import HDF5Facade
 from xpcs_io.logs import configure_logging
 from xpcs_io.paths import display_path
 from xpcs_io.pool import HDF5ConnectionPool
+from xpcs_io.server.docs_pages import DOCS_ASSETS
 from xpcs_io.server.events import EventHub
 from xpcs_io.server.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from xpcs_io.server.observability import Metrics, ObservabilityMiddleware, render
 from xpcs_io.server.problems import install_handlers, problem
 from xpcs_io.server.results import ResultCache
 from xpcs_io.server.routes import router
+from xpcs_io.server.strict import check_request
 from xpcs_io.server.watcher import RootWatcher
 from xpcs_io.server.workers import WorkerGroup
 from xpcs_io.settings import Settings, is_loopback
@@ -117,12 +118,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.metrics = metrics
     install_handlers(app)
-    app.include_router(router)
-    app.mount(
-        "/docs-assets",
-        StaticFiles(directory=swagger_ui_bundle.swagger_ui_path),
-        name="docs-assets",
-    )
+    app.include_router(router, dependencies=[Depends(check_request)])
+    app.mount("/docs-assets", StaticFiles(directory=DOCS_ASSETS), name="docs-assets")
 
     static = Path(__file__).with_name("static")
     app.mount("/static", StaticFiles(directory=static), name="static")
@@ -138,8 +135,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             title="xpcs-io API",
             swagger_js_url="/docs-assets/swagger-ui-bundle.js",
             swagger_css_url="/docs-assets/swagger-ui.css",
-            swagger_favicon_url="/docs-assets/favicon-32x32.png",
+            swagger_favicon_url="/docs-assets/favicon.png",
         )
+
+    @app.get("/redoc", include_in_schema=False)
+    def redoc() -> HTMLResponse:
+        page = get_redoc_html(
+            openapi_url="/openapi.json",
+            title="xpcs-io API",
+            redoc_js_url="/docs-assets/redoc.standalone.js",
+            redoc_favicon_url="/docs-assets/favicon.png",
+            with_google_fonts=False,
+        )
+        # ReDoc's footer logo comes from its vendor's CDN: keep the page offline.
+        page.headers["content-security-policy"] = "img-src 'self' data:"
+        return page
 
     @app.get(
         "/metrics",
