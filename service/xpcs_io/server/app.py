@@ -9,6 +9,7 @@ import os
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
@@ -71,7 +72,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.results = ResultCache(settings.cache_bytes)
         group = None
         if settings.state_dir is not None:
-            group = WorkerGroup(settings.state_dir, pool, lambda p: display_path(root, p))
+            group = WorkerGroup(
+                settings.state_dir,
+                pool,
+                lambda p: display_path(root, p),
+                app.state.results.stats,
+            )
             group.start()
         app.state.workers = group
         events: EventHub = app.state.events
@@ -112,10 +118,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.api_keys = keys
     app.state.root = root
     app.state.root_str = str(root)
-    metrics = Metrics(
-        lambda: app.state.pool.stats() if hasattr(app.state, "pool") else None,
-        lambda: app.state.results.stats() if hasattr(app.state, "results") else None,
-    )
+
+    def pool_stats() -> dict[str, Any] | None:
+        group: WorkerGroup | None = getattr(app.state, "workers", None)
+        if group is not None:
+            return group.stats()
+        return app.state.pool.stats() if hasattr(app.state, "pool") else None
+
+    def result_stats() -> dict[str, Any] | None:
+        group: WorkerGroup | None = getattr(app.state, "workers", None)
+        if group is not None:
+            return group.result_stats()
+        return app.state.results.stats() if hasattr(app.state, "results") else None
+
+    shared = settings.state_dir / "metrics" if settings.state_dir is not None else None
+    metrics = Metrics(pool_stats, result_stats, shared)
     app.state.metrics = metrics
     install_handlers(app)
     app.include_router(router, dependencies=[Depends(check_request)])
