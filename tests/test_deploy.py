@@ -117,6 +117,7 @@ def _stages(text: str) -> list[list[tuple[str, str]]]:
     return stages
 
 
+@pytest.mark.slow
 def test_image_install_and_start_replayed_in_clean_venvs(tmp_path: Path) -> None:
     """Run the Dockerfile's build-stage RUN lines and its CMD with its ENV, with the image's
     absolute paths mapped into a temporary folder."""

@@ -103,6 +103,7 @@ def names() -> Iterator[NameServer]:
     server.close()
 
 
+@pytest.mark.slow
 def test_a_replica_back_at_a_new_address_rejoins(tmp_path: Path, names: NameServer) -> None:
     nginx = _need("nginx")
     replica_port = free_port()

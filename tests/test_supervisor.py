@@ -65,6 +65,7 @@ def _restart_lines(server: Server) -> list[dict[str, object]]:
     return lines
 
 
+@pytest.mark.slow
 def test_a_dying_worker_is_restarted_with_a_growing_delay(workers: Server) -> None:
     killed: set[int] = set()
     alive = _wait_for_workers(workers, 2, killed)
