@@ -18,7 +18,7 @@ import numpy.typing as npt
 import pytest
 
 from xpcs_io.demo import DemoSpec, write_native_file
-from xpcs_io.errors import HDF5ValidationError
+from xpcs_io.errors import FileBusyError, HDF5ValidationError
 from xpcs_io.facade import HDF5Facade
 from xpcs_io.pool import HDF5ConnectionPool, get_default_pool
 from xpcs_io.schemas import GeometryMetadata, MaskSchema
@@ -488,4 +488,147 @@ def test_write_while_pool_and_another_process_hold_the_file(tmp_path: Path) -> N
         if reader.poll() is None:
             reader.kill()
             reader.communicate()
+        pool.shutdown()
+
+
+# ---------------------------------------------------------------- sharing and the data root
+
+EXCLUSIVE = (
+    "import fcntl, sys\nf = open(sys.argv[1], 'rb')\nfcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)"
+)
+
+
+def test_pooled_handle_holds_no_lock_on_the_file(pool: HDF5ConnectionPool, tmp_path: Path) -> None:
+    path = make_file(tmp_path / "a.h5", 1.0)
+    with pool.checkout(path) as f:
+        assert f["data"][0] == 1.0
+        # Even while the handle is in use, another process may lock the file exclusively,
+        # as HDF5 does when a program opens it for writing.
+        done = subprocess.run([sys.executable, "-c", EXCLUSIVE, str(path)], capture_output=True)
+        assert done.returncode == 0, done.stderr.decode()
+    assert pool.stats()["pool_size"] == 1
+
+
+def test_borrow_reports_the_identity_read(pool: HDF5ConnectionPool, tmp_path: Path) -> None:
+    path = make_file(tmp_path / "a.h5", 1.0)
+    with pool.borrow(path) as co:
+        st = os.stat(path)
+        assert (co.identity.device, co.identity.inode) == (st.st_dev, st.st_ino)
+        assert co.identity.ctime_ns == st.st_ctime_ns
+        assert co.swmr is False
+
+
+def test_a_name_swapped_during_the_open_is_never_served(tmp_path: Path) -> None:
+    """The pool opens by name only after a descriptor taken beneath the root; a symlink
+    swapped in between is caught by comparing inodes, and the open retried."""
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    (root / "d").mkdir(parents=True)
+    outside.mkdir()
+    make_file(root / "d" / "x.h5", 1.0)
+    make_file(outside / "x.h5", 4242.0)
+    pool = HDF5ConnectionPool(max_size=2)
+    real = os.path.realpath(root / "d" / "x.h5")
+    original = h5py.File.__init__
+    swaps = 0
+
+    def swapping_init(self: Any, name: Any, *args: Any, **kwargs: Any) -> None:
+        # The attacker's move, at the worst moment: just before HDF5 opens the name.
+        nonlocal swaps
+        if swaps == 0:
+            swaps += 1
+            os.rename(root / "d", root / ".d")
+            os.symlink(outside, root / "d")
+            try:
+                original(self, name, *args, **kwargs)
+            finally:
+                os.unlink(root / "d")
+                os.rename(root / ".d", root / "d")
+            return
+        original(self, name, *args, **kwargs)
+
+    h5py.File.__init__ = swapping_init
+    try:
+        with pool.checkout(real, "d/x.h5", root=root) as f:
+            assert f["data"][0] == 1.0
+    finally:
+        h5py.File.__init__ = original
+        pool.shutdown()
+    assert swaps == 1
+
+
+def test_a_folder_turned_symlink_is_refused(tmp_path: Path) -> None:
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    (root / "d").mkdir(parents=True)
+    outside.mkdir()
+    make_file(outside / "x.h5", 4242.0)
+    real = os.path.realpath(root / "d" / "x.h5")  # resolved while d was a folder
+    os.rmdir(root / "d")
+    os.symlink(outside, root / "d")
+    pool = HDF5ConnectionPool(max_size=2)
+    try:
+        with pytest.raises(PermissionError), pool.checkout(real, "d/x.h5", root=root):
+            pass
+    finally:
+        pool.shutdown()
+
+
+def test_private_view_holds_no_lock_either(pool: HDF5ConnectionPool, tmp_path: Path) -> None:
+    path = make_file(tmp_path / "a.h5", 1.0)
+    with h5py.File(path, "r", locking=False) as plain:  # this process holds the inode open
+        rewrite_in_place(path, 9.0, add="added")
+        with pool.checkout(path) as f:
+            assert f.driver == "stdio"  # a private view: the shared one would be stale
+            assert f["data"].attrs["v"] == 9.0
+            done = subprocess.run([sys.executable, "-c", EXCLUSIVE, str(path)], capture_output=True)
+            assert done.returncode == 0, done.stderr.decode()
+        assert plain["data"].shape == (64,)
+
+
+def test_a_replaced_handle_in_use_is_waited_for_then_a_fresh_one_opened(tmp_path: Path) -> None:
+    path = make_file(tmp_path / "a.h5", 1.0)
+    pool = HDF5ConnectionPool(max_size=2)
+    got: list[tuple[float, str]] = []
+
+    def reader() -> None:
+        with pool.checkout(path) as f:
+            got.append((float(f["data"].attrs["v"]), f.driver))
+
+    try:
+        with pool.checkout(path):
+            rewrite_in_place(path, 9.0)
+            second = threading.Thread(target=reader)
+            second.start()
+            second.join(0.3)
+            assert second.is_alive()  # waiting for the replaced handle to be checked in
+        second.join(30)
+        assert got == [(9.0, "sec2")]  # a fresh, shared-driver handle: no private view
+    finally:
+        pool.shutdown()
+
+
+def test_beneath_a_root_no_unverifiable_private_view_is_opened(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import xpcs_io.pool as pool_module
+
+    monkeypatch.setattr(pool_module, "_RETIRED_WAIT", 0.2)
+    root = tmp_path / "root"
+    root.mkdir()
+    path = make_file(root / "a.h5", 1.0)
+    real = os.path.realpath(path)
+    pool = HDF5ConnectionPool(max_size=2)
+    try:
+        with pool.checkout(real, "a.h5", root=root):
+            rewrite_in_place(path, 9.0)
+            # This thread itself still holds the replaced handle: the only way to read the
+            # new bytes now would be a private view through the stdio driver, whose opened
+            # file cannot be checked against the root: refused, retryable.
+            with (
+                pytest.raises(FileBusyError, match="still being read"),
+                pool.checkout(real, "a.h5", root=root),
+            ):
+                pass
+        with pool.checkout(real, "a.h5", root=root) as f:
+            assert f["data"].attrs["v"] == 9.0
+    finally:
         pool.shutdown()

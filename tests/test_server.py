@@ -413,7 +413,7 @@ def test_external_links_out_of_root_are_403(keyed: Server) -> None:
 
 def test_in_process_client_via_http_argument(tmp_path: Path) -> None:
     write_native_file(tmp_path / "f.hdf5", DemoSpec(shape=(16, 16), n_delay=5, n_q=3))
-    app = create_app(Settings(data_root=tmp_path))
+    app = create_app(Settings(data_root=tmp_path, allowed_hosts="app"))  # no keys: name it
 
     async def run() -> None:
         async with app.router.lifespan_context(app):

@@ -5,6 +5,7 @@ written against the local ``HDF5Facade`` catches the same things remotely::
 
     Exception
      ├── HDF5ValidationError              stored data break a schema rule, or the file is not HDF5
+     │    └── DatasetTooLargeError        a read would allocate more than the configured limit
      ├── ValueError
      │    ├── SchemaError                 a schema value breaks a rule (.field)
      │    ├── WireFormatError             bytes that are not valid msgpack (HTTP 400)
@@ -19,8 +20,18 @@ written against the local ``HDF5Facade`` catches the same things remotely::
      │    ├── PermissionError             a path outside the data root, or a missing/wrong API key
      │    ├── ConnectionError
      │    │    └── RemoteConnectionError  the server could not be reached (keeps the cause)
-     │    └── TimeoutError
-     │         └── WriteLockTimeout       another writer held the file's lock too long (HTTP 503)
+     │    ├── TimeoutError
+     │    │    ├── WriteLockTimeout       another writer held the file's lock too long (HTTP 503)
+     │    │    ├── RequestTimeoutError    the request body stalled; the server gave up (HTTP 408)
+     │    │    └── ServerBusyError        the server holds too many answers right now (HTTP 503)
+     │    ├── BlockingIOError
+     │    │    └── FileBusyError          another program has the file open for writing, or it
+     │    │                               changed during every read attempt (HTTP 423, retry)
+     │    ├── FileMarkedOpenError         the file is marked open for writing but nobody holds
+     │    │                               its lock: a crashed writer; ``h5clear -s`` (HTTP 409)
+     │    ├── LockFileError               the write lock cannot be taken: its path is not a
+     │    │                               regular file, or the filesystem refuses locks (409)
+     │    └── InsufficientStorageError    the disk or quota is full; nothing changed (HTTP 507)
      └── ServerError                      the server failed (HTTP 5xx): never a client mistake
 
 ``ERROR_TABLE`` maps each class to its HTTP status and is the single source for both
@@ -34,11 +45,19 @@ from __future__ import annotations
 __all__ = [
     "CLIENT_ONLY",
     "ERROR_TABLE",
+    "RETRYABLE",
+    "DatasetTooLargeError",
+    "FileBusyError",
+    "FileMarkedOpenError",
     "HDF5ValidationError",
+    "InsufficientStorageError",
+    "LockFileError",
     "PayloadTooLargeError",
     "RemoteConnectionError",
+    "RequestTimeoutError",
     "SchemaError",
     "SchemaTypeError",
+    "ServerBusyError",
     "ServerError",
     "WireFormatError",
     "WriteLockTimeout",
@@ -108,8 +127,47 @@ class ServerError(Exception):
         self.status = status
 
 
+class FileBusyError(BlockingIOError):
+    """Another program has the file open for writing (it holds HDF5's file lock, or the file
+    is being written in place): retry later. Never a sign of a damaged file."""
+
+
+class FileMarkedOpenError(OSError):
+    """The file's superblock says it is open for writing, but no program holds its lock: a
+    writer crashed (or writes without HDF5's file locking). If nothing is writing it, clear the
+    mark with ``h5clear -s FILE``."""
+
+
+class LockFileError(OSError):
+    """The service's write lock for the file cannot be taken: the lock path is not a regular
+    file (a folder, a symlink), or the filesystem refuses locks while locking is ``on``."""
+
+
+class InsufficientStorageError(OSError):
+    """A write failed because the disk (or the quota) is full; the file was left unchanged."""
+
+
+class DatasetTooLargeError(HDF5ValidationError):
+    """Reading a dataset (or the asked selection of it) would allocate more bytes than the
+    configured read limit (``XPCS_IO_MAX_READ_BYTES``); the message names the dataset, its
+    declared shape, dtype and size. The file may be fine: it is simply too large to read
+    whole (HTTP 422)."""
+
+
+class RequestTimeoutError(TimeoutError):
+    """The server stopped waiting for a request body that stalled or crawled (HTTP 408)."""
+
+
+class ServerBusyError(TimeoutError):
+    """The server holds as many answers for slow readers as it may: retry shortly (HTTP 503,
+    retried by the client for reads)."""
+
+
 # Most specific first: the first ``isinstance`` match decides the status.
 ERROR_TABLE: tuple[tuple[type[BaseException], int], ...] = (
+    (DatasetTooLargeError, 422),
+    (RequestTimeoutError, 408),
+    (ServerBusyError, 503),
     (HDF5ValidationError, 422),
     (SchemaError, 422),
     (SchemaTypeError, 422),
@@ -123,7 +181,14 @@ ERROR_TABLE: tuple[tuple[type[BaseException], int], ...] = (
     (ValueError, 422),
     (TypeError, 422),
     (ServerError, 500),
+    (FileBusyError, 423),
+    (FileMarkedOpenError, 409),
+    (LockFileError, 409),
+    (InsufficientStorageError, 507),
 )
+
+#: Errors a caller may simply retry later; the server answers them with ``Retry-After``.
+RETRYABLE: tuple[type[BaseException], ...] = (FileBusyError, WriteLockTimeout)
 
 # Raised by the client itself, never sent by a server, so they have no status.
 CLIENT_ONLY: tuple[type[BaseException], ...] = (RemoteConnectionError,)
@@ -161,8 +226,8 @@ def exception_from_problem(
             cls = PayloadTooLargeError
         else:
             cls = ValueError
-    if cls is HDF5ValidationError:
-        return HDF5ValidationError(detail, field=field)
+    if cls is HDF5ValidationError or cls is DatasetTooLargeError:
+        return cls(detail, field=field)
     if cls is SchemaError:
         return SchemaError(detail, field=field)
     if cls is SchemaTypeError:

@@ -96,6 +96,8 @@ def _serve(args: argparse.Namespace) -> int:
     }
     if args.allow_anonymous:
         overrides["allow_anonymous"] = True
+    if args.allowed_host:
+        overrides["allowed_hosts"] = ",".join(args.allowed_host)
     try:
         settings = Settings(**overrides)
         app = create_app(settings)
@@ -104,18 +106,14 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     configure_logging(settings.log_level)
     print(banner(settings, Path(os.path.realpath(settings.data_root))), flush=True)
-    common: dict[str, Any] = {
-        "host": settings.host,
-        "port": settings.port,
-        "log_config": None,
-        "access_log": False,
-        "timeout_graceful_shutdown": 30,
-        # Viewers poll now and then: keep their connections longer than uvicorn's 5 s.
-        "timeout_keep_alive": 75,
-    }
+    from xpcs_io.server.protocol import serve_options
+
+    common: dict[str, Any] = {"host": settings.host, "port": settings.port}
+    common.update(serve_options(settings))
     if settings.workers == 1:
         from xpcs_io.server.serving import run
 
+        del common["header_timeout"]  # set for this process by serve_options
         run(app, **common)
         return 0
     from xpcs_io.server.supervisor import serve_workers
@@ -167,6 +165,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--allow-anonymous",
         action="store_true",
         help="serve without API keys on a non-loopback address (everyone can read and write)",
+    )
+    serve.add_argument(
+        "--allowed-host",
+        action="append",
+        metavar="NAME",
+        help="a Host name a server without API keys answers besides 127.0.0.1, localhost and "
+        "[::1] (repeatable; env XPCS_IO_ALLOWED_HOSTS, comma-separated; '*' for any)",
     )
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     serve.add_argument(

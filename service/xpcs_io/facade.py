@@ -20,13 +20,28 @@ import numpy as np
 
 from xpcs_io.api import PathLike, VersionRecord
 from xpcs_io.atomic import edit_atomically
-from xpcs_io.errors import HDF5ValidationError, SchemaError, SchemaTypeError
+from xpcs_io.errors import (
+    FileBusyError,
+    FileMarkedOpenError,
+    HDF5ValidationError,
+    InsufficientStorageError,
+    LockFileError,
+    SchemaError,
+    SchemaTypeError,
+    WriteLockTimeout,
+)
 from xpcs_io.h5access import Locator, decode_str
 from xpcs_io.idempotency import ReplayedWrite, check_key, request_sha256
 from xpcs_io.layouts import registry
 from xpcs_io.original_mask import read_original_mask
-from xpcs_io.paths import display_path, resolve_under_root
-from xpcs_io.pool import FileIdentity, HDF5ConnectionPool, get_default_pool
+from xpcs_io.paths import display_path, realpath, resolve_under_root
+from xpcs_io.pool import (
+    DataIdentity,
+    FileIdentity,
+    HDF5ConnectionPool,
+    check_descriptor,
+    get_default_pool,
+)
 from xpcs_io.schemas import (
     G2Data,
     GeometryMetadata,
@@ -52,6 +67,84 @@ _COMPRESSIONS = {"gzip", "lzf", "szip"}
 LAYOUTS = registry.LAYOUTS
 _VALIDATED_CACHE_SIZE = 4096
 _DEFAULT_MASK_GROUP = "/simplemask/mask"
+
+# What each thread's last read used (see ``HDF5Facade.last_read_identity``).
+_SEEN = threading.local()
+# Reads repeated when the file changed under them before answering "busy, retry later".
+_READ_ATTEMPTS = 3
+
+
+class _ChangedDuringReadError(FileBusyError):
+    """The file (or a file it links to) changed while it was read: the result may mix old
+    and new bytes, so it is thrown away."""
+
+    def __init__(self, display: str) -> None:
+        super().__init__(
+            f"{display} changed while it was read (written in place by another "
+            "program); retry later"
+        )
+
+
+# Errors that already say precisely what is wrong: never re-labelled as damage.
+_PASS_THROUGH = (
+    LookupError,
+    FileNotFoundError,
+    PermissionError,
+    FileBusyError,
+    FileMarkedOpenError,
+    LockFileError,
+    InsufficientStorageError,
+    WriteLockTimeout,
+    HDF5ValidationError,
+    SchemaError,
+    SchemaTypeError,
+)
+
+
+def _HDF5_DAMAGE_KEY(text: str) -> bool:  # noqa: N802  (reads as a constant predicate)
+    missing = ("not found", "doesn't exist", "does not exist", "no such")
+    return "Unable to" in text and not any(m in text.lower() for m in missing)
+
+
+def _damaged(exc: Exception, display: str) -> HDF5ValidationError | None:
+    """The error to answer for an HDF5 library failure while reading a file that did not
+    change: its bytes are damaged. ``None`` for anything else (the caller's mistakes)."""
+    if isinstance(exc, KeyError) and _HDF5_DAMAGE_KEY(str(exc)):
+        # h5py raises KeyError for every failure to open an object, damage included.
+        return HDF5ValidationError(
+            f"{display} is damaged: HDF5 cannot read it ({str(exc).strip(chr(39))})",
+            file=display,
+        )
+    if isinstance(exc, OSError | RuntimeError | SystemError | OverflowError):
+        reason = str(exc).split("(", 1)[-1].rstrip(")") if "(" in str(exc) else str(exc)
+        return HDF5ValidationError(
+            f"{display} is damaged: HDF5 cannot read it ({reason or type(exc).__name__})",
+            file=display,
+        )
+    if type(exc) in (ValueError, TypeError) and _raised_in_h5py(exc):
+        # e.g. a datatype h5py cannot map to numpy: a bad file, not a bad request.
+        return HDF5ValidationError(f"{display}: HDF5 cannot read it ({exc})", file=display)
+    return None
+
+
+def _replaced_only(fd: int | None, now: FileIdentity, before: FileIdentity) -> bool:
+    """Whether the only change is the inode's ctime because it was unlinked (replaced by a
+    rename, as every write of this service does, or deleted): its bytes are those read."""
+    if fd is None or now[:4] != before[:4]:
+        return False
+    try:
+        return os.fstat(fd).st_nlink == 0
+    except OSError:
+        return False
+
+
+def _raised_in_h5py(exc: BaseException) -> bool:
+    tb = exc.__traceback__
+    last = None
+    while tb is not None:
+        last = tb.tb_frame.f_code.co_filename
+        tb = tb.tb_next
+    return last is not None and ("/h5py/" in last or last.startswith("h5py/"))
 
 
 class _BoundedKeys(OrderedDict[Any, None]):
@@ -113,14 +206,78 @@ class HDF5Facade:
 
     @contextlib.contextmanager
     def _open(self, file_path: PathLike) -> Iterator[tuple[Locator, FileIdentity]]:
+        """Borrow the file and check, once the block is done, that it did not change while it
+        was read: an in-place writer at work during the read raises ``_ChangedDuringReadError``
+        (retried by ``_read``), an HDF5 failure of a damaged file ``HDF5ValidationError``.
+        An SWMR read needs no such check: SWMR orders the writer's flushes for its readers."""
         path, display = self._resolve(file_path)
-        with self.pool.checkout(path, display) as handle:
+        real = realpath(path)
+        with self.pool.borrow(path, display, root=self.root) as co:
+            loc = Locator(
+                co.handle,
+                display,
+                self.root,
+                self._verified_paths,
+                co.identity,
+                policy=self.pool.policy,
+            )
             try:
-                st = os.fstat(handle.id.get_vfd_handle())
-                identity = FileIdentity.from_stat(st)
-            except (OSError, ValueError, TypeError):
-                identity = FileIdentity.of(path)
-            yield Locator(handle, display, self.root, self._verified_paths, identity), identity
+                yield loc, co.identity
+            except _PASS_THROUGH as exc:
+                if not co.swmr and self._changed(real, display, co.identity, loc):
+                    raise _ChangedDuringReadError(display) from None
+                damaged = _damaged(exc, display) if isinstance(exc, KeyError) else None
+                if damaged is None:
+                    raise
+                raise damaged from exc
+            except Exception as exc:
+                if not co.swmr and self._changed(real, display, co.identity, loc):
+                    raise _ChangedDuringReadError(display) from exc
+                damaged = _damaged(exc, display)
+                if damaged is None:
+                    raise
+                raise damaged from exc
+            else:
+                if not co.swmr and self._changed(real, display, co.identity, loc):
+                    raise _ChangedDuringReadError(display)
+                self._learn_links(real, loc)
+                _SEEN.identity = co.identity
+            finally:
+                for handle in loc.opened:
+                    with contextlib.suppress(Exception):
+                        handle.close()
+
+    def _changed(self, real: str, display: str, before: FileIdentity, loc: Locator) -> bool:
+        """Whether the file read (the inode, not the name: a replacement by rename leaves
+        the inode read intact) or a file reached through a link changed, or a writer
+        started on it, since ``before``."""
+        try:
+            vfd = loc.file.id.get_vfd_handle()
+            fd = vfd if isinstance(vfd, int) and loc.file.driver == "sec2" else None
+        except (OSError, ValueError, TypeError, RuntimeError):
+            fd = None
+        try:
+            if fd is None:
+                now, _ = self.pool.current(real, display, self.root)
+            else:
+                now = FileIdentity.from_stat(check_descriptor(fd, display, self.pool.policy)[0])
+        except (OSError, HDF5ValidationError):
+            return True  # gone, replaced by something else, or a writer at work now
+        if now != before and not _replaced_only(fd, now, before):
+            return True
+        for linked, identity in loc.reached:
+            try:
+                if FileIdentity.of(linked) != identity:
+                    return True
+            except OSError:
+                return True
+        return False
+
+    def _learn_links(self, real: str, loc: Locator) -> None:
+        known = self.pool.linked_files.get(real, frozenset())
+        reached = frozenset(path for path, _ in loc.reached)
+        if not reached <= known:
+            self.pool.linked_files[real] = known | reached
 
     @staticmethod
     def _check_group(group: Any) -> str:
@@ -158,10 +315,17 @@ class HDF5Facade:
         *extra: Any,
     ) -> S:
         group = self._check_group(group)
-        with self._open(file_path) as (loc, identity):
-            obj = reader(loc)
-            key = (loc.file.filename, identity, group, kind, *extra)
-            return self._checked(obj, loc, group, key, self.validate)
+        for attempt in range(_READ_ATTEMPTS):
+            try:
+                with self._open(file_path) as (loc, identity):
+                    obj = reader(loc)
+                    key = (loc.file.filename, identity, tuple(loc.reached), group, kind, *extra)
+                # Validated only now, once the file is known not to have changed meanwhile.
+                return self._checked(obj, loc, group, key, self.validate)
+            except _ChangedDuringReadError:
+                if attempt + 1 >= _READ_ATTEMPTS:
+                    raise
+        raise AssertionError("unreachable")
 
     # ------------------------------------------------------------------ reads
 
@@ -597,19 +761,37 @@ class HDF5Facade:
             if previous is not None:
                 return previous
         try:
-            with edit_atomically(path, lock_timeout=self.lock_timeout, display=display) as h5:
-                record = write_version(
-                    h5,
-                    group,
-                    kind,
-                    arrays,
-                    writer=writer or default_writer(),
-                    idempotency_key=key,
-                    request_sha=digest,
-                    root=self.root,
-                    display=display,
-                    **kwargs,
-                )
+            with edit_atomically(
+                path,
+                lock_timeout=self.lock_timeout,
+                display=display,
+                root=self.root,
+                policy=self.pool.policy,
+            ) as h5:
+                try:
+                    record = write_version(
+                        h5,
+                        group,
+                        kind,
+                        arrays,
+                        writer=writer or default_writer(),
+                        idempotency_key=key,
+                        request_sha=digest,
+                        root=self.root,
+                        display=display,
+                        **kwargs,
+                    )
+                except (*_PASS_THROUGH, ReplayedWrite):
+                    raise
+                except (ValueError, TypeError) as exc:
+                    if display in str(exc) or group in str(exc):
+                        raise
+                    raise type(exc)(f"{display}: cannot write {group} ({exc})") from exc
+                except Exception as exc:
+                    damaged = _damaged(exc, display)
+                    if damaged is None:
+                        raise
+                    raise damaged from exc  # a full disk is still told apart by the edit
         except ReplayedWrite as replay:
             return replay.record  # stored before under this key: the file was not touched
         self.pool.invalidate(path)
@@ -621,21 +803,38 @@ class HDF5Facade:
         Raises:
             PermissionError: the path leads outside the facade's root.
         """
-        return os.path.realpath(self._resolve(file_path)[0])
+        return realpath(self._resolve(file_path)[0])
 
-    def file_identity(self, file_path: PathLike) -> FileIdentity:
-        """The file's identity now (device, inode, size, mtime, ctime): equal identities mean
-        the reads return equal results, which is what the service's ETags rely on.
+    def last_read_identity(self) -> FileIdentity | None:
+        """The identity of the file version the calling thread's last successful read (by
+        any facade) used: the inode read, not what the name leads to now. A server tags its
+        answer with it. ``None`` before any read in this thread."""
+        identity: FileIdentity | None = getattr(_SEEN, "identity", None)
+        return identity
+
+    def file_identity(self, file_path: PathLike) -> DataIdentity:
+        """The identity now of the file and of every file its reads were seen to reach
+        through external links and virtual datasets (device, inode, size, mtime, ctime
+        each): equal identities mean the reads return equal results, which is what the
+        service's ETags and result cache rely on.
 
         Raises:
             FileNotFoundError: the file does not exist.
             PermissionError: the path leads outside the facade's root.
+            FileBusyError: another program is writing the file.
+            FileMarkedOpenError: a crashed writer left it marked open.
+            HDF5ValidationError: the path names a folder or a non-regular file.
         """
         path, display = self._resolve(file_path)
-        try:
-            return FileIdentity.of(path)
-        except FileNotFoundError:
-            raise FileNotFoundError(f"No such file: {display}") from None
+        real = realpath(path)
+        identity, swmr = self.pool.current(real, display, self.root)
+        linked: list[tuple[str, FileIdentity | None]] = []
+        for other in sorted(self.pool.linked_files.get(real, ())):
+            try:
+                linked.append((other, FileIdentity.of(other)))
+            except OSError:
+                linked.append((other, None))
+        return DataIdentity(identity, tuple(linked), swmr)
 
     # ------------------------------------------------------------------ pool
 

@@ -55,7 +55,14 @@ class Settings(BaseSettings):
         ge=0,
         description="Bytes of read results kept for all viewers (0 disables the cache).",
     )
-    lock_timeout: float = Field(60.0, gt=0, description="Seconds a write waits for the lock.")
+    lock_timeout: float = Field(
+        30.0,
+        gt=0,
+        description=(
+            "Seconds a write waits for another writer (below the clients' 60 s timeout, so a "
+            "remote caller gets the 423 and knows the write did not happen)."
+        ),
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     workers: int = Field(
         1, ge=1, le=64, description="Server processes (h5py runs one call at a time per process)."
@@ -73,6 +80,50 @@ class Settings(BaseSettings):
         600.0, gt=0, description="Seconds events are kept for clients that reconnect."
     )
     batch_max_files: int = Field(1000, ge=1, description="Most files one many-file read may name.")
+    file_locking: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description=(
+            "Locks shared with other HDF5 programs and between writers: on (required), off "
+            "(none: no protection against other programs), auto (on, except on a filesystem "
+            "that refuses locks, e.g. NFS without lockd: one warning, then off there)."
+        ),
+    )
+
+    # Resources and browsers: bounds that hold under hostile or broken clients.
+    allowed_hosts: str = Field(
+        "",
+        description="Comma-separated Host names a server without API keys answers besides its "
+        "loopback names (127.0.0.1, localhost, [::1]); '*' turns the Host check off.",
+    )
+    max_read_bytes: int = Field(
+        2 << 30, ge=1, description="Largest dataset selection one read may allocate (bytes)."
+    )
+    max_inflight_body_bytes: int = Field(
+        512 << 20,
+        ge=1,
+        description="Request body bytes held by all requests at once; more answer 503.",
+    )
+    max_unshared_result_bytes: int = Field(
+        1 << 30,
+        ge=1,
+        description="Bytes of read results held by answers outside the result cache (too "
+        "large for it, or the cache off); past it reads answer 503.",
+    )
+    header_timeout: float = Field(
+        10.0, gt=0, description="Seconds a connection may take to send a request head."
+    )
+    body_timeout: float = Field(
+        30.0, gt=0, description="Seconds a request body may stall before the request gets 408."
+    )
+    keep_alive_timeout: float = Field(
+        75.0, gt=0, description="Seconds an idle keep-alive connection stays open."
+    )
+    max_connections: int = Field(
+        1000,
+        ge=1,
+        description="Open connections per process (kept below the descriptor limit); "
+        "more are answered 503 and closed.",
+    )
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -106,3 +157,7 @@ class Settings(BaseSettings):
                 raise ValueError(f"unknown API key scope {scope!r} (use {', '.join(SCOPES)})")
             out[key] = scope  # checked against SCOPES above
         return out
+
+    def allowed_host_names(self) -> frozenset[str]:
+        """The extra Host names of ``allowed_hosts``, lower case, without ports."""
+        return frozenset(h.strip().lower() for h in self.allowed_hosts.split(",") if h.strip())

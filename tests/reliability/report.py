@@ -62,6 +62,20 @@ SUITES = {
         "Descriptors bounded by the pool with many files, nothing leaked by clients that drop "
         "out of downloads, in-flight downloads completed on SIGTERM.",
     ),
+    "R9": (
+        "Sharing files and races",
+        "An h5py program writing in place beside the service loses nothing and sees no torn "
+        "read; a folder swapped for a symlink never leads a read or a write out of the root; "
+        "one flipped bit is a clear 4xx naming the file; a full disk is a 507 with the file "
+        "unchanged.",
+    ),
+    "S2": (
+        "Security II: resources and browsers",
+        "Header-only, crawling and half-sent requests, readers that stop reading, files "
+        "declaring huge datasets, browsers against a server without keys and a hostile server "
+        "against the client: memory and descriptors stay bounded, /health recovers within "
+        "seconds, nothing is written by a refused request, no 5xx but deliberate 503s.",
+    ),
 }
 
 

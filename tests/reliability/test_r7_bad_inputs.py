@@ -358,7 +358,7 @@ def test_aborted_upload_is_not_a_server_error(spare_server: Server) -> None:
     for _ in range(3):
         with socket.create_connection(("127.0.0.1", port_of(srv)), timeout=10) as s:
             head = (
-                "POST /v1/mask?file_path=small.hdf5 HTTP/1.1\r\nHost: x\r\n"
+                "POST /v1/mask?file_path=small.hdf5 HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                 "Content-Type: application/msgpack\r\nContent-Length: 100000\r\n\r\n"
             )
             s.sendall(head.encode() + VALID[:1000])

@@ -124,7 +124,9 @@ def big_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _get_head(port: int, path: str) -> tuple[socket.socket, int, bytes]:
     """Send a GET on a raw socket; return it, the Content-Length and the body bytes read."""
     s = socket.create_connection(("127.0.0.1", port), timeout=30)
-    s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nAccept: application/msgpack\r\n\r\n".encode())
+    s.sendall(
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: application/msgpack\r\n\r\n".encode()
+    )
     data = b""
     while b"\r\n\r\n" not in data:
         chunk = s.recv(65536)

@@ -11,7 +11,8 @@ from typing import Any
 import httpx
 import numpy as np
 
-from xpcs_io.client.fasthttp import FastHTTPTransport, alive, parse_head
+from xpcs_io.client.fasthttp import FastHTTPTransport, alive, chunk_size, parse_head
+from xpcs_io.client.transport import DEFAULT_MAX_RESPONSE_BYTES, check_length
 
 __all__ = ["AsyncFastHTTPTransport"]
 
@@ -28,10 +29,12 @@ class _AsyncBody(httpx.AsyncByteStream):
 
 
 class AsyncFastHTTPTransport(httpx.AsyncBaseTransport):
-    """Plain HTTP/1.1 with keep-alive sockets per host, for one event loop."""
+    """Plain HTTP/1.1 with keep-alive sockets per host, for one event loop; response bodies
+    above ``max_body`` bytes are refused before they are allocated."""
 
-    def __init__(self, max_idle: int = 16) -> None:
+    def __init__(self, max_idle: int = 16, *, max_body: int = DEFAULT_MAX_RESPONSE_BYTES) -> None:
         self.max_idle = max_idle
+        self.max_body = max_body
         self._idle: dict[tuple[str, int], list[socket.socket]] = {}
 
     async def _take(
@@ -124,6 +127,7 @@ class AsyncFastHTTPTransport(httpx.AsyncBaseTransport):
         if head.framing == "none":
             data = b""
         elif head.framing == "length":
+            check_length(head.length, self.max_body)
             out = np.empty(head.length, dtype=np.uint8)
             view = out.data
             got = min(len(head.rest), head.length)
@@ -147,6 +151,7 @@ class AsyncFastHTTPTransport(httpx.AsyncBaseTransport):
                     data = bytes(rest)
                     break
                 rest += chunk
+                check_length(len(rest), self.max_body)
         response = httpx.Response(head.status, headers=head.headers, stream=_AsyncBody(data))
         return response, head.keep_alive
 
@@ -162,11 +167,10 @@ def _dechunk(buf: bytearray) -> bytes | None:
     while True:
         line_end = buf.find(b"\r\n", pos)
         if line_end < 0:
+            if len(buf) - pos > 1024:
+                raise httpx.RemoteProtocolError("chunk-size line too long")
             return None
-        try:
-            size = int(bytes(buf[pos:line_end]).split(b";")[0], 16)
-        except ValueError:
-            raise httpx.RemoteProtocolError("bad chunk size") from None
+        size = chunk_size(bytes(buf[pos:line_end]))
         pos = line_end + 2
         if len(buf) < pos + size + 2:
             return None

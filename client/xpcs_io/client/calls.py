@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from xpcs_io import wire
-from xpcs_io.errors import ServerError, exception_from_problem
+from xpcs_io.errors import ServerError, WireFormatError, exception_from_problem
 from xpcs_io.schemas import (
     G2Data,
     GeometryMetadata,
@@ -256,7 +256,7 @@ def decode_error(status: int, content_type: str, body: bytes) -> BaseException:
     if "json" in content_type:
         try:
             problem = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):  # malformed, or nested to exhaust the stack
             problem = None
         if isinstance(problem, dict):
             name = problem.get("error")
@@ -277,9 +277,16 @@ def decode_error(status: int, content_type: str, body: bytes) -> BaseException:
 
 
 def decode_body(content_type: str, body: bytes | bytearray | memoryview) -> Any:
-    """Decode a success body (msgpack, or JSON if a proxy or server sent that)."""
+    """Decode a success body (msgpack, or JSON if a proxy or server sent that).
+
+    Raises:
+        WireFormatError: the bytes are not valid msgpack / JSON, or nest too deeply.
+    """
     if "json" in content_type:
-        return json.loads(bytes(body))
+        try:
+            return json.loads(bytes(body))
+        except (ValueError, RecursionError) as exc:
+            raise WireFormatError(f"the body is not valid JSON ({str(exc)[:200]})") from None
     if not body:
         return None
     return wire.unpack(body)

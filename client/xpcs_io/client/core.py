@@ -9,7 +9,7 @@ import httpx
 
 from xpcs_io.client.cache import ResponseCache
 from xpcs_io.client.calls import Call
-from xpcs_io.client.transport import RetryPolicy, finish
+from xpcs_io.client.transport import DEFAULT_MAX_RESPONSE_BYTES, RetryPolicy, finish
 
 __all__ = ["ClientCore"]
 
@@ -32,7 +32,13 @@ class ClientCore:
         retry: RetryPolicy | None,
         cache_bytes: int,
         progress: bool = False,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
     ) -> None:
+        if isinstance(max_response_bytes, bool) or not isinstance(max_response_bytes, int):
+            raise TypeError("max_response_bytes must be an int")
+        if max_response_bytes < 1:
+            raise ValueError(f"max_response_bytes must be positive, got {max_response_bytes}")
+        self.max_response_bytes = max_response_bytes
         self.base_url = base_url.rstrip("/")
         self.validate = validate
         self.retry = retry or RetryPolicy()

@@ -20,9 +20,19 @@ from typing import Any
 import httpx
 import numpy as np
 
-__all__ = ["FastHTTPTransport", "Head", "alive", "parse_head", "usable_for"]
+from xpcs_io.client.transport import DEFAULT_MAX_RESPONSE_BYTES, check_length, parse_length
+
+__all__ = [
+    "FastHTTPTransport",
+    "Head",
+    "alive",
+    "chunk_size",
+    "parse_head",
+    "usable_for",
+]
 
 _MAX_HEAD = 64 * 1024
+_MAX_CHUNK_LINE = 1024
 _PROXY_VARS = ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
 
 
@@ -53,14 +63,18 @@ def parse_head(buf: bytearray, method: str) -> Head:
     lines = bytes(buf[:end]).split(b"\r\n")
     try:
         version, status_text = lines[0].split(b" ", 2)[:2]
+        if not (len(status_text) == 3 and status_text.isdigit()):
+            raise ValueError(status_text)
         status = int(status_text)
     except ValueError:
-        raise httpx.RemoteProtocolError(f"bad status line {lines[0]!r}") from None
+        raise httpx.RemoteProtocolError(f"bad status line {lines[0][:80]!r}") from None
+    if not 100 <= status <= 599:
+        raise httpx.RemoteProtocolError(f"bad status {status}")
     headers = []
     for line in lines[1:]:
         name, sep, value = line.partition(b":")
         if not sep:
-            raise httpx.RemoteProtocolError(f"bad header line {line!r}")
+            raise httpx.RemoteProtocolError(f"bad header line {line[:80]!r}")
         headers.append((name.strip(), value.strip()))
     lookup = {n.lower(): v for n, v in headers}
     keep = version == b"HTTP/1.1" and lookup.get(b"connection", b"").lower() != b"close"
@@ -69,15 +83,24 @@ def parse_head(buf: bytearray, method: str) -> Head:
         framing = "none"
     elif b"content-length" in lookup:
         framing = "length"
-        try:
-            length = int(lookup[b"content-length"])
-        except ValueError:
-            raise httpx.RemoteProtocolError("bad Content-Length") from None
+        length = parse_length(lookup[b"content-length"])
     elif lookup.get(b"transfer-encoding", b"").lower() == b"chunked":
         framing = "chunked"
     else:
         framing, keep = "close", False
     return Head(status, headers, keep, framing, length, memoryview(buf)[end + 4 :])
+
+
+def chunk_size(line: bytes) -> int:
+    """The size on a chunk-size line of a chunked body (extensions after ';' ignored).
+
+    Raises:
+        httpx.RemoteProtocolError: not a hexadecimal number of at most 16 digits.
+    """
+    text = line.split(b";", 1)[0].strip()
+    if not text or len(text) > 16 or text.strip(b"0123456789abcdefABCDEF"):
+        raise httpx.RemoteProtocolError(f"bad chunk size {line[:40]!r}")
+    return int(text, 16)
 
 
 def alive(sock: socket.socket) -> bool:
@@ -106,10 +129,12 @@ class _Body(httpx.SyncByteStream):
 
 
 class FastHTTPTransport(httpx.BaseTransport):
-    """Plain HTTP/1.1 with a small pool of keep-alive sockets per host (thread-safe)."""
+    """Plain HTTP/1.1 with a small pool of keep-alive sockets per host (thread-safe);
+    response bodies above ``max_body`` bytes are refused before they are allocated."""
 
-    def __init__(self, max_idle: int = 8) -> None:
+    def __init__(self, max_idle: int = 8, *, max_body: int = DEFAULT_MAX_RESPONSE_BYTES) -> None:
         self.max_idle = max_idle
+        self.max_body = max_body
         self._idle: dict[tuple[str, int], list[socket.socket]] = {}
         self._lock = threading.Lock()
 
@@ -219,14 +244,16 @@ class FastHTTPTransport(httpx.BaseTransport):
                 raise httpx.RemoteProtocolError("server closed the connection without answering")
             buf += chunk
         head = parse_head(buf, method)
+        limit = self.max_body
         if head.framing == "none":
             data: Any = b""
         elif head.framing == "length":
+            check_length(head.length, limit)
             data = self._read_exact(sock, head.length, head.rest)
         elif head.framing == "chunked":
-            data = self._read_chunked(sock, bytearray(head.rest))
+            data = self._read_chunked(sock, bytearray(head.rest), limit)
         else:
-            data = self._read_to_close(sock, bytearray(head.rest))
+            data = self._read_to_close(sock, bytearray(head.rest), limit)
         response = httpx.Response(head.status, headers=head.headers, stream=_Body(data))
         return response, head.keep_alive
 
@@ -244,7 +271,7 @@ class FastHTTPTransport(httpx.BaseTransport):
         return out
 
     @staticmethod
-    def _read_chunked(sock: socket.socket, buf: bytearray) -> bytes:
+    def _read_chunked(sock: socket.socket, buf: bytearray, limit: int) -> bytes:
         out = bytearray()
         pos = 0
 
@@ -256,19 +283,25 @@ class FastHTTPTransport(httpx.BaseTransport):
                 buf.extend(chunk)
 
         while True:
-            while b"\r\n" not in buf[pos:]:
+            while (line_end := buf.find(b"\r\n", pos)) < 0:
+                if len(buf) - pos > _MAX_CHUNK_LINE:
+                    raise httpx.RemoteProtocolError("chunk-size line too long")
                 need(len(buf) - pos + 1)
-            line_end = buf.index(b"\r\n", pos)
-            size = int(bytes(buf[pos:line_end]).split(b";")[0], 16)
+            size = chunk_size(bytes(buf[pos:line_end]))
+            check_length(len(out) + size, limit)
             pos = line_end + 2
             need(size + 2)
             out += buf[pos : pos + size]
             pos += size + 2
+            del buf[:pos]  # what is consumed is not kept twice
+            pos = 0
             if size == 0:
                 return bytes(out)
 
     @staticmethod
-    def _read_to_close(sock: socket.socket, buf: bytearray) -> bytes:
+    def _read_to_close(sock: socket.socket, buf: bytearray, limit: int) -> bytes:
+        check_length(len(buf), limit)
         while chunk := sock.recv(1 << 20):
             buf += chunk
+            check_length(len(buf), limit)
         return bytes(buf)

@@ -16,7 +16,14 @@ from xpcs_io.client import calls
 from xpcs_io.client.calls import Call
 from xpcs_io.client.core import ClientCore
 from xpcs_io.client.fasthttp import FastHTTPTransport, usable_for
-from xpcs_io.client.transport import BodyBuffer, RetryPolicy, connection_error, content_length
+from xpcs_io.client.transport import (
+    DEFAULT_MAX_RESPONSE_BYTES,
+    BodyBuffer,
+    RetryPolicy,
+    connection_error,
+    content_length,
+    undecodable,
+)
 from xpcs_io.client.watching import EventWatch
 from xpcs_io.events import Event
 from xpcs_io.schemas import G2Data, GeometryMetadata, MaskSchema, PartitionSchema, QMapSchema
@@ -41,6 +48,9 @@ class RemoteHDF5Facade(ClientCore):
             Cached arrays are read-only. 0 (the default) disables the cache.
         progress: show a progress bar (tqdm, ``pip install 'xpcs-io[progress]'``) for
             downloads above 8 MiB.
+        max_response_bytes: the largest answer accepted (default 4 GiB); a larger one, or
+            one that lies about its size, raises ``RemoteConnectionError`` before memory is
+            allocated for it.
 
     Network failures raise ``RemoteConnectionError`` (a ``ConnectionError``).
     """
@@ -56,6 +66,7 @@ class RemoteHDF5Facade(ClientCore):
         retry: RetryPolicy | None = None,
         cache_bytes: int = 0,
         progress: bool = False,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
     ) -> None:
         super().__init__(
             base_url,
@@ -64,12 +75,17 @@ class RemoteHDF5Facade(ClientCore):
             retry=retry,
             cache_bytes=cache_bytes,
             progress=progress,
+            max_response_bytes=max_response_bytes,
         )
         self._timeout = timeout
         self._owns = http is None
         if http is None:
             # Plain-http servers get the lean transport that reads bodies into numpy memory.
-            transport = FastHTTPTransport() if usable_for(self.base_url) else None
+            transport = (
+                FastHTTPTransport(max_body=max_response_bytes)
+                if usable_for(self.base_url)
+                else None
+            )
             http = httpx.Client(base_url=self.base_url, timeout=timeout, transport=transport)
         self._http = http
 
@@ -88,7 +104,7 @@ class RemoteHDF5Facade(ClientCore):
                         attempt += 1
                         continue
                     length = content_length(response)
-                    buf = BodyBuffer(length)
+                    buf = BodyBuffer(length, self.max_response_bytes)
                     bar = self.progress_bar(call, length)
                     for chunk in response.iter_bytes():
                         buf.add(chunk)
@@ -100,6 +116,8 @@ class RemoteHDF5Facade(ClientCore):
                 finally:
                     response.close()
                 return self.complete(call, response, body, cached)
+            except httpx.DecodingError as exc:  # a Content-Encoding the body does not match
+                raise undecodable(call, exc) from exc
             except httpx.TransportError as exc:
                 if self.retry.may_retry(call, attempt, exc, None):
                     time.sleep(self.retry.delay(attempt))

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from xpcs_io.h5access import Locator
+from xpcs_io.h5access import Locator, check_allocation
 from xpcs_io.layouts.common import check_index, invalid
 
 __all__ = ["check_max_size", "rebuild"]
@@ -17,6 +17,10 @@ __all__ = ["check_max_size", "rebuild"]
 READ_BYTES = 64 << 20
 #: Rows of the mirrored map handled per step (keeps temporaries at block size).
 BLOCK = 512
+#: A block-averaged map is read in strips, so memory stays small but time does not: the
+#: whole map may be this many times the read limit (32 GiB with the default 2 GiB, a
+#: 92,000-frame float32 map); one declared far beyond is refused before the first strip.
+STREAM_FACTOR = 16
 
 
 def _mirror_upper(c: npt.NDArray[np.float32], block: int) -> None:
@@ -39,6 +43,8 @@ def _decimate(
     ``tail`` indexes trailing length-1 axes ((N, N, 1) maps).
     """
     m = -(-n // f)
+    path = f"{group.rstrip('/')}/{name}"
+    check_allocation(2 * m * m * 8, display=loc.display, path=path, what="block means")
     sums = np.zeros((m, m), dtype=np.float64)
     rows = max(f, (read_bytes // (4 * n)) // f * f)
     for r0 in range(0, n, rows):
@@ -78,6 +84,7 @@ def rebuild(
 
     Raises:
         HDF5ValidationError: the stored map is not a square numeric (N, N) or (N, N, 1).
+        DatasetTooLargeError: the map (or a strip of it) is larger than the read limit.
     """
     ds = loc.dataset(group, name)
     shape = tuple(int(n) for n in ds.shape)
@@ -87,8 +94,13 @@ def rebuild(
         raise invalid(loc, group, name, why)
     n = shape[0]
     tail = (0,) * (len(shape) - 2)
+    path = f"{group.rstrip('/')}/{name}"
     if limit is not None and n > limit:
+        stored = n * n * ds.dtype.itemsize
+        what = f"streamed for block means (counted 1/{STREAM_FACTOR})"
+        check_allocation(stored // STREAM_FACTOR, display=loc.display, path=path, what=what)
         return _decimate(loc, group, name, n, -(-n // limit), tail, read_bytes)
+    check_allocation(n * n * 4, display=loc.display, path=path, what="as float32")
     c = np.asarray(loc.read(group, name, (slice(None), slice(None), *tail)), dtype=np.float32)
     _mirror_upper(c, block)
     return c

@@ -17,11 +17,15 @@ from fastapi.staticfiles import StaticFiles
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
 
 from xpcs_io.facade import HDF5Facade
+from xpcs_io.h5access import set_read_limit
+from xpcs_io.locking import LockPolicy
 from xpcs_io.logs import configure_logging
 from xpcs_io.paths import display_path
 from xpcs_io.pool import HDF5ConnectionPool
+from xpcs_io.server.browsers import BrowserGuardMiddleware
 from xpcs_io.server.docs_pages import DOCS_ASSETS
 from xpcs_io.server.events import EventHub
+from xpcs_io.server.limits import BodyBudget, ResourceGuardMiddleware
 from xpcs_io.server.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from xpcs_io.server.observability import Metrics, ObservabilityMiddleware, render
 from xpcs_io.server.problems import install_handlers, problem
@@ -61,15 +65,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     root = Path(os.path.realpath(settings.data_root))
     if not root.is_dir():
         raise FileNotFoundError(f"data root {settings.data_root} is not a directory")
+    set_read_limit(settings.max_read_bytes)  # one limit per process, for every layout
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        pool = HDF5ConnectionPool(max_size=settings.pool_size)
+        pool = HDF5ConnectionPool(
+            max_size=settings.pool_size, policy=LockPolicy(settings.file_locking)
+        )
         timeout = settings.lock_timeout
         app.state.pool = pool
         app.state.facade = HDF5Facade(pool, True, root=root, lock_timeout=timeout)
         app.state.facade_unchecked = HDF5Facade(pool, False, root=root, lock_timeout=timeout)
-        app.state.results = ResultCache(settings.cache_bytes)
+        app.state.results = ResultCache(
+            settings.cache_bytes, unshared_bytes=settings.max_unshared_result_bytes
+        )
         group = None
         if settings.state_dir is not None:
             group = WorkerGroup(
@@ -84,8 +93,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         events.bind(asyncio.get_running_loop())
         watcher = None
         if settings.watch:
-            own = HDF5Facade(HDF5ConnectionPool(max_size=2), False, root=root)
-            watcher = RootWatcher(root, events, own)
+            # The app's own pool: its handles hold no lock other programs would wait for, and
+            # one pool knows every open of a file in this process.
+            watcher = RootWatcher(root, events, app.state.facade_unchecked)
             watch_task = asyncio.create_task(watcher.run())
         log.info("serving %s with a pool of %d handles", root, settings.pool_size)
         try:
@@ -204,7 +214,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return problem(request, 503, "; ".join(problems))
         return JSONResponse({"status": "ready", "pool_size": len(pool)})  # type: ignore[arg-type]
 
+    budget = BodyBudget(settings.max_inflight_body_bytes)
+    app.state.body_budget = budget
+    app.add_middleware(ResourceGuardMiddleware, budget=budget, body_timeout=settings.body_timeout)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
+    if not keys:
+        app.add_middleware(
+            BrowserGuardMiddleware,
+            bind_host=settings.host,
+            allowed=settings.allowed_host_names(),
+        )
     app.add_middleware(ObservabilityMiddleware, metrics=metrics)
     app.add_middleware(RequestIdMiddleware)
     return app

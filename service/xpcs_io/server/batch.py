@@ -24,6 +24,7 @@ from xpcs_io.facade import HDF5Facade
 from xpcs_io.schemas import Schema
 from xpcs_io.server.auth import require
 from xpcs_io.server.common import Layout, Validate, facade_for, group_query, send
+from xpcs_io.server.limits import read_body
 from xpcs_io.server.openapi_docs import BODY_ERRORS
 from xpcs_io.server.problems import problem_fields
 from xpcs_io.server.responses import MSGPACK_MEDIA_TYPE, wants_json
@@ -64,7 +65,7 @@ _OK_DOC: dict[int | str, dict[str, Any]] = {
 
 
 async def _file_paths(request: Request, limit: int) -> list[str]:
-    body = await request.body()
+    body = await read_body(request)
     media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if media == "application/json":
         try:
@@ -83,6 +84,17 @@ async def _file_paths(request: Request, limit: int) -> list[str]:
     if len(paths) > limit:
         raise SchemaError(f"at most {limit} files per request, got {len(paths)}")
     return paths
+
+
+def _seen_by(
+    facade: HDF5Facade, read: Callable[[HDF5Facade, str], Schema], path: str
+) -> Callable[[], tuple[Schema, Any]]:
+    # Runs on a pool thread: the facade remembers per thread which file version it read.
+    def run() -> tuple[Schema, Any]:
+        value = read(facade, path)
+        return value, facade.last_read_identity()
+
+    return run
 
 
 def _array_header(n: int) -> bytes:
@@ -107,11 +119,15 @@ async def _items(
     async def one(index: int, path: str) -> None:
         async with slots:
             try:
-                identity = facade.file_identity(path)
                 real = facade.resolve(path)
-                value = await results.get(
-                    (real, identity, *key), real, identity, lambda: read(facade, path)
+                identity = facade.file_identity(path)
+                value, seen = await results.get(
+                    (real, identity, *key), real, identity, _seen_by(facade, read, path)
                 )
+                if not identity.swmr and seen != identity.file:
+                    # Read from another version than the key names (a write raced it):
+                    # answered as read, not kept.
+                    results.drop_file(real, keep=None)
                 item = {"index": index, "file_path": path, "result": value.to_dict()}
             except Exception as exc:
                 item = {"index": index, "file_path": path, "error": problem_fields(request, exc)}

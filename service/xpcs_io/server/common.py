@@ -12,8 +12,9 @@ from fastapi.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from xpcs_io.facade import HDF5Facade
-from xpcs_io.pool import FileIdentity
+from xpcs_io.pool import DataIdentity
 from xpcs_io.server.responses import encode, wants_json
+from xpcs_io.server.results import request_key
 
 __all__ = [
     "Compression",
@@ -89,11 +90,11 @@ def send(
     )
 
 
-def _etag(request: Request, identity: FileIdentity) -> str:
-    # Same file bytes (identity) + same request + same representation = same body.
-    query = sorted(request.query_params.multi_items())
+def _etag(request: Request, identity: DataIdentity) -> str:
+    # Same bytes in every file the read reaches (identity) + same request + same
+    # representation = same body.
     form = "json" if wants_json(request) else "msgpack"
-    digest = hashlib.sha256(repr((identity, request.url.path, query, form)).encode())
+    digest = hashlib.sha256(repr((identity, request_key(request), form)).encode())
     return f'"{digest.hexdigest()[:32]}"'
 
 
@@ -107,16 +108,39 @@ def _matches(header: str | None, etag: str) -> bool:
 async def read_result(request: Request, file_path: str, produce: Callable[[], Any]) -> Response:
     """Answer a read: 304 when the client's ETag still names this file state and request
     (no HDF5 work at all); else the shared result cache, which runs ``produce`` in the thread
-    pool on a miss (once for concurrent identical requests); then encode and tag."""
+    pool on a miss (once for concurrent identical requests); then encode and tag.
+
+    The identity behind the ETag and the cache key covers the file and every file its reads
+    reached through links. The result is tagged and kept only when the read used that very
+    file version and nothing changed meanwhile; a read that raced a change (a write, a
+    linked file learnt on the first read) is answered as read, untagged and not kept, so an
+    ETag never names other bytes than it was sent with. An SWMR file is the exception: SWMR
+    keeps each read consistent while the writer appends, and its identity moves with every
+    flush.
+    """
     state = request.app.state
-    # Resolving and stat-ing a path is a couple of system calls: fine on the event loop.
-    identity = state.facade.file_identity(file_path)
+    facade: HDF5Facade = state.facade
+    real = facade.resolve(file_path)
+    # Resolving and stat-ing a few paths is a handful of system calls: fine on the loop.
+    identity = facade.file_identity(file_path)
     headers = {"etag": _etag(request, identity), "cache-control": "no-cache"}
     if _matches(request.headers.get("if-none-match"), headers["etag"]):
         return Response(status_code=304, headers=headers)
-    real = state.facade.resolve(file_path)
-    key = (real, identity, request.url.path, tuple(sorted(request.query_params.multi_items())))
-    content = await state.results.get(key, real, identity, produce)
+
+    key = (real, identity, request_key(request))
+    content, seen = await state.results.get(key, real, identity, _seen_by(produce, facade))
+    if not identity.swmr and (seen != identity.file or facade.file_identity(file_path) != identity):
+        state.results.drop_file(real, keep=None)
+        del headers["etag"]
     if wants_json(request):  # building nested lists is real work: not on the event loop
         return await run_in_threadpool(send, request, content, 200, headers)
     return send(request, content, headers=headers)
+
+
+def _seen_by(produce: Callable[[], Any], facade: HDF5Facade) -> Callable[[], tuple[Any, Any]]:
+    # ``produce`` runs on a pool thread: the facade remembers per thread what it read.
+    def run() -> tuple[Any, Any]:
+        value = produce()
+        return value, facade.last_read_identity()
+
+    return run

@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
-from xpcs_io.errors import ERROR_TABLE, status_for
+from xpcs_io.errors import ERROR_TABLE, RETRYABLE, status_for
 from xpcs_io.server.responses import JsonTooLargeError
 
 __all__ = ["PROBLEM_MEDIA_TYPE", "install_handlers", "problem", "problem_fields"]
@@ -69,11 +69,13 @@ def _detail(exc: BaseException) -> str:
 async def _known(request: Request, exc: Exception) -> Response:
     # A class may carry its own status (401 vs 403 for credentials).
     status = getattr(exc, "http_status", None) or status_for(exc) or 500
-    if status >= 500 and not isinstance(exc, TimeoutError):
+    if status == 500:
         return await _unexpected(request, exc)
     # Name the table's class, so the client rebuilds the same exception.
     name = next(cls.__name__ for cls, _ in ERROR_TABLE if isinstance(exc, cls))
-    headers = {"retry-after": "1"} if status == 503 else None
+    # A busy file or lock clears by itself: say when to ask again.
+    retryable = status == 503 or isinstance(exc, RETRYABLE)
+    headers = {"retry-after": "1"} if retryable else None
     if status == 401:
         headers = {"www-authenticate": 'Bearer realm="xpcs-io"'}
     return problem(
@@ -148,7 +150,7 @@ def problem_fields(request: Request, exc: BaseException) -> dict[str, Any]:
     answers that carry one error per item (many-file reads) instead of failing whole.
     Anything outside the error table is logged and reported as a ServerError."""
     status = getattr(exc, "http_status", None) or status_for(exc)
-    if status is None or (status >= 500 and not isinstance(exc, TimeoutError)):
+    if status is None or status == 500:
         log.error(
             "unhandled error in one item",
             exc_info=exc,

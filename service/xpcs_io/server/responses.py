@@ -3,6 +3,11 @@
 msgpack responses are streamed as small headers plus each array's own buffer (no copy of the
 payload, see ``xpcs_io.wire.pack_chunks``) with an exact Content-Length. JSON responses turn
 arrays into nested lists with NaN/Inf as null, and refuse arrays too large for JSON.
+
+Bodies go to the server in slices of at most ``SLICE_BYTES`` (views, not copies): the server
+waits for the client to drain each before taking the next, so a client that stops reading
+holds at most about one slice in the connection's buffer, not a copy of the whole answer
+(the arrays themselves are shared with the result cache).
 """
 
 from __future__ import annotations
@@ -22,12 +27,15 @@ from xpcs_io.schemas import Schema
 __all__ = [
     "JSON_MEDIA_TYPE",
     "MSGPACK_MEDIA_TYPE",
+    "SLICE_BYTES",
     "JsonTooLargeError",
     "MsgpackResponse",
+    "SlicedResponse",
     "encode",
     "wants_json",
 ]
 
+SLICE_BYTES = 1 << 20
 MSGPACK_MEDIA_TYPE = wire.MEDIA_TYPE
 JSON_MEDIA_TYPE = "application/json"
 
@@ -58,6 +66,35 @@ def wants_json(request: Request) -> bool:
     return best_json > 0 and best_json > best_msgpack
 
 
+async def _send_sliced(send: Send, chunks: list[bytes | memoryview]) -> None:
+    pieces: list[bytes | memoryview] = []
+    for chunk in chunks:
+        n = len(chunk) if isinstance(chunk, bytes) else chunk.nbytes
+        if n <= SLICE_BYTES:
+            pieces.append(chunk)
+            continue
+        view = memoryview(chunk).cast("B")
+        pieces += [view[i : i + SLICE_BYTES] for i in range(0, n, SLICE_BYTES)]
+    last = len(pieces) - 1
+    for i, piece in enumerate(pieces):
+        await send({"type": "http.response.body", "body": piece, "more_body": i < last})
+    if last < 0:
+        await send({"type": "http.response.body", "body": b""})
+
+
+class SlicedResponse(Response):
+    """A ``Response`` whose body is sent in slices of at most ``SLICE_BYTES``."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send(
+            {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
+        )
+        if scope.get("method") == "HEAD":
+            await send({"type": "http.response.body", "body": b""})
+            return
+        await _send_sliced(send, [self.body])
+
+
 class MsgpackResponse(Response):
     """A msgpack body sent as a list of chunks, arrays straight from their own buffers."""
 
@@ -81,11 +118,7 @@ class MsgpackResponse(Response):
         if scope.get("method") == "HEAD":
             await send({"type": "http.response.body", "body": b""})
             return
-        last = len(self.chunks) - 1
-        for i, chunk in enumerate(self.chunks):
-            await send({"type": "http.response.body", "body": chunk, "more_body": i < last})
-        if last < 0:
-            await send({"type": "http.response.body", "body": b""})
+        await _send_sliced(send, self.chunks)
 
 
 def _jsonable(value: Any, limit: int, field: str = "") -> Any:
@@ -135,5 +168,7 @@ def encode(
         content = content.to_dict()
     if wants_json(request):
         body = json.dumps(_jsonable(content, json_limit), separators=(",", ":"), allow_nan=False)
-        return Response(body, status_code=status_code, headers=headers, media_type=JSON_MEDIA_TYPE)
+        return SlicedResponse(
+            body, status_code=status_code, headers=headers, media_type=JSON_MEDIA_TYPE
+        )
     return MsgpackResponse(content, status_code=status_code, headers=headers)

@@ -70,8 +70,11 @@ def _socket(host: str, port: int) -> socket.socket:
 def _worker(host: str, port: int, options: dict[str, Any]) -> None:
     import uvicorn
 
+    from xpcs_io.server.protocol import set_header_timeout
     from xpcs_io.server.serving import Server
 
+    options = dict(options)
+    set_header_timeout(options.pop("header_timeout"))
     sock = _socket(host, port)
     sock.listen(2048)
     config = uvicorn.Config("xpcs_io.server.app:create_app", factory=True, **options)

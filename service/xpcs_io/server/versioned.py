@@ -29,6 +29,7 @@ from xpcs_io.server.common import (
     read_result,
     send,
 )
+from xpcs_io.server.limits import read_body as _read_body
 from xpcs_io.server.openapi_docs import ERRORS, WRITE_ERRORS, body_doc, ok
 
 __all__ = ["IdempotencyKey", "add_versioned_routes"]
@@ -45,23 +46,6 @@ IdempotencyKey = Annotated[
         max_length=200,
     ),
 ]
-
-
-async def _read_body(request: Request) -> bytearray:
-    """The request body in one writable buffer (arrays decode as zero-copy views of it)."""
-    declared = request.headers.get("content-length")
-    buf = bytearray(int(declared)) if declared and declared.isdigit() else bytearray()
-    n = 0
-    async for chunk in request.stream():
-        end = n + len(chunk)
-        if end <= len(buf):
-            buf[n:end] = chunk
-        else:
-            del buf[n:]
-            buf += chunk
-        n = end
-    del buf[n:]
-    return buf
 
 
 def _decode(body: bytearray, content_type: str, cls: type[Schema]) -> Any:

@@ -7,8 +7,8 @@ newer than the last ones seen (or, for a file seen for the first time, written a
 watcher started) become ``mask.written`` / ``partition.written`` events.
 
 Only a file that is a new inode under its name (created, or replaced by a rename: how this
-service writes a version) is opened to look for versions, through a pool of its own that is
-emptied right after: a program writing a file in place is never kept from it by the watcher.
+service writes a version) is opened to look for versions, through the app's pool (whose
+handles hold no lock, so a program writing the file in place is never kept from it).
 """
 
 from __future__ import annotations
@@ -46,8 +46,8 @@ def _wanted(change: Change, path: str) -> bool:
 
 class RootWatcher:
     """Publishes file and version events for ``root`` on ``hub``; ``debounce_ms`` groups the
-    changes of one write (a copy renamed over the file) into one batch. ``facade`` is the
-    watcher's own, on a pool of its own (emptied after each batch)."""
+    changes of one write (a copy renamed over the file) into one batch. ``facade`` reads
+    the version lists."""
 
     def __init__(
         self,
@@ -187,7 +187,6 @@ class RootWatcher:
             numbers = [r["version"] for r in records if isinstance(r.get("version"), int)]
             if numbers:
                 self._latest[key] = max(numbers)
-        self.facade.clear_pool()
         return out
 
     @staticmethod
