@@ -121,6 +121,11 @@ def _outside(holder: str, target: str, root: Path | None) -> bool:
 
 
 def _refuse_external(holder: str, target: str, where: str, root: Path | None, display: str) -> None:
+    if root is not None:
+        # Writes never follow a link, so the holder is the file named: beneath a root, its
+        # place is the root joined with the caller's path (the open handle may be a copy of it,
+        # or a file object without a usable name).
+        holder = str(root / display)
     if _outside(holder, target, root):
         raise PermissionError(f"{display}: {where} links to a file outside the data root")
     raise ValueError(
