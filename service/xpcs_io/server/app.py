@@ -22,6 +22,7 @@ from xpcs_io.locking import LockPolicy
 from xpcs_io.logs import configure_logging
 from xpcs_io.paths import display_path
 from xpcs_io.pool import HDF5ConnectionPool
+from xpcs_io.server import h5grove_api, viewer_routes
 from xpcs_io.server.browsers import BrowserGuardMiddleware
 from xpcs_io.server.docs_pages import DOCS_ASSETS
 from xpcs_io.server.events import EventHub
@@ -145,7 +146,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     metrics = Metrics(pool_stats, result_stats, shared)
     app.state.metrics = metrics
     install_handlers(app)
-    app.include_router(router, dependencies=[Depends(check_request)])
+    strict = [Depends(check_request)]  # every /v1 route: unknown parameters, Accept
+    app.include_router(router, dependencies=strict)
+    app.include_router(viewer_routes.router, dependencies=strict)
+    app.include_router(h5grove_api.router)
     app.mount("/docs-assets", StaticFiles(directory=DOCS_ASSETS), name="docs-assets")
 
     static = Path(__file__).with_name("static")
