@@ -30,6 +30,7 @@ from bench import (
     w7_gzip_viewers,
     w8_write_mask,
     w9_g2_many,
+    w11_saxs_2d,
 )
 from bench.common import MB, Config, Result, process_rss
 from bench.env import Env
@@ -46,6 +47,7 @@ WORKLOADS: dict[str, ModuleType] = {
         w7_gzip_viewers,
         w8_write_mask,
         w9_g2_many,
+        w11_saxs_2d,
     )
 }
 REPO = Path(__file__).resolve().parent.parent

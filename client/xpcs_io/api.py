@@ -10,7 +10,16 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import numpy.typing as npt
 
-from xpcs_io.schemas import G2Data, GeometryMetadata, MaskSchema, PartitionSchema, QMapSchema
+from xpcs_io.schemas import (
+    G2Data,
+    GeometryMetadata,
+    IntensityTimeData,
+    MaskSchema,
+    PartitionSchema,
+    QMapSchema,
+    Saxs1DData,
+    Saxs2DData,
+)
 
 __all__ = ["FacadeAPI", "PathLike", "VersionRecord"]
 
@@ -20,7 +29,8 @@ VersionRecord = dict[str, Any]
 
 @runtime_checkable
 class FacadeAPI(Protocol):
-    """Reads of q-maps, G2 and geometry; versioned mask and partition writes; pool control."""
+    """Reads of q-maps, G2, geometry, SAXS, intensity vs time and metadata; versioned mask
+    and partition writes; pool control."""
 
     validate: bool
 
@@ -104,6 +114,20 @@ class FacadeAPI(Protocol):
         *,
         layout: str | None = None,
     ) -> list[QMapSchema | Exception]: ...
+
+    def read_saxs_2d(self, file_path: PathLike, layout: str | None = None) -> Saxs2DData: ...
+
+    def read_saxs_1d(self, file_path: PathLike, layout: str | None = None) -> Saxs1DData: ...
+
+    def read_intensity_time(
+        self, file_path: PathLike, layout: str | None = None
+    ) -> IntensityTimeData: ...
+
+    def read_twotime_g2(
+        self, file_path: PathLike, q_idx: int | None = None, layout: str | None = None
+    ) -> G2Data: ...
+
+    def read_metadata(self, file_path: PathLike, layout: str | None = None) -> dict[str, Any]: ...
 
     def get_pool_stats(self) -> dict[str, Any]: ...
 

@@ -28,9 +28,12 @@ __all__ = [
     "DEFAULT_SCHEMA_VERSION",
     "G2Data",
     "GeometryMetadata",
+    "IntensityTimeData",
     "MaskSchema",
     "PartitionSchema",
     "QMapSchema",
+    "Saxs1DData",
+    "Saxs2DData",
     "Schema",
 ]
 
@@ -401,14 +404,17 @@ class QMapSchema(Schema):
 
 @dataclasses.dataclass(frozen=True, eq=False, repr=False)
 class G2Data(Schema):
-    """Multi-tau correlation: ``g2`` and ``g2_err`` shaped (n_delay, n_q), delays in seconds."""
+    """Multi-tau correlation: ``g2`` and ``g2_err`` shaped (n_delay, n_q), delays in seconds;
+    optional ``phi_values`` (n_q,) in degrees, the azimuth of each column when the partition
+    has several phi sectors (columns then share a q)."""
 
     g2: Array
     g2_err: Array
     delay_times: Array
     q_values: Array
+    phi_values: Array | None = None
 
-    _array_fields = ("g2", "g2_err", "delay_times", "q_values")
+    _array_fields = ("g2", "g2_err", "delay_times", "q_values", "phi_values")
 
     def validate(self) -> None:
         _check_numeric(self.g2, "g2", kinds="f")
@@ -445,6 +451,96 @@ class G2Data(Schema):
             raise SchemaError("g2_err: must be >= 0 (NaN is allowed)", field="g2_err")
         if self.g2_err.size and bool(np.isinf(self.g2_err).any()):
             raise SchemaError("g2_err: must not contain Inf (NaN is allowed)", field="g2_err")
+        if self.phi_values is not None:
+            _check_numeric(self.phi_values, "phi_values", kinds="iuf")
+            _check_ndim(self.phi_values, 1, "phi_values")
+            if self.phi_values.shape[0] != n_q:
+                raise SchemaError(
+                    f"phi_values: length {self.phi_values.shape[0]} does not match n_q={n_q}",
+                    field="phi_values",
+                )
+            _check_finite(self.phi_values, "phi_values")
+
+
+def _check_vector(arr: Any, field: str, length: int | None = None, kinds: str = "iuf") -> int:
+    _check_numeric(arr, field, kinds=kinds)
+    _check_ndim(arr, 1, field)
+    if length is not None and arr.shape[0] != length:
+        raise SchemaError(f"{field}: length {arr.shape[0]} does not match {length}", field=field)
+    return int(arr.shape[0])
+
+
+@dataclasses.dataclass(frozen=True, eq=False, repr=False)
+class Saxs2DData(Schema):
+    """Time-averaged scattering image ``image`` (H, W) as stored (float), in ``unit``
+    (the file's unit attribute, "a.u." when it names none)."""
+
+    image: Array
+    unit: str = "a.u."
+
+    _array_fields = ("image",)
+
+    def validate(self) -> None:
+        _check_numeric(self.image, "image", kinds="iuf")
+        _check_ndim(self.image, 2, "image")
+        _check_str(self.unit, "unit")
+
+
+@dataclasses.dataclass(frozen=True, eq=False, repr=False)
+class Saxs1DData(Schema):
+    """Azimuthally binned scattering, one entry per stored static bin: ``q`` (n,) in
+    ``q_unit``, ``intensity`` (n,) in ``intensity_unit``, ``intensity_segments``
+    (n_segments, n) (the same curve over consecutive parts of the measurement, for the
+    stability plot; (0, n) when the file stores none) and ``phi`` (n,) in degrees when the
+    static partition has several phi sectors (else ``None``). NaN intensities are allowed
+    (empty bins)."""
+
+    q: Array
+    intensity: Array
+    intensity_segments: Array
+    q_unit: str = "A^-1"
+    intensity_unit: str = "a.u."
+    phi: Array | None = None
+
+    _array_fields = ("q", "intensity", "intensity_segments", "phi")
+
+    def validate(self) -> None:
+        n = _check_vector(self.q, "q", kinds="f")
+        _check_finite(self.q, "q")
+        _check_vector(self.intensity, "intensity", n, kinds="iuf")
+        _check_numeric(self.intensity_segments, "intensity_segments", kinds="iuf")
+        _check_ndim(self.intensity_segments, 2, "intensity_segments")
+        if self.intensity_segments.shape[1] != n:
+            raise SchemaError(
+                f"intensity_segments: shape {self.intensity_segments.shape} does not match "
+                f"(n_segments, {n})",
+                field="intensity_segments",
+            )
+        _check_str(self.q_unit, "q_unit", allowed=Q_UNITS)
+        _check_str(self.intensity_unit, "intensity_unit")
+        if self.phi is not None:
+            _check_vector(self.phi, "phi", n, kinds="iuf")
+            _check_finite(self.phi, "phi")
+
+
+@dataclasses.dataclass(frozen=True, eq=False, repr=False)
+class IntensityTimeData(Schema):
+    """Mean detector intensity per frame: ``time`` (N,) in seconds from the first frame,
+    ``intensity`` (N,) in ``unit``."""
+
+    time: Array
+    intensity: Array
+    unit: str = "a.u."
+
+    _array_fields = ("time", "intensity")
+
+    def validate(self) -> None:
+        n = _check_vector(self.time, "time", kinds="iuf")
+        _check_vector(self.intensity, "intensity", n, kinds="iuf")
+        _check_finite(self.time, "time")
+        if n > 1 and not bool(np.all(self.time[1:] > self.time[:-1])):
+            raise SchemaError("time: must be strictly increasing", field="time")
+        _check_str(self.unit, "unit")
 
 
 def _check_metadata(metadata: Any) -> GeometryMetadata:

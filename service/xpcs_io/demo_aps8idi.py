@@ -210,9 +210,15 @@ def write_aps8idi_file(
         sums = np.bincount(static.ravel(), weights=saxs.ravel())[1:]
         saxs1d = sums / np.maximum(np.bincount(static.ravel())[1:], 1)
         _put(f["xpcs/temporal_mean"], "scattering_1d", saxs1d[None].astype(np.float32))
-        t = np.arange(n_frames) * FRAME_TIME_S
+        segments = saxs1d[None] * (1 - 0.01 * np.arange(5))[:, None]
+        _put(f["xpcs/temporal_mean"], "scattering_1d_segments", segments.astype(np.float32))
+        # (frame index, mean intensity) per frame
         intensity = saxs.sum() / mask.sum() * rng.normal(1, 0.01, n_frames)
-        _put(_group(f, "xpcs/spatial_mean"), "intensity_vs_time", np.stack([t, intensity]))
+        intt = np.stack([np.arange(n_frames, dtype=np.float64), intensity])
+        _put(_group(f, "xpcs/spatial_mean"), "intensity_vs_time", intt)
+        sample = _group(f["entry"], "sample", "NXsample")
+        sample["name"] = "silica-50nm"
+        f["entry"]["start_time"] = "2024-06-01T12:00:00Z"
     return path
 
 

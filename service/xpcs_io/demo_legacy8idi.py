@@ -201,11 +201,38 @@ def _multitau_results(
     _put(f, f"{ex}/tau", _row(truth.tau, tau_dtype))
 
 
-def _images(f: h5py.File, ex: str, truth: LegacyTruth, dtype: Any, n_frames: int) -> Array:
+def _images(
+    f: h5py.File,
+    ex: str,
+    truth: LegacyTruth,
+    dtype: Any,
+    n_frames: int,
+    *,
+    compressed: bool = False,
+    xpcs: str = "/xpcs",
+) -> Array:
+    """SAXS-2D (returned), ``frameSum`` (frame number, mean counts), and SAXS-1D: static
+    label s = 2L - L % 2 lies in dynamic label L, so ``sqlist``/``sphilist`` (2K cells)
+    leave every other cell empty (NaN); ``partition-mean-total`` and ``-partial`` hold the
+    whole grid, or with ``compressed`` (boost_corr's GPU code) the non-empty cells only."""
     saxs = (1e2 / (1 + (np.arange(truth.shape[0] * truth.shape[1]) % 97))).reshape(truth.shape)
-    frame_sum = np.vstack([np.arange(1, n_frames + 1), np.full(n_frames, 0.5)])
+    counts = 0.5 + 0.01 * np.sin(np.arange(n_frames))
+    frame_sum = np.vstack([np.arange(1, n_frames + 1), counts])
     _put(f, f"{ex}/frameSum", frame_sum.astype(dtype))
-    _put(f, f"{ex}/partition-mean-total", _row(np.ones(2 * len(truth.q_bins)), dtype))
+    k = len(truth.q_bins)
+    labels = np.arange(1, k + 1)
+    cells = 2 * labels - labels % 2 - 1
+    sq, sphi = np.full(2 * k, np.nan), np.full(2 * k, np.nan)
+    sq[cells], sphi[cells] = truth.q_bins, truth.phi_bins
+    _put(f, f"{xpcs}/sqlist", _row(sq))
+    _put(f, f"{xpcs}/sphilist", _row(sphi))
+    curve = np.zeros(2 * k)
+    curve[cells] = 1e2 / (1 + (truth.q_bins / truth.q_bins[0]) ** 4)
+    partial = np.stack([curve * (1 - 0.02 * i) for i in range(3)])
+    if compressed:
+        curve, partial = curve[cells], partial[:, cells]
+    _put(f, f"{ex}/partition-mean-total", _row(curve, dtype))
+    _put(f, f"{ex}/partition-mean-partial", partial.astype(dtype))
     return np.asarray(saxs * truth.mask, dtype=dtype)
 
 
@@ -317,7 +344,7 @@ def write_boost_file(
         _put(f, "/xpcs/avg_frames", np.int64(3))
         _put(f, "/xpcs/stride_frames", np.int64(1))
         _instrument(f, truth, _mat)
-        saxs = _images(f, "/exchange", truth, np.float32, 18)
+        saxs = _images(f, "/exchange", truth, np.float32, 18, compressed=True)
         _put(f, "/exchange/pixelSum", saxs[None])
         if twotime:
             done = [2, 5]  # labels processed

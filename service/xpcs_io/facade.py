@@ -58,6 +58,7 @@ from xpcs_io.versions import (
     read_version,
     write_version,
 )
+from xpcs_io.viewer_reads import ViewerReads
 
 __all__ = ["HDF5Facade", "HDF5ValidationError"]
 
@@ -164,7 +165,7 @@ class _BoundedKeys(OrderedDict[Any, None]):
                 break
 
 
-class HDF5Facade:
+class HDF5Facade(ViewerReads):
     """Unified facade for HDF5 I/O with schema validation, pooling and consistent errors.
 
     Args:

@@ -65,6 +65,16 @@ EXPECTED: dict[tuple[str, str], str] = {
     ("POST", "/v1/mask"): "write",
     ("POST", "/v1/partition"): "write",
     ("POST", "/v1/pool/clear"): "admin",
+    ("GET", "/v1/saxs2d"): "read",
+    ("GET", "/v1/saxs1d"): "read",
+    ("GET", "/v1/intensity-time"): "read",
+    ("GET", "/v1/g2/twotime"): "read",
+    ("GET", "/v1/metadata"): "read",
+    ("GET", "/v1/tree"): "read",
+    ("GET", "/v1/dataset"): "read",
+    **{
+        ("GET", f"/h5grove/{r}{end}"): "read" for r in ("meta", "attr", "data") for end in ("", "/")
+    },
 }
 
 
@@ -104,6 +114,8 @@ def _call(method: str, path: str) -> Call:
         "/v1/qmap/many",
     )
     many = wire.pack({"file_paths": ["small.hdf5"]})
+    aps = {"file_path": "aps.hdf5"}
+    grove = {"file": "aps.hdf5", "path": "/xpcs/qmap/mask"}
     table: dict[tuple[str, str], Call] = {
         ("GET", "/"): Call("/", 200),
         ("GET", "/docs"): Call("/docs", 200),
@@ -132,6 +144,16 @@ def _call(method: str, path: str) -> Call:
         ("GET", "/v1/events"): Call("/v1/events", 200),
         ("POST", "/v1/g2/many"): Call("/v1/g2/many", 200, None, many),
         ("POST", "/v1/qmap/many"): Call("/v1/qmap/many", 200, None, many),
+        **{
+            ("GET", f"/v1/{r}"): Call(f"/v1/{r}", 200, aps)
+            for r in ("saxs2d", "saxs1d", "intensity-time", "g2/twotime", "metadata", "tree")
+        },
+        ("GET", "/v1/dataset"): Call("/v1/dataset", 200, {**aps, "path": "/xpcs/qmap/mask"}),
+        **{
+            ("GET", f"/h5grove/{r}{end}"): Call(f"/h5grove/{r}{end}", 200, grove)
+            for r in ("meta", "attr", "data")
+            for end in ("", "/")
+        },
     }
     call = table.get((method, path))
     assert call is not None, f"no request written for {method} {path}"

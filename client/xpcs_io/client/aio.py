@@ -12,7 +12,7 @@ import numpy as np
 import numpy.typing as npt
 
 from xpcs_io.api import PathLike, VersionRecord
-from xpcs_io.client import calls
+from xpcs_io.client import calls, viewer_calls
 from xpcs_io.client.afasthttp import AsyncFastHTTPTransport
 from xpcs_io.client.calls import Call
 from xpcs_io.client.core import ClientCore
@@ -27,7 +27,16 @@ from xpcs_io.client.transport import (
 )
 from xpcs_io.client.watching import EventWatch
 from xpcs_io.events import Event
-from xpcs_io.schemas import G2Data, GeometryMetadata, MaskSchema, PartitionSchema, QMapSchema
+from xpcs_io.schemas import (
+    G2Data,
+    GeometryMetadata,
+    IntensityTimeData,
+    MaskSchema,
+    PartitionSchema,
+    QMapSchema,
+    Saxs1DData,
+    Saxs2DData,
+)
 
 __all__ = ["AsyncRemoteHDF5Facade"]
 
@@ -319,6 +328,75 @@ class AsyncRemoteHDF5Facade(ClientCore):
             calls.read_qmap_many(file_paths, group, self.validate, layout)
         )
         return result
+
+    # ------------------------------------------------------------------ viewer reads
+
+    async def read_saxs_2d(self, file_path: PathLike, layout: str | None = None) -> Saxs2DData:
+        """The SAXS 2-D image (see ``HDF5Facade.read_saxs_2d``)."""
+        result: Saxs2DData = await self._send(
+            viewer_calls.read_saxs_2d(file_path, self.validate, layout)
+        )
+        return result
+
+    async def read_saxs_1d(self, file_path: PathLike, layout: str | None = None) -> Saxs1DData:
+        """The SAXS 1-D curve and segments (see ``HDF5Facade.read_saxs_1d``)."""
+        result: Saxs1DData = await self._send(
+            viewer_calls.read_saxs_1d(file_path, self.validate, layout)
+        )
+        return result
+
+    async def read_intensity_time(
+        self, file_path: PathLike, layout: str | None = None
+    ) -> IntensityTimeData:
+        """Intensity vs time (see ``HDF5Facade.read_intensity_time``)."""
+        result: IntensityTimeData = await self._send(
+            viewer_calls.read_intensity_time(file_path, self.validate, layout)
+        )
+        return result
+
+    async def read_twotime_g2(
+        self, file_path: PathLike, q_idx: int | None = None, layout: str | None = None
+    ) -> G2Data:
+        """G2 of the two-time result (see ``HDF5Facade.read_twotime_g2``)."""
+        result: G2Data = await self._send(
+            viewer_calls.read_twotime_g2(file_path, q_idx, self.validate, layout)
+        )
+        return result
+
+    async def read_metadata(self, file_path: PathLike, layout: str | None = None) -> dict[str, Any]:
+        """The flat metadata dict (see ``HDF5Facade.read_metadata``)."""
+        result: dict[str, Any] = await self._send(viewer_calls.read_metadata(file_path, layout))
+        return result
+
+    async def list_files(self, prefix: str | None = None) -> list[dict[str, Any]]:
+        """HDF5 files under the server's data root (or its folder ``prefix``): dicts with
+        path, size and mtime, sorted by path."""
+        result: list[dict[str, Any]] = await self._send(viewer_calls.list_files(prefix))
+        return result
+
+    async def read_tree(self, file_path: PathLike) -> dict[str, Any]:
+        """Every group and dataset of a file (h5grove ``/meta`` form, children at every
+        level): names, kinds, shapes, dtypes, chunks, filters, attributes.
+
+        Raises:
+            FileNotFoundError, PermissionError: as every read.
+            PayloadTooLargeError: the file holds too many entities to list at once.
+        """
+        result: dict[str, Any] = await self._send(viewer_calls.read_tree(file_path))
+        return result
+
+    async def read_dataset(
+        self, file_path: PathLike, path: str, selection: str | None = None
+    ) -> Any:
+        """The values of any dataset, or of ``selection`` (NumPy slicing text such as
+        ``"0:10,::2"``): an array with the stored dtype (strings as a list).
+
+        Raises:
+            KeyError: no such dataset. ValueError: a malformed selection (HTTP 422).
+            PayloadTooLargeError: the selection is above the server's size limit.
+            FileNotFoundError, PermissionError: as every read.
+        """
+        return await self._send(viewer_calls.read_dataset(file_path, path, selection))
 
     # ------------------------------------------------------------------ events
 

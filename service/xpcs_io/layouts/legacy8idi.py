@@ -10,8 +10,8 @@ Every era's way of storing a value is read alike: scalars as (), (1,) or (1, 1);
 blanks stripped; counts as float64 or integers; maps as (H, W) or (1, H, W); a mask stored
 (W, H) is transposed (as the beamline viewer does), and so is a label map whose shape is
 (x_dimension, y_dimension); Hadoop's (n_tau, n_q, 1) G2 and (N, N, 1) two-time maps lose
-the trailing axis. SAXS (``pixelSum``, ``partition-mean-*``) and intensity vs time are not
-read, nor the compound ``/exchange/norm`` of early Hadoop files.
+the trailing axis. SAXS (``pixelSum``, ``partition-mean-*``) and intensity vs time are read
+by ``xpcs_io.layouts.saxs``; the compound ``/exchange/norm`` of early Hadoop files is not.
 
 Units (no unit attributes in these files; one, where present, is honoured):
 ``/measurement/instrument/detector/distance``, ``x_pixel_size``, ``y_pixel_size`` and the
@@ -66,6 +66,7 @@ from xpcs_io.schemas import G2Data, GeometryMetadata, QMapSchema
 
 __all__ = [
     "analysis_type",
+    "detector_shape",
     "dynamic_bins",
     "is_legacy",
     "list_c2_bins",
@@ -144,6 +145,16 @@ def _shape(loc: Locator) -> tuple[tuple[int, int], bool]:
         if (h, w) == (width, height):
             return (w, h), True
     return (h, w), False
+
+
+def detector_shape(loc: Locator) -> tuple[tuple[int, int], bool]:
+    """(H, W) of the detector and whether ``/xpcs/dqmap`` is stored transposed.
+
+    Raises:
+        KeyError: ``/xpcs/dqmap`` is missing.
+        HDF5ValidationError: it is not a 2-D map.
+    """
+    return _shape(loc)
 
 
 def _labels(loc: Locator) -> npt.NDArray[Any]:

@@ -29,7 +29,7 @@ import numpy as np
 import numpy.typing as npt
 
 from xpcs_io.h5access import Locator
-from xpcs_io.layouts import aps8idi, legacy8idi, native, twotime
+from xpcs_io.layouts import aps8idi, g2_views, legacy8idi, native, twotime
 from xpcs_io.layouts.common import exists
 from xpcs_io.schemas import G2Data, GeometryMetadata, QMapSchema
 
@@ -170,12 +170,35 @@ def read_g2(loc: Locator, layout: str | None, group: str, q_idx: int | None) -> 
     name, grp = resolve(loc, "g2", layout, group)
     if name == "pysimplemask":
         raise _none(loc, name, "G2 (it is a q-partition)")
+    if name in _TWO_TIME_SOURCES and g2_views.two_time_only(loc, name):
+        raise KeyError(
+            f"{loc.display} holds two-time (Twotime) results only: no multi-tau G2 "
+            f"({_TWO_TIME_SOURCES[name]} not found); read them with read_twotime_g2 (and "
+            f"the maps with read_c2) (layout {name})"
+        )
     readers: dict[str, Callable[[], G2Data]] = {
         "native": lambda: native.read_g2(loc, grp, q_idx),
-        "aps8idi": lambda: aps8idi.read_g2(loc, q_idx),
-        "aps8idi-legacy": lambda: legacy8idi.read_g2(loc, q_idx),
+        "aps8idi": lambda: g2_views.with_phi(aps8idi.read_g2(loc, q_idx), _phi(loc, name, q_idx)),
+        "aps8idi-legacy": lambda: g2_views.with_phi(
+            legacy8idi.read_g2(loc, q_idx), _phi(loc, name, q_idx)
+        ),
     }
     return _named(name, readers[name])
+
+
+_TWO_TIME_SOURCES = {
+    "aps8idi": "/xpcs/multitau/normalized_g2",
+    "aps8idi-legacy": "norm-0-g2 in the result group",
+}
+
+
+def _phi(loc: Locator, name: str, q_idx: int | None) -> npt.NDArray[np.float64] | None:
+    """phi (deg) of the G2 columns of an 8-ID-I file with several phi sectors."""
+    if name == "aps8idi":
+        n_q = int(loc.dataset("/xpcs/multitau", "normalized_g2").shape[1])
+        return g2_views.nexus_g2_phi(loc, n_q, q_idx)
+    q_bins, _ = legacy8idi.dynamic_bins(loc)
+    return g2_views.legacy_g2_phi(loc, int(q_bins.size), q_idx)
 
 
 def read_geometry(loc: Locator, layout: str | None, group: str) -> GeometryMetadata:

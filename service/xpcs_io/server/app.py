@@ -22,6 +22,7 @@ from xpcs_io.locking import LockPolicy
 from xpcs_io.logs import configure_logging
 from xpcs_io.paths import display_path
 from xpcs_io.pool import HDF5ConnectionPool
+from xpcs_io.server import h5grove_api, viewer_routes
 from xpcs_io.server.browsers import BrowserGuardMiddleware
 from xpcs_io.server.events import EventHub
 from xpcs_io.server.limits import BodyBudget, ResourceGuardMiddleware
@@ -128,6 +129,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = metrics
     install_handlers(app)
     app.include_router(router)
+    app.include_router(viewer_routes.router)
+    app.include_router(h5grove_api.router)
     app.mount(
         "/docs-assets",
         StaticFiles(directory=swagger_ui_bundle.swagger_ui_path),

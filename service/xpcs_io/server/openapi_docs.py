@@ -12,9 +12,12 @@ from typing import Any
 from xpcs_io.schemas import (
     G2Data,
     GeometryMetadata,
+    IntensityTimeData,
     MaskSchema,
     PartitionSchema,
     QMapSchema,
+    Saxs1DData,
+    Saxs2DData,
     Schema,
 )
 
@@ -45,7 +48,17 @@ _SCALARS: dict[str, dict[str, Any]] = {
     },
 }
 _CLASSES: dict[str, type[Schema]] = {
-    c.__name__: c for c in (QMapSchema, G2Data, GeometryMetadata, MaskSchema, PartitionSchema)
+    c.__name__: c
+    for c in (
+        QMapSchema,
+        G2Data,
+        GeometryMetadata,
+        MaskSchema,
+        PartitionSchema,
+        Saxs2DData,
+        Saxs1DData,
+        IntensityTimeData,
+    )
 }
 _RECORD = {
     "type": "object",
@@ -67,6 +80,17 @@ _RECORD = {
     },
 }
 _OTHER: dict[str, dict[str, Any]] = {
+    "Metadata": {
+        "type": "object",
+        "description": "Flat map of HDF5 path (or summary key) to a number, string, bool, "
+        "null or short list; units alongside as '<key>@unit'.",
+        "additionalProperties": True,
+    },
+    "Tree": {
+        "type": "object",
+        "description": "Nested groups and datasets (h5grove /meta form, children at every level).",
+        "additionalProperties": True,
+    },
     "VersionRecord": _RECORD,
     "VersionList": {"type": "array", "items": _RECORD},
     "C2Map": {

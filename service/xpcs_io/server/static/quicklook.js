@@ -307,7 +307,7 @@
 
   function drawG2() {
     const c = $("g2-canvas"), ctx = c.getContext("2d"), g = state.g2;
-    const W = c.width, H = c.height, L = 64, R = 16, T = 14, B = 46;
+    const W = c.width, H = c.height, L = 64, R = 206, T = 14, B = 46; // legend in the right margin
     ctx.clearRect(0, 0, W, H);
     ctx.font = "12px system-ui, sans-serif";
     if (!g) return;
@@ -387,19 +387,21 @@
     }
     ctx.restore();
 
-    // legend on a white box, bottom left: g2 decays towards 1 at long delays, not short ones
-    const shown = bins.slice(0, 12), top = H - B - 10 - shown.length * 17;
-    ctx.fillStyle = "rgba(255, 255, 255, 0.85)";
-    if (shown.length) ctx.fillRect(L + 6, top, 156, shown.length * 17 + 4);
+    // legend beside the plot area, never over the data; phi tells apart columns sharing a q
+    const shown = bins.slice(0, 20);
     ctx.textAlign = "left"; ctx.textBaseline = "middle";
     shown.forEach((b, i) => {
-      const y = top + 11 + i * 17, x = L + 16;
+      const y = T + 10 + i * 17, x = W - R + 14;
       ctx.fillStyle = colour(b);
       ctx.beginPath(); ctx.arc(x, y, 4, 0, 2 * Math.PI); ctx.fill();
       ctx.fillStyle = "#333";
-      ctx.fillText(`q[${b}] = ${fmt(g.q_values[b])}`, x + 10, y);
+      ctx.fillText(legendText(g, b), x + 10, y);
     });
   }
+
+  const short = (v) => (v === null || v === undefined ? "—" : Number(Number(v).toPrecision(3)).toString());
+  const legendText = (g, b) => `q${b} = ${short(g.q_values[b])} Å⁻¹`
+    + (g.phi_values ? `, φ = ${Number(g.phi_values[b]).toFixed(1)}°` : "");
 
   function renderBins() {
     const g = state.g2;
@@ -411,7 +413,9 @@
         updateUrl();
         g2Drawn();
       });
-      return el("label", { title: `q bin ${b}` }, box, el("span", { class: "swatch" }), ` ${b}: q = ${fmt(q)}`);
+      const phi = g.phi_values ? `, φ ${Number(g.phi_values[b]).toFixed(0)}°` : "";
+      return el("label", { title: `q bin ${b}: q = ${fmt(q)} Å⁻¹${phi}` }, box, el("span", { class: "swatch" }),
+        ` ${b}: q = ${short(q)}${phi}`);
     }));
   }
 
@@ -421,9 +425,11 @@
       box.nextElementSibling.style.background = box.checked ? colour(Number(box.value)) : "transparent";
     }
     const g = state.g2;
-    $("g2-info").textContent = `${g.delay_times.length} delays × ${g.q_values.length} q bins; `
+    $("g2-info").textContent = `${g.twotime ? "two-time G2 (this file holds two-time results only): " : ""}`
+      + `${g.delay_times.length} delays × ${g.q_values.length} q bins; `
       + `${state.bins.length ? `showing ${state.bins.length}` : "tick q bins below to plot them"}`;
-    ql.g2 = { bins: [...state.bins], colors: state.bins.map(colour),
+    ql.g2 = { bins: [...state.bins], colors: state.bins.map(colour), twotime: !!g.twotime,
+      legend: state.bins.slice(0, 20).map((b) => legendText(g, b)),
       firstPoints: state.bins.map((b) => [g.delay_times[0], g.g2[0][b]]) };
   }
 
@@ -518,6 +524,7 @@
     for (const id of ["geometry", "versions"]) setContent(id, note("loading…"));
     for (const id of ["qmap-info", "g2-info"]) $(id).textContent = "loading…";
     setContent("bins");
+    setContent("g2-dl");
     drawG2();
     const q = { file_path: path };
     const errors = [];
@@ -545,9 +552,11 @@
       versionsTask.then((v) => current() && renderVersions(v))
         .catch(fail("mask versions", (e) => setContent("versions", note(e.message, "bad")))),
       maskTask.catch(fail("newest mask", () => {})),
-      api("g2", q).then((g) => {
+      api("g2", q).catch((e) => (e.status === 404 && /read_twotime_g2/.test(e.message)
+        ? api("g2/twotime", q).then((g) => Object.assign(g, { twotime: true })) : Promise.reject(e))).then((g) => {
         if (!current()) return;
         state.g2 = g;
+        if (window.quicklookViews) window.quicklookViews.g2Downloads(g, g.twotime ? "twotime_g2" : "g2");
         const n = g.q_values.length;
         const wanted = bins ?? [...new Set([0, Math.floor(n / 3), Math.floor((2 * n) / 3)])];
         state.bins = wanted.filter((b) => Number.isInteger(b) && b >= 0 && b < n);
@@ -557,6 +566,7 @@
       }).catch(fail("G2", (e) => { $("g2-info").textContent = e.message; })),
       api("geometry", q).then((geo) => current() && renderGeometry(geo))
         .catch(fail("geometry", (e) => setContent("geometry", note(e.message, "bad")))),
+      window.quicklookViews ? window.quicklookViews.load(path, current).catch(fail("results", () => {})) : null,
     ];
     await Promise.all(tasks);
     if (!current()) return;
@@ -666,5 +676,10 @@
   }
 
   window.quicklookWire = { unpack }; // the msgpack decoder, for tests and the console
-  start();
+  // What the result views (quicklook-views.js) share with this page.
+  window.quicklookCore = { api, unpack, LUT, fmt, pretty, apiKey, kvTable, note };
+  // After every deferred script has run (the result views register themselves first).
+  // A deferred script runs while readyState is "interactive", before DOMContentLoaded.
+  if (document.readyState !== "complete") document.addEventListener("DOMContentLoaded", start, { once: true });
+  else start();
 })();

@@ -1,0 +1,94 @@
+"""What the viewer reads (SAXS 2-D and 1-D, intensity vs time, two-time G2, metadata) and
+the generic browsing calls (files, tree, any dataset) send, shared by both clients."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from xpcs_io.client.calls import Call, _file, _int_or_none, _layout, _read
+from xpcs_io.errors import ServerError
+from xpcs_io.schemas import G2Data, IntensityTimeData, Saxs1DData, Saxs2DData
+
+__all__ = [
+    "list_files",
+    "read_dataset",
+    "read_intensity_time",
+    "read_metadata",
+    "read_saxs_1d",
+    "read_saxs_2d",
+    "read_tree",
+    "read_twotime_g2",
+]
+
+
+def read_saxs_2d(file_path: Any, validate: bool, layout: Any = None) -> Call:
+    return _read(
+        "/v1/saxs2d", Saxs2DData, validate, file_path=_file(file_path), layout=_layout(layout)
+    )
+
+
+def read_saxs_1d(file_path: Any, validate: bool, layout: Any = None) -> Call:
+    return _read(
+        "/v1/saxs1d", Saxs1DData, validate, file_path=_file(file_path), layout=_layout(layout)
+    )
+
+
+def read_intensity_time(file_path: Any, validate: bool, layout: Any = None) -> Call:
+    return _read(
+        "/v1/intensity-time",
+        IntensityTimeData,
+        validate,
+        file_path=_file(file_path),
+        layout=_layout(layout),
+    )
+
+
+def read_twotime_g2(file_path: Any, q_idx: Any, validate: bool, layout: Any = None) -> Call:
+    return _read(
+        "/v1/g2/twotime",
+        G2Data,
+        validate,
+        file_path=_file(file_path),
+        q_idx=_int_or_none(q_idx, "q_idx"),
+        layout=_layout(layout),
+    )
+
+
+def _mapping(data: Any) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise ServerError(f"expected a map, got {type(data).__name__}")
+    return data
+
+
+def _listing(data: Any) -> list[Any]:
+    if not isinstance(data, list):
+        raise ServerError(f"expected a list, got {type(data).__name__}")
+    return data
+
+
+def read_metadata(file_path: Any, layout: Any = None) -> Call:
+    params = {"file_path": _file(file_path), "layout": _layout(layout)}
+    params = {k: v for k, v in params.items() if v is not None}
+    return Call("GET", "/v1/metadata", params, _mapping, cacheable=True)
+
+
+def list_files(prefix: Any = None) -> Call:
+    if prefix is not None and not isinstance(prefix, str):
+        raise TypeError(f"prefix must be a string, got {type(prefix).__name__}")
+    params = {} if prefix is None else {"prefix": prefix}
+    return Call("GET", "/v1/files", params, _listing)
+
+
+def read_tree(file_path: Any) -> Call:
+    return Call("GET", "/v1/tree", {"file_path": _file(file_path)}, _mapping, cacheable=True)
+
+
+def read_dataset(file_path: Any, path: Any, selection: Any = None) -> Call:
+    if not isinstance(path, str):
+        raise TypeError(f"path must be a string, got {type(path).__name__}")
+    if selection is not None and not isinstance(selection, str):
+        raise TypeError(f"selection must be a string such as '0:10,::2', got {selection!r}")
+    params = {"file_path": _file(file_path), "path": path}
+    if selection is not None:
+        params["selection"] = selection
+    return Call("GET", "/v1/dataset", params, lambda data: data, cacheable=True)

@@ -1,0 +1,275 @@
+"""The ``/v1`` endpoints of the viewer reads (SAXS 2-D and 1-D, intensity vs time, two-time
+G2, metadata) and the tree of a file, each a few lines around the facade.
+
+Typed reads answer msgpack or JSON as every read does, or a file with ``format=`` (or
+``Accept``): npy, csv, and for images png and tiff (see ``xpcs_io.server.exports``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated, Any, Literal
+
+import h5py
+import numpy as np
+from fastapi import APIRouter, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from starlette.responses import Response
+
+from xpcs_io import h5browse
+from xpcs_io.errors import PayloadTooLargeError
+from xpcs_io.facade import HDF5Facade
+from xpcs_io.server.auth import require
+from xpcs_io.server.common import FilePath, Layout, Validate, facade_for, read_result, send
+from xpcs_io.server.exports import export, wanted_format
+from xpcs_io.server.openapi_docs import ERRORS, ok
+
+__all__ = ["MAX_TREE_NODES", "router"]
+
+router = APIRouter(prefix="/v1")
+MAX_TREE_NODES = 20_000
+
+ExportFormat = Annotated[
+    Literal["npy", "csv", "png", "tiff"] | None,
+    Query(
+        description="Answer a file instead of msgpack/JSON: npy, csv, png or tiff (images); "
+        "also chosen by Accept."
+    ),
+]
+_FILE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "msgpack/JSON, or the export asked for",
+        "content": {
+            "application/x-npy": {},
+            "text/csv": {},
+            "image/png": {},
+            "image/tiff": {},
+        },
+    }
+}
+
+
+def _responses(name: str) -> dict[int | str, dict[str, Any]]:
+    answer = ok(name)
+    answer[200]["content"].update(_FILE_RESPONSES[200]["content"])
+    return {**answer, **ERRORS}
+
+
+async def _answer(
+    request: Request, file_path: str, produce: Callable[[], Any], fmt: str | None, name: str
+) -> Response:
+    chosen = wanted_format(request, fmt)
+    if chosen is None:
+        return await read_result(request, file_path, produce)
+    obj = await run_in_threadpool(produce)
+    return await run_in_threadpool(export, obj, chosen, name)
+
+
+@router.get(
+    "/saxs2d",
+    summary="Read the SAXS 2-D image",
+    operation_id="saxs2d-read",
+    tags=["saxs"],
+    dependencies=[require("read")],
+    responses=_responses("Saxs2DData"),
+)
+async def read_saxs_2d(
+    request: Request,
+    file_path: FilePath,
+    validate: Validate = True,
+    layout: Layout = None,
+    format: ExportFormat = None,
+) -> Response:
+    """The time-averaged scattering image (H, W) as stored, with its unit."""
+    return await _answer(
+        request,
+        file_path,
+        lambda: facade_for(request, validate).read_saxs_2d(file_path, layout=layout),
+        format,
+        "saxs_2d",
+    )
+
+
+@router.get(
+    "/saxs1d",
+    summary="Read the SAXS 1-D curve",
+    operation_id="saxs1d-read",
+    tags=["saxs"],
+    dependencies=[require("read")],
+    responses=_responses("Saxs1DData"),
+)
+async def read_saxs_1d(
+    request: Request,
+    file_path: FilePath,
+    validate: Validate = True,
+    layout: Layout = None,
+    format: ExportFormat = None,
+) -> Response:
+    """q (A^-1), intensity and the stability segments of each static bin (phi where the
+    partition has several sectors)."""
+    return await _answer(
+        request,
+        file_path,
+        lambda: facade_for(request, validate).read_saxs_1d(file_path, layout=layout),
+        format,
+        "saxs_1d",
+    )
+
+
+@router.get(
+    "/intensity-time",
+    summary="Read intensity vs time",
+    operation_id="intensity-time-read",
+    tags=["saxs"],
+    dependencies=[require("read")],
+    responses=_responses("IntensityTimeData"),
+)
+async def read_intensity_time(
+    request: Request,
+    file_path: FilePath,
+    validate: Validate = True,
+    layout: Layout = None,
+    format: ExportFormat = None,
+) -> Response:
+    """Mean intensity per frame against time in seconds."""
+    return await _answer(
+        request,
+        file_path,
+        lambda: facade_for(request, validate).read_intensity_time(file_path, layout=layout),
+        format,
+        "intensity_time",
+    )
+
+
+@router.get(
+    "/g2/twotime",
+    summary="Read G2 of the two-time result",
+    operation_id="g2-twotime-read",
+    tags=["g2"],
+    dependencies=[require("read")],
+    responses=_responses("G2Data"),
+)
+async def read_twotime_g2(
+    request: Request,
+    file_path: FilePath,
+    q_idx: Annotated[
+        int | None, Query(description="Only this dynamic q bin (0-based, as for C2).")
+    ] = None,
+    validate: Validate = True,
+    layout: Layout = None,
+    format: ExportFormat = None,
+) -> Response:
+    """G2 (n_lag, n_processed) of a two-time result, delays in seconds, q and phi of each
+    column."""
+    return await _answer(
+        request,
+        file_path,
+        lambda: facade_for(request, validate).read_twotime_g2(file_path, q_idx, layout=layout),
+        format,
+        "twotime_g2",
+    )
+
+
+@router.get(
+    "/metadata",
+    summary="Read the instrument, sample and analysis metadata",
+    operation_id="metadata-read",
+    tags=["files"],
+    dependencies=[require("read")],
+    responses={**ok("Metadata"), **ERRORS},
+)
+async def read_metadata(request: Request, file_path: FilePath, layout: Layout = None) -> Response:
+    """A flat map of the file's configuration: summary keys with units in their names, then
+    every small dataset by HDF5 path, units alongside as '<path>@unit'."""
+    return await read_result(
+        request, file_path, lambda: facade_for(request).read_metadata(file_path, layout=layout)
+    )
+
+
+def tree(facade: HDF5Facade, file_path: str) -> dict[str, Any]:
+    """Every group and dataset of a file in h5grove's ``/meta`` form, children at every
+    level; links are described, not followed.
+
+    Raises:
+        PayloadTooLargeError: more than ``MAX_TREE_NODES`` entities.
+    """
+    count = 0
+
+    def walk(name: str, obj: Any) -> dict[str, Any]:
+        nonlocal count
+        count += 1
+        if count > MAX_TREE_NODES:
+            raise PayloadTooLargeError(
+                f"{file_path} holds more than {MAX_TREE_NODES:,} groups and datasets: browse "
+                "it with /h5grove/meta/ one group at a time"
+            )
+        meta = h5browse.entity(name, obj, 0)
+        if isinstance(obj, h5py.Group):
+            children = []
+            for key in obj:
+                link = obj.get(key, getlink=True)
+                if isinstance(link, h5py.SoftLink | h5py.ExternalLink):
+                    children.append(
+                        {
+                            "kind": type(link).__name__.replace("Link", "").lower() + "_link",
+                            "name": key,
+                            "target_path": link.path,
+                        }
+                    )
+                else:
+                    children.append(walk(key, obj[key]))
+            meta["children"] = children
+        return meta
+
+    with facade._open(file_path) as (loc, _):
+        return walk("", loc.get("/"))
+
+
+@router.get(
+    "/tree",
+    summary="The tree of groups and datasets of a file",
+    operation_id="tree-read",
+    tags=["files"],
+    dependencies=[require("read")],
+    responses={**ok("Tree"), **ERRORS},
+)
+async def read_tree(request: Request, file_path: FilePath) -> Response:
+    """Groups and datasets with shapes, dtypes, chunks, filters and attribute names."""
+    content = await run_in_threadpool(tree, request.app.state.facade, file_path)
+    return send(request, content)
+
+
+def _dataset_values(facade: HDF5Facade, file_path: str, path: str, selection: str | None) -> Any:
+    values = h5browse.data(facade, file_path, path, selection)
+    arr = np.asarray(values)
+    if arr.dtype.kind in "SUO":  # strings travel as lists of str
+        return h5browse.plain(arr)
+    return arr
+
+
+@router.get(
+    "/dataset",
+    summary="Read any dataset, or a selection of it",
+    operation_id="dataset-read",
+    tags=["files"],
+    dependencies=[require("read")],
+    responses={**ok("C2Map"), **ERRORS},
+)
+async def read_dataset(
+    request: Request,
+    file_path: FilePath,
+    path: Annotated[str, Query(description="HDF5 path of the dataset.", max_length=4096)],
+    selection: Annotated[
+        str | None,
+        Query(
+            description="NumPy slicing text, e.g. 0:10,::2",
+            max_length=h5browse.MAX_SELECTION_CHARS,
+        ),
+    ] = None,
+) -> Response:
+    """The values of one dataset (dtype kept; strings as a list), checked against the size
+    limit before reading."""
+    content = await run_in_threadpool(
+        _dataset_values, request.app.state.facade, file_path, path, selection
+    )
+    return send(request, content)
