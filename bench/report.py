@@ -308,6 +308,16 @@ clients keep their connections alive. Ratios in the targets use medians.
 instance with its result cache off (`XPCS_IO_CACHE_BYTES=0`) so that every read goes to
 HDF5 as it does on the peers; w7 also starts one with `--workers <cores>`.
 
+**Why `--workers` runs its own supervisor** (`service/xpcs_io/server/supervisor.py`, measured
+with `python -m bench.connection_spread`): uvicorn's and gunicorn's supervisors hand every
+worker the parent's one listening socket, and a burst of viewers' keep-alive connections then
+lands unevenly: over 3 runs of 5 rounds of 200 connections to 2 asyncio workers, the busiest
+worker took 64-82% of them with one shared socket (single rounds up to 97%: 194 of 200), and
+52% with one SO_REUSEPORT socket per worker (no round worse than 113 of 200). Since h5py runs
+one call at a time per process, a worker holding most viewers is the bottleneck `--workers`
+exists to remove, so the project keeps its 160-line supervisor (restarts logged, a crash loop
+backed off, metrics in prometheus-client's multiprocess mode) rather than a process manager.
+
 ## Targets
 
 {targets_md(ts)}

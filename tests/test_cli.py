@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from importlib import metadata
 from pathlib import Path
 
 import h5py
 import numpy as np
+import pytest
 
 from xpcs_io.demo import DemoSpec, write_native_file
 from xpcs_io.facade import HDF5Facade
 from xpcs_io.pool import HDF5ConnectionPool
 from xpcs_io.schemas import MaskSchema
+
+from .conftest import start_server
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -92,3 +96,86 @@ def test_serve_refuses_missing_root(tmp_path: Path) -> None:
     r = run("serve", "--root", str(tmp_path / "missing"), "--port", "1")
     assert r.returncode == 2
     assert "not a directory" in r.stderr
+
+
+def test_version() -> None:
+    r = run("--version")
+    assert r.returncode == 0
+    assert r.stdout.strip() == f"xpcs-io {metadata.version('xpcs-io')}"
+
+
+@pytest.mark.parametrize("port", ["70000", "-1", "http"])
+def test_serve_names_a_bad_port_without_traceback(tmp_path: Path, port: str) -> None:
+    r = run("serve", "--root", str(tmp_path), "--port", port)
+    assert r.returncode == 2
+    assert "--port" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_a_client_only_install_is_told_what_to_install(tmp_path: Path) -> None:
+    # A client-only installation: the server's packages cannot be imported.
+    code = (
+        "import sys; sys.modules['fastapi'] = sys.modules['h5py'] = None\n"
+        "from xpcs_io.cli import main\n"
+        f"sys.exit(main(['serve', '--root', {str(tmp_path)!r}]))"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2
+    assert "pip install 'xpcs-io[server]'" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_inspect_into_a_closed_pipe_stops_quietly(tmp_path: Path) -> None:
+    path = tmp_path / "many.hdf5"
+    with h5py.File(path, "w") as f:
+        for i in range(3000):  # far more output than a pipe buffers
+            f.create_dataset(f"group/d{i:05d}", data=np.arange(4))
+    with subprocess.Popen(
+        [sys.executable, "-m", "xpcs_io.cli", "inspect", str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    ) as proc:
+        assert proc.stdout is not None
+        assert proc.stderr is not None
+        first = proc.stdout.readline()
+        proc.stdout.close()  # what `| head -1` does
+        err = proc.stderr.read().decode()
+        status = proc.wait(timeout=60)
+    assert status == 141
+    assert str(path).encode() in first
+    assert err == ""
+
+
+def test_inspect_shows_attributes_and_small_values(tmp_path: Path) -> None:
+    path = tmp_path / "attrs.hdf5"
+    with h5py.File(path, "w") as f:
+        f.attrs["beamline"] = "8-ID-I"
+        ds = f.create_dataset("entry/energy", data=7.35)
+        ds.attrs["units"] = "keV"
+        f.create_dataset("entry/roi", data=np.array([3, 4, 5], dtype=np.int32))
+        f.create_dataset("entry/frames", data=np.zeros((100, 100), np.float32))
+        f["entry"].attrs["n"] = np.arange(40)
+    r = run("inspect", str(path))
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert "  @beamline = '8-ID-I'" in lines
+    assert "    energy  float64 scalar = 7.35" in lines
+    assert "        @units = 'keV'" in lines
+    assert "    roi  int32 3 = [3, 4, 5]" in lines
+    assert "    frames  float32 100x100" in lines  # large: no value
+    n_line = next(line for line in lines if "@n = " in line)
+    assert "..." in n_line  # long values are cut
+    assert len(n_line) < 120
+
+
+def test_serve_prints_a_banner(tmp_path: Path) -> None:
+    srv = start_server(tmp_path, tmp_path / "serve.log")
+    try:
+        shown = (tmp_path / "serve.log").read_text()
+    finally:
+        srv.stop()
+    assert f"quick look  {srv.url}/" in shown
+    assert f"API docs    {srv.url}/docs" in shown
+    assert f"{srv.url}/redoc" in shown
+    assert f"data root   {tmp_path.resolve()}" in shown
+    assert "auth        none (loopback only)" in shown

@@ -72,10 +72,40 @@ def test_dockerfile_passes_the_lint() -> None:
             'FROM python:3.11-slim AS a\nRUN pip install x\nFROM python:3.11-slim\nCMD ["x"]\n',
             "no-cache",
         ),
+        (
+            "FROM python:3.11-slim AS a\nRUN pip install --no-cache-dir x\n"
+            'FROM python:3.11-slim\nCMD ["x"]\n',
+            "constraints",
+        ),
+        (
+            "FROM python:3.11-slim AS a\nFROM python:3.11-slim\n"
+            "RUN apt-get update && apt-get install -y --no-install-recommends gcc\n"
+            'USER a\nCMD ["x"]\n',
+            "no compiler",
+        ),
+        (
+            "FROM python:3.11-slim AS a\nFROM python:3.11-slim\nUSER a\n"
+            'HEALTHCHECK CMD ["curl", "http://127.0.0.1:8000/health"]\nCMD ["x"]\n',
+            "configured port",
+        ),
     ],
 )
 def test_lint_catches_problems(text: str, problem: str) -> None:
     assert any(problem in p for p in lint_dockerfile.lint(text)), lint_dockerfile.lint(text)
+
+
+def test_dockerignore_keeps_venvs_git_and_data_out() -> None:
+    assert lint_dockerfile.lint_ignore((ROOT / ".dockerignore").read_text()) == []
+    assert lint_dockerfile.lint_ignore(None)
+    assert any(".git" in p for p in lint_dockerfile.lint_ignore(".venv\n*.hdf5\n"))
+    assert any("venv" in p for p in lint_dockerfile.lint_ignore("*\n!.venv/\n!service/\n"))
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "lint_dockerfile.py")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout
 
 
 def _stages(text: str) -> list[list[tuple[str, str]]]:
@@ -87,6 +117,7 @@ def _stages(text: str) -> list[list[tuple[str, str]]]:
     return stages
 
 
+@pytest.mark.slow
 def test_image_install_and_start_replayed_in_clean_venvs(tmp_path: Path) -> None:
     """Run the Dockerfile's build-stage RUN lines and its CMD with its ENV, with the image's
     absolute paths mapped into a temporary folder."""
@@ -202,8 +233,10 @@ def scaled(tmp_path: Path) -> Iterator[tuple[str, list[Server], Path]]:
     replicas = [start_server(root, tmp_path / f"replica{i}.log") for i in range(2)]
     port = free_port()
     conf = (ROOT / "deploy" / "nginx.conf").read_text()
-    upstreams = "".join(f"server {s.url.removeprefix('http://')};\n        " for s in replicas)
-    conf = conf.replace("server replica:8000;\n        ", upstreams)
+    # The replicas by address: a variable naming an upstream{} block is used as is, unresolved.
+    upstreams = "".join(f"server {s.url.removeprefix('http://')}; " for s in replicas)
+    conf = conf.replace("set $replicas replica:8000;", "set $replicas local_replicas;")
+    conf = conf.replace("server {", f"upstream local_replicas {{ {upstreams}}}\n    server {{", 1)
     conf = conf.replace("listen 8080;", f"listen 127.0.0.1:{port};")
     conf = conf.replace("worker_processes auto;", "worker_processes 1;")
     prefix = tmp_path / "nginx"

@@ -236,6 +236,7 @@ PLAIN_VALUES = st.recursive(
 )
 
 
+@pytest.mark.slow
 @settings(max_examples=200, deadline=None)
 @given(PLAIN_VALUES)
 def test_plain_values_agree_with_reference(value: Any) -> None:
@@ -589,6 +590,7 @@ def mutations(draw: st.DrawFn) -> bytes:
     return bytes(raw)
 
 
+@pytest.mark.slow
 @settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.one_of(st.binary(max_size=200), mutations()), st.booleans())
 def test_arbitrary_bytes_only_raise_wire_or_schema_errors(raw: bytes, writable: bool) -> None:

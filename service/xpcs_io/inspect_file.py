@@ -146,19 +146,58 @@ def _filters(ds: h5py.Dataset) -> list[str]:
     return [_FILTER_NAMES.get(fid, f"filter-{fid}") for fid in ids]
 
 
+# Values shown inline: datasets of at most this many elements, and text up to this width.
+_SMALL = 16
+_WIDTH = 100
+
+
+def _value(value: Any) -> str:
+    """One line for an attribute's or a small dataset's value (bytes decoded, long text cut)."""
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    if isinstance(value, np.ndarray):
+        if value.dtype.kind in "SO":
+            value = [v.decode("utf-8", "replace") if isinstance(v, bytes) else v for v in value]
+        else:
+            value = np.array2string(value, threshold=_SMALL, separator=", ")
+            text = " ".join(value.split())
+            return text if len(text) <= _WIDTH else text[: _WIDTH - 3] + "..."
+    text = repr(value) if isinstance(value, str) else str(value)
+    text = " ".join(text.split())
+    return text if len(text) <= _WIDTH else text[: _WIDTH - 3] + "..."
+
+
 def _describe(name: str, obj: Any) -> str:
     if isinstance(obj, h5py.Dataset):
         shape = "x".join(map(str, obj.shape)) or "scalar"
         extra = "".join(f" {name}" for name in _filters(obj))
         if obj.is_virtual:
             extra += " virtual"
-        return f"{name}  {obj.dtype} {shape}{extra}"
+        small = ""
+        if obj.size <= _SMALL and obj.dtype.kind in "biufcSOU" and not obj.is_virtual:
+            try:
+                small = f" = {_value(obj[()])}"
+            except (OSError, ValueError, TypeError):  # unreadable: listed without a value
+                small = ""
+        return f"{name}  {obj.dtype} {shape}{extra}{small}"
     return f"{name}/"
 
 
+def _attributes(obj: Any, indent: str) -> list[str]:
+    lines = []
+    for key in sorted(obj.attrs):
+        try:
+            shown = _value(obj.attrs[key])
+        except (OSError, ValueError, TypeError):  # a type h5py cannot read
+            shown = "(unreadable)"
+        lines.append(f"{indent}@{key} = {shown}")
+    return lines
+
+
 def inspect_file(path: Path, out: TextIO) -> int:
-    """Print the file's groups and datasets (dtype, shape, compression), external links and
-    the versions of mask/partition groups; return the exit status."""
+    """Print the file's groups and datasets (dtype, shape, compression, the value of small
+    ones), their attributes, external links and the versions of mask/partition groups;
+    return the exit status."""
     try:
         f = open_hdf5(os.fspath(path))
     except (OSError, HDF5ValidationError) as exc:
@@ -169,28 +208,37 @@ def inspect_file(path: Path, out: TextIO) -> int:
         layouts, _, _ = _layouts(f, os.fspath(path))
         detected = " + ".join(sorted(set(layouts.values()))) or "none (no known layout)"
         print(f"layout {detected}", file=out)
+        # Collected, then printed: an error raised inside h5py's visit (a closed pipe) would
+        # come out as h5py's SystemError instead of itself.
+        lines = _attributes(f, "  ")
 
         def visit(name: str, link: Any) -> None:
             depth = name.count("/")
             indent = "  " * (depth + 1)
             base = name.rsplit("/", 1)[-1]
             if isinstance(link, h5py.ExternalLink):
-                print(f"{indent}{base} -> external {link.filename}:{link.path}", file=out)
+                lines.append(f"{indent}{base} -> external {link.filename}:{link.path}")
             elif isinstance(link, h5py.SoftLink):
-                print(f"{indent}{base} -> {link.path}", file=out)
+                lines.append(f"{indent}{base} -> {link.path}")
             else:
-                print(f"{indent}{_describe(base, f[name])}", file=out)
+                obj = f[name]
+                lines.append(f"{indent}{_describe(base, obj)}")
+                lines.extend(_attributes(obj, indent + "    "))
 
         f.visititems_links(visit)
+        for line in lines:
+            print(line, file=out)
         facade = HDF5Facade(pool=HDF5ConnectionPool(max_size=1))
-        for group in ("/simplemask/mask", "/simplemask/partition"):
-            if group in f and "versions" in f[group]:
-                print(f"versions of {group}:", file=out)
-                for v in facade.list_mask_versions(path, group):
-                    print(
-                        f"  v{v['version']}  {v['created']}  by {v['writer']}  "
-                        f"sha256 {v['sha256'][:12]}  {v['description'] or ''}",
-                        file=out,
-                    )
-        facade.pool.shutdown()
+        try:
+            for group in ("/simplemask/mask", "/simplemask/partition"):
+                if group in f and "versions" in f[group]:
+                    print(f"versions of {group}:", file=out)
+                    for v in facade.list_mask_versions(path, group):
+                        print(
+                            f"  v{v['version']}  {v['created']}  by {v['writer']}  "
+                            f"sha256 {v['sha256'][:12]}  {v['description'] or ''}",
+                            file=out,
+                        )
+        finally:
+            facade.pool.shutdown()
     return 0

@@ -42,6 +42,7 @@ CREDENTIALS = ("none", "bad", "read", "write", "admin")
 EXPECTED: dict[tuple[str, str], str] = {
     ("GET", "/"): "open",
     ("GET", "/docs"): "open",
+    ("GET", "/redoc"): "open",
     ("GET", "/openapi.json"): "open",
     ("HEAD", "/openapi.json"): "open",
     ("GET", "/health"): "open",
@@ -119,6 +120,7 @@ def _call(method: str, path: str) -> Call:
     table: dict[tuple[str, str], Call] = {
         ("GET", "/"): Call("/", 200),
         ("GET", "/docs"): Call("/docs", 200),
+        ("GET", "/redoc"): Call("/redoc", 200),
         ("GET", "/openapi.json"): Call("/openapi.json", 200),
         ("HEAD", "/openapi.json"): Call("/openapi.json", 200),
         ("GET", "/health"): Call("/health", 200),

@@ -9,10 +9,10 @@ import os
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
-import swagger_ui_bundle
-from fastapi import FastAPI, Request
-from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi import Depends, FastAPI, Request
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.staticfiles import StaticFiles
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
 
@@ -24,6 +24,7 @@ from xpcs_io.paths import display_path
 from xpcs_io.pool import HDF5ConnectionPool
 from xpcs_io.server import h5grove_api, viewer_routes
 from xpcs_io.server.browsers import BrowserGuardMiddleware
+from xpcs_io.server.docs_pages import DOCS_ASSETS
 from xpcs_io.server.events import EventHub
 from xpcs_io.server.limits import BodyBudget, ResourceGuardMiddleware
 from xpcs_io.server.middleware import BodyLimitMiddleware, RequestIdMiddleware
@@ -31,6 +32,7 @@ from xpcs_io.server.observability import Metrics, ObservabilityMiddleware, rende
 from xpcs_io.server.problems import install_handlers, problem
 from xpcs_io.server.results import ResultCache
 from xpcs_io.server.routes import router
+from xpcs_io.server.strict import check_request
 from xpcs_io.server.watcher import RootWatcher
 from xpcs_io.server.workers import WorkerGroup
 from xpcs_io.settings import Settings, is_loopback
@@ -80,7 +82,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         group = None
         if settings.state_dir is not None:
-            group = WorkerGroup(settings.state_dir, pool, lambda p: display_path(root, p))
+            group = WorkerGroup(
+                settings.state_dir,
+                pool,
+                lambda p: display_path(root, p),
+                app.state.results.stats,
+            )
             group.start()
         app.state.workers = group
         events: EventHub = app.state.events
@@ -122,20 +129,28 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.api_keys = keys
     app.state.root = root
     app.state.root_str = str(root)
-    metrics = Metrics(
-        lambda: app.state.pool.stats() if hasattr(app.state, "pool") else None,
-        lambda: app.state.results.stats() if hasattr(app.state, "results") else None,
-    )
+
+    def pool_stats() -> dict[str, Any] | None:
+        group: WorkerGroup | None = getattr(app.state, "workers", None)
+        if group is not None:
+            return group.stats()
+        return app.state.pool.stats() if hasattr(app.state, "pool") else None
+
+    def result_stats() -> dict[str, Any] | None:
+        group: WorkerGroup | None = getattr(app.state, "workers", None)
+        if group is not None:
+            return group.result_stats()
+        return app.state.results.stats() if hasattr(app.state, "results") else None
+
+    shared = settings.state_dir / "metrics" if settings.state_dir is not None else None
+    metrics = Metrics(pool_stats, result_stats, shared)
     app.state.metrics = metrics
     install_handlers(app)
-    app.include_router(router)
-    app.include_router(viewer_routes.router)
+    strict = [Depends(check_request)]  # every /v1 route: unknown parameters, Accept
+    app.include_router(router, dependencies=strict)
+    app.include_router(viewer_routes.router, dependencies=strict)
     app.include_router(h5grove_api.router)
-    app.mount(
-        "/docs-assets",
-        StaticFiles(directory=swagger_ui_bundle.swagger_ui_path),
-        name="docs-assets",
-    )
+    app.mount("/docs-assets", StaticFiles(directory=DOCS_ASSETS), name="docs-assets")
 
     static = Path(__file__).with_name("static")
     app.mount("/static", StaticFiles(directory=static), name="static")
@@ -151,8 +166,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             title="xpcs-io API",
             swagger_js_url="/docs-assets/swagger-ui-bundle.js",
             swagger_css_url="/docs-assets/swagger-ui.css",
-            swagger_favicon_url="/docs-assets/favicon-32x32.png",
+            swagger_favicon_url="/docs-assets/favicon.png",
         )
+
+    @app.get("/redoc", include_in_schema=False)
+    def redoc() -> HTMLResponse:
+        page = get_redoc_html(
+            openapi_url="/openapi.json",
+            title="xpcs-io API",
+            redoc_js_url="/docs-assets/redoc.standalone.js",
+            redoc_favicon_url="/docs-assets/favicon.png",
+            with_google_fonts=False,
+        )
+        # ReDoc's footer logo comes from its vendor's CDN: keep the page offline.
+        page.headers["content-security-policy"] = "img-src 'self' data:"
+        return page
 
     @app.get(
         "/metrics",

@@ -3,6 +3,11 @@
 Metrics live in a registry owned by the app (two apps in one process never collide):
 request latency by route, method and status; bytes sent by route; write durations; and the
 pool's hits, misses, evictions, reopens and open handles read live from the pool.
+
+Under ``xpcs-io serve --workers N`` every worker writes its request metrics to files in one
+folder (prometheus-client's multiprocess mode, switched on by the supervisor) and ``/metrics``
+renders the sum over all of them, so a scrape counts every worker whichever one answers; the
+pool and result-cache figures are then the group's merged statistics.
 """
 
 from __future__ import annotations
@@ -10,10 +15,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -62,14 +69,21 @@ class _PoolCollector(Collector):
 
 class Metrics:
     """The app's metrics; ``pool_stats`` and ``result_stats`` read the live pool and result
-    cache (None before start-up)."""
+    cache (None before start-up); ``multiprocess_dir`` is the folder every worker of a group
+    records into (None: this process only)."""
 
     def __init__(
         self,
         pool_stats: Callable[[], dict[str, Any] | None],
         result_stats: Callable[[], dict[str, Any] | None],
+        multiprocess_dir: Path | None = None,
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        # What /metrics renders: this process's registry, or every worker's files summed.
+        self.exposed = self.registry
+        if multiprocess_dir is not None:
+            self.exposed = CollectorRegistry()
+            MultiProcessCollector(self.exposed, path=str(multiprocess_dir))  # type: ignore[no-untyped-call]
         self.latency = Histogram(
             "xpcs_io_request_duration_seconds",
             "Time to answer a request, by route",
@@ -90,12 +104,12 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
-        self.registry.register(_PoolCollector(pool_stats, result_stats))
+        self.exposed.register(_PoolCollector(pool_stats, result_stats))
 
 
 def render(metrics: Metrics) -> bytes:
-    """The Prometheus text exposition of ``metrics``."""
-    return generate_latest(metrics.registry)
+    """The Prometheus text exposition of ``metrics`` (of every worker under ``--workers``)."""
+    return generate_latest(metrics.exposed)
 
 
 class ObservabilityMiddleware:

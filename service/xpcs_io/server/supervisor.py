@@ -3,23 +3,59 @@
 Each worker listens on its own socket bound to the same address, so the kernel spreads new
 connections over the workers (uvicorn's own multi-worker mode shares one listening socket,
 where whichever process wakes first takes the connection and a burst of viewers can all land
-on one worker). The parent only reserves the port, starts the workers, restarts one that dies
-and passes SIGTERM / SIGINT on for a graceful shutdown.
+on one worker). Measured (bench/connection_spread.py, BENCHMARKS.md): bursts of 200 keep-alive
+connections to 2 asyncio workers put 64-82% on the busiest one through a shared socket, 52%
+through SO_REUSEPORT sockets; uvicorn's and gunicorn's supervisors both hand every worker the
+parent's one socket, hence this module.
+
+The parent only reserves the port, starts the workers, restarts one that dies (logged; a worker
+that keeps dying soon after start is restarted after a doubling delay, up to
+``BACKOFF_MAX`` seconds, so a crash loop does not spin) and passes SIGTERM / SIGINT on for a
+graceful shutdown. Workers record their request metrics in ``<state dir>/metrics``
+(prometheus-client's multiprocess mode), so ``/metrics`` on any worker counts them all.
 """
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 import signal
 import socket
 import tempfile
 import time
+from dataclasses import dataclass
+from multiprocessing.process import BaseProcess
+from pathlib import Path
 from typing import Any
 
 from xpcs_io.settings import Settings
 
-__all__ = ["serve_workers"]
+__all__ = ["BACKOFF_MAX", "BACKOFF_START", "STABLE_AFTER", "restart_delay", "serve_workers"]
+
+BACKOFF_START = 0.5  # seconds before restarting a worker that died young the first time
+BACKOFF_MAX = 30.0
+STABLE_AFTER = 30.0  # a worker that served this long before dying was not crash-looping
+log = logging.getLogger("xpcs_io.server")
+
+
+def restart_delay(failures: int) -> float:
+    """Seconds to wait before restarting a worker after ``failures`` early deaths in a row
+    (0 after a worker that had run stably)."""
+    if failures <= 0:
+        return 0.0
+    return min(BACKOFF_MAX, BACKOFF_START * 2.0 ** (failures - 1))
+
+
+@dataclass
+class _Slot:
+    """One worker position: its current process and its recent crash history."""
+
+    number: int
+    process: BaseProcess
+    started: float
+    failures: int = 0
+    due: float | None = None  # when a dead worker's replacement starts
 
 
 def _socket(host: str, port: int) -> socket.socket:
@@ -45,6 +81,34 @@ def _worker(host: str, port: int, options: dict[str, Any]) -> None:
     Server(config).run(sockets=[sock])
 
 
+def _tend(slot: _Slot, spawn: Any) -> None:
+    """Restart ``slot``'s worker if it died, after its back-off delay; log both."""
+    now = time.monotonic()
+    proc = slot.process
+    if proc.is_alive():
+        return
+    if slot.due is None:
+        proc.join()
+        ran = now - slot.started
+        slot.failures = 0 if ran >= STABLE_AFTER else slot.failures + 1
+        delay = restart_delay(slot.failures)
+        slot.due = now + delay
+        log.warning(
+            "worker %d (pid %s) exited with status %s after %.1f s; restarting it in %.1f s",
+            slot.number,
+            proc.pid,
+            proc.exitcode,
+            ran,
+            delay,
+            extra={"worker": slot.number, "exitcode": proc.exitcode, "restart_in": delay},
+        )
+    if now >= slot.due:
+        slot.process = spawn()
+        slot.started = time.monotonic()
+        slot.due = None
+        log.info("worker %d restarted as pid %s", slot.number, slot.process.pid)
+
+
 def serve_workers(settings: Settings, options: dict[str, Any]) -> int:
     """Run ``settings.workers`` server processes on ``settings.host:port`` until SIGTERM or
     SIGINT; ``options`` are uvicorn settings. Returns the exit status."""
@@ -59,34 +123,41 @@ def serve_workers(settings: Settings, options: dict[str, Any]) -> int:
 
     with tempfile.TemporaryDirectory(prefix="xpcs-io-workers-") as state_dir:
         # Workers build their app from the environment: the settings, flags included, and
-        # the folder where they share the pool's state.
+        # the folder where they share the pool's state and their metrics.
         for name, value in settings.model_dump(exclude={"api_keys"}).items():
             if value is not None:
                 os.environ[f"XPCS_IO_{name.upper()}"] = str(value)
         os.environ["XPCS_IO_PORT"] = str(port)
         os.environ["XPCS_IO_STATE_DIR"] = state_dir
+        metrics_dir = Path(state_dir) / "metrics"
+        metrics_dir.mkdir()
+        # Read by prometheus-client when a worker imports it: counters go to shared files.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
-        procs = [
-            ctx.Process(target=_worker, args=(settings.host, port, options), daemon=False)
-            for _ in range(settings.workers)
-        ]
-        for proc in procs:
+
+        def spawn() -> BaseProcess:
+            proc = ctx.Process(target=_worker, args=(settings.host, port, options))
             proc.start()
+            return proc
+
+        slots = [_Slot(i, spawn(), time.monotonic()) for i in range(settings.workers)]
+        log.info("started %d workers on port %d", len(slots), port)
         while not stopping:
             time.sleep(0.2)
-            for i, proc in enumerate(procs):
-                if not proc.is_alive() and not stopping:
-                    procs[i] = ctx.Process(target=_worker, args=(settings.host, port, options))
-                    procs[i].start()
-        for proc in procs:
-            if proc.pid is not None and proc.is_alive():
-                os.kill(proc.pid, signal.SIGTERM)
+            for slot in slots:
+                if stopping:
+                    break
+                _tend(slot, spawn)
+        for slot in slots:
+            pid = slot.process.pid
+            if pid is not None and slot.process.is_alive():
+                os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + float(options.get("timeout_graceful_shutdown", 30)) + 5
-        for proc in procs:
-            proc.join(max(0.0, deadline - time.monotonic()))
-            if proc.is_alive():
-                proc.kill()
-                proc.join()
+        for slot in slots:
+            slot.process.join(max(0.0, deadline - time.monotonic()))
+            if slot.process.is_alive():
+                slot.process.kill()
+                slot.process.join()
     reserve.close()
     return 0

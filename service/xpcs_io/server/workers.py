@@ -4,8 +4,9 @@ h5py serialises every call in a process behind one lock, so decompressing chunke
 many viewers needs more than one process (``xpcs-io serve --workers N``). Each worker keeps
 its own pool; this module makes them look like one to users:
 
-- every worker publishes its pool statistics to ``<state_dir>/worker-<pid>.json`` a few times
-  a second (written to a temporary name and renamed, so readers never see half a file);
+- every worker publishes its pool (and result cache) statistics to
+  ``<state_dir>/worker-<pid>.json`` a few times a second (written to a temporary name and
+  renamed, so readers never see half a file);
 - ``/v1/pool/stats`` sums the counters of the live workers and lists every open file once per
   worker that holds it;
 - ``/v1/pool/clear`` bumps ``<state_dir>/generation``; each worker closes its handles when it
@@ -21,12 +22,13 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from xpcs_io.pool import HDF5ConnectionPool
 
-__all__ = ["PUBLISH_INTERVAL", "WorkerGroup", "merge_stats"]
+__all__ = ["PUBLISH_INTERVAL", "WorkerGroup", "merge_results", "merge_stats"]
 
 PUBLISH_INTERVAL = 0.2
 log = logging.getLogger("xpcs_io.server")
@@ -58,12 +60,26 @@ def merge_stats(parts: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def merge_results(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """The result cache statistics of several workers as those of one (each figure summed)."""
+    caches = [p["results"] for p in parts if isinstance(p.get("results"), dict)]
+    names = {name for cache in caches for name in cache}
+    return {name: sum(cache.get(name, 0) for cache in caches) for name in sorted(names)}
+
+
 class WorkerGroup:
     """This worker's view of the group sharing ``state_dir``."""
 
-    def __init__(self, state_dir: Path, pool: HDF5ConnectionPool, display: Any) -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        pool: HDF5ConnectionPool,
+        display: Any,
+        results: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
         self.dir = state_dir
         self.pool = pool
+        self.results = results  # this worker's result cache statistics
         self.display = display  # maps an absolute path to its name under the data root
         self.pid = os.getpid()
         self.seen = self._generation()
@@ -89,6 +105,8 @@ class WorkerGroup:
         for entry in stats["open_files"]:
             entry["path"] = self.display(entry["path"])
         stats.update(worker=self.pid, generation=self.seen, time=time.time())
+        if self.results is not None:
+            stats["results"] = self.results()
         self._write(f"worker-{self.pid}.json", json.dumps(stats))
 
     def collect(self) -> list[dict[str, Any]]:
@@ -110,6 +128,11 @@ class WorkerGroup:
         """One set of statistics for the whole group (this worker's are fresh)."""
         self.publish()
         return merge_stats(self.collect())
+
+    def result_stats(self) -> dict[str, Any]:
+        """The result caches of the whole group as one (this worker's are fresh)."""
+        self.publish()
+        return merge_results(self.collect())
 
     async def clear(self, timeout: float = 5.0) -> bool:
         """Close every handle in every worker; True when all confirmed within ``timeout``."""
