@@ -76,6 +76,14 @@ SUITES = {
         "against the client: memory and descriptors stay bounded, /health recovers within "
         "seconds, nothing is written by a refused request, no 5xx but deliberate 503s.",
     ),
+    "S3": (
+        "Data destroyed through the API",
+        "Writes aimed inside version stores, over the file's own data, into the other kind's "
+        "group or through external links, soft links and virtual datasets are each a 4xx and "
+        "change no dataset, attribute or link of the file or of any file it links to; keyed "
+        "writes sent at once, and resent after a dropped connection, store one version per "
+        "key; masks and partitions other programs wrote stay version 1, byte for byte.",
+    ),
 }
 
 
