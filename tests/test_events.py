@@ -139,8 +139,8 @@ def test_reconnect_with_last_event_id_replays_missed_events(watched: Server) -> 
         time.sleep(1.0)  # ...while these happen
     # Reconnect with the last id seen: the missed events come first, in a bounded wait.
     resumed = Watcher(watched.url, last_event_id=first.id)
-    got = [resumed.wait_for("mask.written", 10)[0]]
-    got += [resumed.wait_for("file.created", 10, file_path=f"run1/{n}.h5")[0] for n in ("m1", "m2")]
+    got = [resumed.wait_for("mask.written", 30)[0]]
+    got += [resumed.wait_for("file.created", 30, file_path=f"run1/{n}.h5")[0] for n in ("m1", "m2")]
     assert all(e.id is not None and first.id is not None and e.id > first.id for e in got)
 
 

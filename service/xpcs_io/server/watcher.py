@@ -35,6 +35,9 @@ __all__ = ["RootWatcher"]
 log = logging.getLogger("xpcs_io.server")
 
 _KINDS = (("mask", "/simplemask/mask"), ("partition", "/simplemask/partition"))
+# Seconds between later attempts at a version listing that failed (about 15 s in all).
+_RECHECK_DELAYS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+_FAILED: list[dict[str, Any]] = []  # marker: the listing failed, try again later
 
 
 def _wanted(change: Change, path: str) -> bool:
@@ -68,6 +71,7 @@ class RootWatcher:
         self._latest: dict[tuple[str, str], int] = {}
         self._started = dt.datetime.now(dt.UTC)
         self.ready = asyncio.Event()
+        self._rechecks: dict[str, asyncio.Task[None]] = {}
 
     async def run(self) -> None:
         """Watch until ``stop``; a watcher that cannot start logs a warning and polls."""
@@ -100,8 +104,10 @@ class RootWatcher:
                 polling = True
 
     def stop(self) -> None:
-        """End ``run``."""
+        """End ``run`` and any later version listing still waiting."""
         self._stop.set()
+        for task in list(self._rechecks.values()):
+            task.cancel()
 
     def _scan(self) -> None:
         for dirpath, dirnames, filenames in os.walk(self.root, followlinks=False):
@@ -148,11 +154,33 @@ class RootWatcher:
                 "file.changed" if before is not None else "file.created", file_path=display
             )
             if inode != before:
-                for event in await run_in_threadpool(self._new_versions, display):
-                    self.hub.publish(event.pop("type"), **event)
+                await self._publish_versions(display)
 
-    def _new_versions(self, display: str) -> list[dict[str, Any]]:
+    async def _publish_versions(self, display: str) -> None:
+        events, failed = await run_in_threadpool(self._new_versions, display)
+        for event in events:
+            self.hub.publish(event.pop("type"), **event)
+        if failed and display not in self._rechecks:
+            task = asyncio.create_task(self._recheck(display))
+            self._rechecks[display] = task
+            task.add_done_callback(lambda _: self._rechecks.pop(display, None))
+
+    async def _recheck(self, display: str) -> None:
+        # A listing that failed (the file replaced again mid-read, or busy) is asked again a
+        # little later, so a version is never left unreported; the file's next change would
+        # not come if this was its last write.
+        for delay in _RECHECK_DELAYS:
+            await asyncio.sleep(delay)
+            events, failed = await run_in_threadpool(self._new_versions, display)
+            for event in events:
+                self.hub.publish(event.pop("type"), **event)
+            if not failed:
+                return
+        log.warning("could not list the versions of %s after a change", display)
+
+    def _new_versions(self, display: str) -> tuple[list[dict[str, Any]], bool]:
         out: list[dict[str, Any]] = []
+        failed = False
         for kind, group in _KINDS:
             lister: Callable[[str, str], list[dict[str, Any]]] = (
                 self.facade.list_mask_versions
@@ -161,6 +189,9 @@ class RootWatcher:
             )
             records = self._records(lister, display, group, kind)
             if records is None:
+                continue
+            if records is _FAILED:
+                failed = True
                 continue
             key = (display, kind)
             seen = self._latest.get(key)
@@ -187,15 +218,15 @@ class RootWatcher:
             numbers = [r["version"] for r in records if isinstance(r.get("version"), int)]
             if numbers:
                 self._latest[key] = max(numbers)
-        return out
+        return out, failed
 
     @staticmethod
     def _records(
         lister: Callable[[str, str], list[dict[str, Any]]], display: str, group: str, kind: str
     ) -> list[dict[str, Any]] | None:
         # A file replaced again while it is read, or still being written by another program,
-        # can fail a read that a moment later succeeds: try a few times before giving up
-        # (a missing group is final: the file holds no such versions).
+        # can fail a read that a moment later succeeds: try a few times, then report _FAILED
+        # (rechecked later). A missing group is final: the file holds no such versions.
         for attempt in range(3):
             try:
                 return lister(display, group)
@@ -205,7 +236,7 @@ class RootWatcher:
             except Exception as exc:
                 log.debug("listing %s versions of %s failed: %r", kind, display, exc)
                 time.sleep(0.05 * (attempt + 1))
-        return None
+        return _FAILED
 
     def _after_start(self, created: Any) -> bool:
         if not isinstance(created, str):
