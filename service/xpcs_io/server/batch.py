@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Callable, Hashable
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Query, Request
 from starlette.responses import Response, StreamingResponse
@@ -30,6 +30,8 @@ from xpcs_io.server.problems import problem_fields
 from xpcs_io.server.responses import MSGPACK_MEDIA_TYPE, wants_json
 
 __all__ = ["add_batch_routes"]
+
+_Route = TypeVar("_Route", bound=Callable[..., Any])
 
 # Files read at the same time: enough to overlap the cache, the thread pool and the socket
 # (h5py itself runs one call at a time per process), few enough to bound memory.
@@ -166,18 +168,34 @@ async def _answer(
     return StreamingResponse(body(), media_type=MSGPACK_MEDIA_TYPE)
 
 
-def add_batch_routes(router: APIRouter) -> None:
-    """Add ``POST /g2/many`` and ``POST /qmap/many`` to ``router``."""
-
-    @router.post(
-        "/g2/many",
-        summary="Read G2 of many files",
-        operation_id="g2-read-many",
-        tags=["g2"],
+def _route(
+    router: APIRouter, path: str, summary: str, operation_id: str, tag: str
+) -> Callable[[_Route], _Route]:
+    return router.post(
+        path,
+        summary=summary,
+        operation_id=operation_id,
+        tags=[tag],
         dependencies=[require("read")],
         responses={**_OK_DOC, **BODY_ERRORS},
         openapi_extra=_BODY_DOC,
     )
+
+
+async def _many(
+    request: Request,
+    read: Callable[[HDF5Facade, str], Schema],
+    validate: bool,
+    key: tuple[Hashable, ...],
+) -> Response:
+    paths = await _file_paths(request, request.app.state.settings.batch_max_files)
+    return await _answer(request, paths, read, validate, key)
+
+
+def add_batch_routes(router: APIRouter) -> None:
+    """Add ``POST /g2/many`` and ``POST /qmap/many`` to ``router``."""
+
+    @_route(router, "/g2/many", "Read G2 of many files", "g2-read-many", "g2")
     async def read_g2_data_many(
         request: Request,
         q_idx: Annotated[
@@ -188,24 +206,14 @@ def add_batch_routes(router: APIRouter) -> None:
         layout: Layout = None,
     ) -> Response:
         """G2 of each file named in the body, one item per file (result or error)."""
-        paths = await _file_paths(request, request.app.state.settings.batch_max_files)
-        return await _answer(
+        return await _many(
             request,
-            paths,
             lambda facade, path: facade.read_g2_data(path, q_idx, group, layout=layout),
             validate,
             ("g2-many", q_idx, group, layout),
         )
 
-    @router.post(
-        "/qmap/many",
-        summary="Read the q-maps of many files",
-        operation_id="qmap-read-many",
-        tags=["qmap"],
-        dependencies=[require("read")],
-        responses={**_OK_DOC, **BODY_ERRORS},
-        openapi_extra=_BODY_DOC,
-    )
+    @_route(router, "/qmap/many", "Read the q-maps of many files", "qmap-read-many", "qmap")
     async def read_qmap_many(
         request: Request,
         group: Annotated[str, group_query("q-map")] = "/xpcs/qmap",
@@ -213,10 +221,8 @@ def add_batch_routes(router: APIRouter) -> None:
         layout: Layout = None,
     ) -> Response:
         """The q-map of each file named in the body, one item per file (result or error)."""
-        paths = await _file_paths(request, request.app.state.settings.batch_max_files)
-        return await _answer(
+        return await _many(
             request,
-            paths,
             lambda facade, path: facade.read_qmap(path, group, layout=layout),
             validate,
             ("qmap-many", group, layout),
