@@ -23,7 +23,7 @@ from xpcs_io.errors import SchemaError, SchemaTypeError, WireFormatError
 from xpcs_io.facade import HDF5Facade
 from xpcs_io.schemas import Schema
 from xpcs_io.server.auth import require
-from xpcs_io.server.common import Layout, Validate, facade_for, group_query, send
+from xpcs_io.server.common import Layout, Validate, facade_for, group_query, seen_by, send
 from xpcs_io.server.limits import read_body
 from xpcs_io.server.openapi_docs import BODY_ERRORS
 from xpcs_io.server.problems import problem_fields
@@ -88,17 +88,6 @@ async def _file_paths(request: Request, limit: int) -> list[str]:
     return paths
 
 
-def _seen_by(
-    facade: HDF5Facade, read: Callable[[HDF5Facade, str], Schema], path: str
-) -> Callable[[], tuple[Schema, Any]]:
-    # Runs on a pool thread: the facade remembers per thread which file version it read.
-    def run() -> tuple[Schema, Any]:
-        value = read(facade, path)
-        return value, facade.last_read_identity()
-
-    return run
-
-
 def _array_header(n: int) -> bytes:
     if n < 16:
         return bytes([0x90 | n])
@@ -124,7 +113,10 @@ async def _items(
                 real = facade.resolve(path)
                 identity = facade.file_identity(path)
                 value, seen = await results.get(
-                    (real, identity, *key), real, identity, _seen_by(facade, read, path)
+                    (real, identity, *key),
+                    real,
+                    identity,
+                    seen_by(lambda: read(facade, path), facade),
                 )
                 if not identity.swmr and seen != identity.file:
                     # Read from another version than the key names (a write raced it):

@@ -29,6 +29,7 @@ __all__ = [
     "facade_for",
     "group_query",
     "read_result",
+    "seen_by",
     "send",
 ]
 
@@ -141,7 +142,7 @@ async def read_result(request: Request, file_path: str, produce: Callable[[], An
         return Response(status_code=304, headers=headers)
 
     key = (real, identity, request_key(request))
-    content, seen = await state.results.get(key, real, identity, _seen_by(produce, facade))
+    content, seen = await state.results.get(key, real, identity, seen_by(produce, facade))
     if not identity.swmr and (seen != identity.file or facade.file_identity(file_path) != identity):
         state.results.drop_file(real, keep=None)
         del headers["etag"]
@@ -160,7 +161,9 @@ async def read_result(request: Request, file_path: str, produce: Callable[[], An
     return send(request, content, headers=headers)
 
 
-def _seen_by(produce: Callable[[], Any], facade: HDF5Facade) -> Callable[[], tuple[Any, Any]]:
+def seen_by(produce: Callable[[], Any], facade: HDF5Facade) -> Callable[[], tuple[Any, Any]]:
+    """``produce`` wrapped to also return the file version the facade's read used."""
+
     # ``produce`` runs on a pool thread: the facade remembers per thread what it read.
     def run() -> tuple[Any, Any]:
         value = produce()
