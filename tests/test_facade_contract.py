@@ -481,3 +481,16 @@ def test_file_replaced_on_disk_is_read_fresh(side: Side, workdir: Path) -> None:
     with edit(side, path) as f:  # rewrite in place
         f["/xpcs/qmap/sqmap"][0, 0] = 99.0
     assert side.api.read_qmap(p).sqmap[0, 0] == 99.0
+
+
+def test_write_returns_the_version_record_it_created(side: Side, workdir: Path) -> None:
+    path = side.path(workdir / "records.h5")
+    first = side.api.write_mask(path, _mask(1), writer="viewer-a")
+    second = side.api.write_mask(path, _mask(2))
+    part = side.api.write_partition(path, _partition(3))
+    assert (first["version"], second["version"], part["version"]) == (1, 2, 1)
+    assert first["writer"] == "viewer-a"
+    assert side.api.list_mask_versions(path) == [first, second]
+    assert side.api.list_partition_versions(path) == [part]
+    stored = hashlib.sha256(np.ascontiguousarray(_mask(2).mask).tobytes()).hexdigest()
+    assert second["sha256"] == stored

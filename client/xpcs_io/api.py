@@ -65,7 +65,7 @@ class FacadeAPI(Protocol):
         *,
         writer: str | None = None,
         idempotency_key: str | None = None,
-    ) -> None: ...
+    ) -> VersionRecord: ...
 
     def write_partition(
         self,
@@ -77,7 +77,7 @@ class FacadeAPI(Protocol):
         *,
         writer: str | None = None,
         idempotency_key: str | None = None,
-    ) -> None: ...
+    ) -> VersionRecord: ...
 
     def read_mask(
         self, file_path: PathLike, group: str = "/simplemask/mask", version: int | None = None

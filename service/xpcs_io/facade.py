@@ -565,7 +565,7 @@ class HDF5Facade(ViewerReads):
         *,
         writer: str | None = None,
         idempotency_key: str | None = None,
-    ) -> None:
+    ) -> VersionRecord:
         """Write ``mask_schema`` as a new version of ``group`` (earlier versions are kept).
 
         The file is changed atomically: readers see the old state or the complete new one,
@@ -576,7 +576,11 @@ class HDF5Facade(ViewerReads):
 
         ``idempotency_key`` (letters, digits, ``._:-``, at most 200) makes the write safe to
         repeat: a write whose key is already stored in the group stores nothing and returns
-        (the first write's record, from ``write_mask_version``).
+        the first write's record.
+
+        Returns:
+            The new version's record (``version``, ``created``, ``writer``, ``sha256``, ...);
+            the reference facade returned ``None``, so callers that ignore it are unaffected.
 
         Raises:
             TypeError: ``mask_schema`` is not a ``MaskSchema`` or a field has a wrong type.
@@ -585,7 +589,7 @@ class HDF5Facade(ViewerReads):
             PermissionError: the group path or its members link outside the facade's root.
             WriteLockTimeout: another writer held the file too long.
         """
-        self.write_mask_version(
+        return self.write_mask_version(
             file_path,
             mask_schema,
             group,
@@ -639,7 +643,7 @@ class HDF5Facade(ViewerReads):
         *,
         writer: str | None = None,
         idempotency_key: str | None = None,
-    ) -> None:
+    ) -> VersionRecord:
         """Write ``partition_schema`` as a new version of ``group`` (earlier versions kept);
         ``group`` and ``idempotency_key`` as in ``write_mask``.
 
@@ -650,7 +654,7 @@ class HDF5Facade(ViewerReads):
             PermissionError: the group path or its members link outside the facade's root.
             WriteLockTimeout: another writer held the file too long.
         """
-        self.write_partition_version(
+        return self.write_partition_version(
             file_path,
             partition_schema,
             group,

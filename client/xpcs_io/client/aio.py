@@ -249,14 +249,14 @@ class AsyncRemoteHDF5Facade(ClientCore):
         *,
         writer: str | None = None,
         idempotency_key: str | None = None,
-    ) -> None:
+    ) -> VersionRecord:
         """Write a new mask version (see ``HDF5Facade.write_mask``).
 
         Each call carries an idempotency key (``idempotency_key``, else a fresh random one),
         so a resend after a dropped connection returns the version the first attempt stored
         instead of storing a second one; the write is retried like a read.
         """
-        await self._send(
+        record: VersionRecord = await self._send(
             calls.write(
                 "mask",
                 MaskSchema,
@@ -269,6 +269,7 @@ class AsyncRemoteHDF5Facade(ClientCore):
                 idempotency_key,
             )
         )
+        return record
 
     async def write_partition(
         self,
@@ -280,10 +281,10 @@ class AsyncRemoteHDF5Facade(ClientCore):
         *,
         writer: str | None = None,
         idempotency_key: str | None = None,
-    ) -> None:
+    ) -> VersionRecord:
         """Write a new partition version (see ``HDF5Facade.write_partition``); one
         idempotency key per call, as in ``write_mask``."""
-        await self._send(
+        record: VersionRecord = await self._send(
             calls.write(
                 "partition",
                 PartitionSchema,
@@ -296,6 +297,7 @@ class AsyncRemoteHDF5Facade(ClientCore):
                 idempotency_key,
             )
         )
+        return record
 
     async def get_pool_stats(self) -> dict[str, Any]:
         """The server pool's statistics."""

@@ -235,7 +235,7 @@ def write(
         "POST",
         f"/v1/{kind}",
         params,
-        lambda record: None,
+        dict,
         body=wire.pack_chunks(schema.to_dict()),
         idempotent=True,
         headers={"content-type": wire.MEDIA_TYPE, IDEMPOTENCY_HEADER: key},

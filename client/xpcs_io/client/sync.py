@@ -238,14 +238,14 @@ class RemoteHDF5Facade(ClientCore):
         *,
         writer: str | None = None,
         idempotency_key: str | None = None,
-    ) -> None:
+    ) -> VersionRecord:
         """Write a new mask version (see ``HDF5Facade.write_mask``).
 
         Each call carries an idempotency key (``idempotency_key``, else a fresh random one),
         so a resend after a dropped connection returns the version the first attempt stored
         instead of storing a second one; the write is retried like a read.
         """
-        self._send(
+        record: VersionRecord = self._send(
             calls.write(
                 "mask",
                 MaskSchema,
@@ -258,6 +258,7 @@ class RemoteHDF5Facade(ClientCore):
                 idempotency_key,
             )
         )
+        return record
 
     def write_partition(
         self,
@@ -269,10 +270,10 @@ class RemoteHDF5Facade(ClientCore):
         *,
         writer: str | None = None,
         idempotency_key: str | None = None,
-    ) -> None:
+    ) -> VersionRecord:
         """Write a new partition version (see ``HDF5Facade.write_partition``); one
         idempotency key per call, as in ``write_mask``."""
-        self._send(
+        record: VersionRecord = self._send(
             calls.write(
                 "partition",
                 PartitionSchema,
@@ -285,6 +286,7 @@ class RemoteHDF5Facade(ClientCore):
                 idempotency_key,
             )
         )
+        return record
 
     def get_pool_stats(self) -> dict[str, Any]:
         """The server pool's statistics."""
