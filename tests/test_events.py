@@ -17,9 +17,9 @@ import pytest
 
 from tests.conftest import Server, start_server
 from xpcs_io.client import AsyncRemoteHDF5Facade, RemoteHDF5Facade
-from xpcs_io.demo import DemoSpec, write_native_file
 from xpcs_io.events import Event, EventStreamParser
 from xpcs_io.schemas import MaskSchema
+from xpcs_io.tools.demo import DemoSpec, write_native_file
 
 
 @pytest.fixture

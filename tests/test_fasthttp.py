@@ -45,7 +45,7 @@ def test_keep_alive_reuses_one_connection(server: Server, native_file: Path) -> 
 
 
 def test_large_body_lands_in_one_buffer(server: Server, workdir: Path) -> None:
-    from xpcs_io.demo import DemoSpec, write_native_file
+    from xpcs_io.tools.demo import DemoSpec, write_native_file
 
     path = write_native_file(workdir / "big.hdf5", DemoSpec(shape=(700, 600), n_delay=4, n_q=2))
     with RemoteHDF5Facade(server.url) as api:

@@ -19,7 +19,6 @@ from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Respon
 from xpcs_io.facade import HDF5Facade
 from xpcs_io.h5access import set_read_limit
 from xpcs_io.locking import LockPolicy
-from xpcs_io.logs import configure_logging
 from xpcs_io.paths import display_path
 from xpcs_io.pool import HDF5ConnectionPool
 from xpcs_io.server import h5grove_api, viewer_routes
@@ -27,15 +26,16 @@ from xpcs_io.server.browsers import BrowserGuardMiddleware
 from xpcs_io.server.docs_pages import DOCS_ASSETS
 from xpcs_io.server.events import EventHub
 from xpcs_io.server.limits import BodyBudget, ResourceGuardMiddleware
+from xpcs_io.server.logs import configure_logging
 from xpcs_io.server.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from xpcs_io.server.observability import Metrics, ObservabilityMiddleware, render
 from xpcs_io.server.problems import install_handlers, problem
 from xpcs_io.server.results import ResultCache
 from xpcs_io.server.routes import router
+from xpcs_io.server.settings import Settings, is_loopback
 from xpcs_io.server.strict import check_request
 from xpcs_io.server.watcher import RootWatcher
 from xpcs_io.server.workers import WorkerGroup
-from xpcs_io.settings import Settings, is_loopback
 
 __all__ = ["VERSION", "create_app"]
 

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
-from xpcs_io.settings import SCOPES, Scope
+from xpcs_io.server.settings import SCOPES, Scope
 
 __all__ = ["AuthError", "Authenticated", "require"]
 

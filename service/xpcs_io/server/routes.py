@@ -15,7 +15,6 @@ from fastapi.concurrency import run_in_threadpool
 from starlette.responses import Response, StreamingResponse
 
 from xpcs_io.errors import ServerError
-from xpcs_io.listing import list_hdf5_files
 from xpcs_io.schemas import MaskSchema, PartitionSchema
 from xpcs_io.server.auth import require
 from xpcs_io.server.batch import add_batch_routes
@@ -29,6 +28,7 @@ from xpcs_io.server.common import (
     send,
 )
 from xpcs_io.server.events import EventHub, ServerEvent, sse_stream
+from xpcs_io.server.listing import list_hdf5_files
 from xpcs_io.server.openapi_docs import ERRORS, ok
 from xpcs_io.server.versioned import add_versioned_routes
 

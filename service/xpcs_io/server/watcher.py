@@ -27,8 +27,8 @@ from fastapi.concurrency import run_in_threadpool
 from watchfiles import Change, awatch
 
 from xpcs_io.facade import HDF5Facade
-from xpcs_io.listing import HDF5_SUFFIXES
 from xpcs_io.server.events import EventHub
+from xpcs_io.server.listing import HDF5_SUFFIXES
 
 __all__ = ["RootWatcher"]
 
