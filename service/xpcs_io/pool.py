@@ -576,8 +576,3 @@ def get_default_pool() -> HDF5ConnectionPool:
         if _default_pool is None:
             _default_pool = HDF5ConnectionPool()
         return _default_pool
-
-
-def resolve(path: str | os.PathLike[str]) -> Path:
-    """The absolute, symlink-free path of ``path``."""
-    return Path(realpath(path))

@@ -6,13 +6,13 @@ is open (allowed only on loopback unless ``allow_anonymous``)."""
 from __future__ import annotations
 
 import hmac
-from typing import Annotated, Any
+from typing import Any
 
 from fastapi import Depends, Request
 
 from xpcs_io.server.settings import SCOPES, Scope
 
-__all__ = ["AuthError", "Authenticated", "require"]
+__all__ = ["AuthError", "require"]
 
 _RANK = {scope: i for i, scope in enumerate(SCOPES)}
 
@@ -65,6 +65,3 @@ def require(needed: Scope) -> Any:
         return scope
 
     return Depends(check)
-
-
-Authenticated = Annotated[Scope | None, require("read")]
