@@ -382,14 +382,16 @@ class HDF5ConnectionPool:
         display: str | None = None,
         *,
         root: Path | None = None,
+        resolved: bool = False,
     ) -> Iterator[Checkout]:
         """``checkout`` yielding a ``Checkout``: the handle, the identity of the file it
-        reads and whether it reads in SWMR mode.
+        reads and whether it reads in SWMR mode. ``resolved``: ``path`` is already absolute
+        and symlink-free (it is not resolved again).
 
         Raises:
             See ``checkout``.
         """
-        key = realpath(path)
+        key = os.fspath(path) if resolved else realpath(path)
         entry = self._acquire(key, display or os.fspath(path), root)
         try:
             yield Checkout(entry.handle, entry.identity, entry.swmr)

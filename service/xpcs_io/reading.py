@@ -18,12 +18,19 @@ from typing import Any, TypeVar
 import numpy as np
 
 from xpcs_io.api import PathLike
+from xpcs_io.checkout import FileCheckout
 from xpcs_io.damage import PASS_THROUGH, damage_error
 from xpcs_io.errors import FileBusyError, HDF5ValidationError, SchemaError, SchemaTypeError
 from xpcs_io.h5access import Locator
 from xpcs_io.layouts import registry
 from xpcs_io.paths import realpath, resolve_under_root
-from xpcs_io.pool import DataIdentity, FileIdentity, HDF5ConnectionPool, check_descriptor
+from xpcs_io.pool import (
+    Checkout,
+    DataIdentity,
+    FileIdentity,
+    HDF5ConnectionPool,
+    check_descriptor,
+)
 from xpcs_io.schemas import G2Data, GeometryMetadata, QMapSchema, Schema
 
 __all__ = ["VALIDATED_CACHE_SIZE", "BoundedKeys", "Reading"]
@@ -98,15 +105,37 @@ class Reading:
             raise TypeError(f"file_path must be str or Path, got {type(file_path).__name__}")
         return os.fspath(file_path), os.fspath(file_path)
 
+    def _locate(self, file_path: PathLike) -> tuple[str, str, FileCheckout | None]:
+        """The resolved path, how errors name it, and the caller's checkout of it if any."""
+        if isinstance(file_path, FileCheckout) and file_path.belongs_to(self.pool, self.root):
+            return file_path.real, file_path.display, file_path
+        path, display = self._resolve(file_path)
+        return (path if self.root is not None else realpath(path)), display, None
+
+    @contextlib.contextmanager
+    def _borrow(self, file_path: PathLike) -> Iterator[tuple[str, str, Checkout, list[bool]]]:
+        """The caller's checkout when it holds one still current, else a fresh borrow. The
+        yielded flag list is set to ``[True]`` by a block that saw the file change."""
+        real, display, held = self._locate(file_path)
+        co = held.use() if held is not None else None
+        if co is None or held is None:
+            with self.pool.borrow(real, display, root=self.root, resolved=True) as fresh:
+                yield real, display, fresh, [False]
+            return
+        changed = [False]
+        try:
+            yield real, display, co, changed
+        finally:
+            held.done(changed=changed[0])
+
     @contextlib.contextmanager
     def _open(self, file_path: PathLike) -> Iterator[tuple[Locator, FileIdentity]]:
         """Borrow the file and check, once the block is done, that it did not change while it
         was read: an in-place writer at work during the read raises ``_ChangedDuringReadError``
         (retried by ``_read``), an HDF5 failure of a damaged file ``HDF5ValidationError``.
-        An SWMR read needs no such check: SWMR orders the writer's flushes for its readers."""
-        path, display = self._resolve(file_path)
-        real = realpath(path)
-        with self.pool.borrow(path, display, root=self.root) as co:
+        An SWMR read needs no such check: SWMR orders the writer's flushes for its readers.
+        ``file_path`` may be a ``FileCheckout`` of this facade's pool: its handle is read."""
+        with self._borrow(file_path) as (real, display, co, changed):
             loc = Locator(
                 co.handle,
                 display,
@@ -119,6 +148,7 @@ class Reading:
                 yield loc, co.identity
             except PASS_THROUGH as exc:
                 if not co.swmr and self._changed(real, display, co.identity, loc):
+                    changed[0] = True
                     raise _ChangedDuringReadError(display) from None
                 damaged = damage_error(exc, display) if isinstance(exc, KeyError) else None
                 if damaged is None:
@@ -126,6 +156,7 @@ class Reading:
                 raise damaged from exc
             except Exception as exc:
                 if not co.swmr and self._changed(real, display, co.identity, loc):
+                    changed[0] = True
                     raise _ChangedDuringReadError(display) from exc
                 damaged = damage_error(exc, display)
                 if damaged is None:
@@ -133,9 +164,11 @@ class Reading:
                 raise damaged from exc
             else:
                 if not co.swmr and self._changed(real, display, co.identity, loc):
+                    changed[0] = True
                     raise _ChangedDuringReadError(display)
                 self._learn_links(real, loc)
                 _SEEN.identity = co.identity
+                _SEEN.reached = tuple(loc.reached)
             finally:
                 for handle in loc.opened:
                     with contextlib.suppress(Exception):
@@ -338,7 +371,7 @@ class Reading:
         Raises:
             PermissionError: the path leads outside the facade's root.
         """
-        return realpath(self._resolve(file_path)[0])
+        return self._locate(file_path)[0]
 
     def last_read_identity(self) -> FileIdentity | None:
         """The identity of the file version the calling thread's last successful read (by
@@ -346,6 +379,16 @@ class Reading:
         answer with it. ``None`` before any read in this thread."""
         identity: FileIdentity | None = getattr(_SEEN, "identity", None)
         return identity
+
+    def last_read_matches(self, identity: DataIdentity) -> bool:
+        """Whether the calling thread's last successful read used the file version
+        ``identity`` names and reached, through links, only files at the versions it names:
+        its result is then the result for ``identity`` (an SWMR file always matches)."""
+        if identity.swmr:
+            return True
+        if getattr(_SEEN, "identity", None) != identity.file:
+            return False
+        return set(getattr(_SEEN, "reached", ())) <= set(identity.linked)
 
     def file_identity(self, file_path: PathLike) -> DataIdentity:
         """The identity now of the file and of every file its reads were seen to reach
@@ -360,13 +403,29 @@ class Reading:
             FileMarkedOpenError: a crashed writer left it marked open.
             HDF5ValidationError: the path names a folder or a non-regular file.
         """
-        path, display = self._resolve(file_path)
-        real = realpath(path)
+        real, display, _ = self._locate(file_path)
         identity, swmr = self.pool.current(real, display, self.root)
+        return DataIdentity(identity, self._linked_identities(real), swmr)
+
+    def check_out(self, file_path: PathLike) -> FileCheckout:
+        """Resolve ``file_path`` once and borrow its pooled handle until ``release()``:
+        reads given the checkout in place of the path read through that handle, and its
+        ``identity`` is that of the file version they read (see ``file_identity``).
+
+        Raises:
+            See ``file_identity``; RuntimeError: the pool has been shut down.
+        """
+        real, display, _ = self._locate(file_path)
+        borrowed = self.pool.borrow(real, display, root=self.root, resolved=True)
+        return FileCheckout(
+            real, display, self.root, self.pool, borrowed, lambda: self._linked_identities(real)
+        )
+
+    def _linked_identities(self, real: str) -> tuple[tuple[str, FileIdentity | None], ...]:
         linked: list[tuple[str, FileIdentity | None]] = []
         for other in sorted(self.pool.linked_files.get(real, ())):
             try:
                 linked.append((other, FileIdentity.of(other)))
             except OSError:
                 linked.append((other, None))
-        return DataIdentity(identity, tuple(linked), swmr)
+        return tuple(linked)

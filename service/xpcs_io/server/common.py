@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 from fastapi import Query, Request
 from fastapi.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from xpcs_io import arraycodec
+from xpcs_io.api import PathLike
+from xpcs_io.checkout import FileCheckout
 from xpcs_io.facade import HDF5Facade
 from xpcs_io.pool import DataIdentity
 from xpcs_io.schemas import Schema
@@ -115,14 +117,19 @@ def _matches(header: str | None, etag: str) -> bool:
     return etag in tags or "*" in tags
 
 
-async def read_result(request: Request, file_path: str, produce: Callable[[], Any]) -> Response:
+async def read_result(
+    request: Request, file_path: str, produce: Callable[[PathLike], Any]
+) -> Response:
     """Answer a read: 304 when the client's ETag still names this file state and request
-    (no HDF5 work at all); else the shared result cache, which runs ``produce`` in the thread
+    (no HDF5 read at all); else the shared result cache, which runs ``produce`` in the thread
     pool on a miss (once for concurrent identical requests); then encode and tag.
 
-    The identity behind the ETag and the cache key covers the file and every file its reads
-    reached through links. The result is tagged and kept only when the read used that very
-    file version and nothing changed meanwhile; a read that raced a change (a write, a
+    One checkout per request: the path is resolved once and the pooled handle borrowed once
+    (``HDF5Facade.check_out``); ``produce`` is given that checkout in place of the path, so
+    it reads through that handle. The identity behind the ETag and the cache key is the
+    checkout's: the file the handle reads and every file its reads reached through links.
+    The result is tagged and kept only when the read used that very file version and
+    reached no link the identity does not name; a read that raced a change (a write, a
     linked file learnt on the first read) is answered as read, untagged and not kept, so an
     ETag never names other bytes than it was sent with. An SWMR file is the exception: SWMR
     keeps each read consistent while the writer appends, and its identity moves with every
@@ -130,9 +137,20 @@ async def read_result(request: Request, file_path: str, produce: Callable[[], An
     """
     state = request.app.state
     facade: HDF5Facade = state.facade
-    real = facade.resolve(file_path)
-    # Resolving and stat-ing a few paths is a handful of system calls: fine on the loop.
-    identity = facade.file_identity(file_path)
+    # Borrowing may open the file (HDF5 work) or wait for a replaced handle: not on the loop.
+    held = await run_in_threadpool(facade.check_out, file_path)
+    try:
+        return await _answer_read(request, held, produce)
+    finally:
+        held.release()  # a read still running through the handle gives it back when done
+
+
+async def _answer_read(
+    request: Request, held: FileCheckout, produce: Callable[[PathLike], Any]
+) -> Response:
+    state = request.app.state
+    facade: HDF5Facade = state.facade
+    real, identity = held.real, held.identity
     headers = {
         "etag": _etag(request, identity),
         "cache-control": "no-cache",
@@ -141,9 +159,15 @@ async def read_result(request: Request, file_path: str, produce: Callable[[], An
     if _matches(request.headers.get("if-none-match"), headers["etag"]):
         return Response(status_code=304, headers=headers)
 
+    def read() -> tuple[Any, bool]:
+        # On a pool thread: the facade remembers per thread what its last read used.
+        # The facade takes its own checkout wherever it takes a path (``check_out``).
+        value = produce(cast(PathLike, held))
+        return value, facade.last_read_matches(identity)
+
     key = (real, identity, request_key(request))
-    content, seen = await state.results.get(key, real, identity, seen_by(produce, facade))
-    if not identity.swmr and (seen != identity.file or facade.file_identity(file_path) != identity):
+    content, matched = await state.results.get(key, real, identity, read)
+    if not matched:
         state.results.drop_file(real, keep=None)
         del headers["etag"]
     preset = _array_codec(request)

@@ -59,7 +59,7 @@ async def read_qmap(
     return await read_result(
         request,
         file_path,
-        lambda: facade_for(request, validate).read_qmap(file_path, group, layout=layout),
+        lambda f: facade_for(request, validate).read_qmap(f, group, layout=layout),
     )
 
 
@@ -85,7 +85,7 @@ async def read_g2_data(
     return await read_result(
         request,
         file_path,
-        lambda: facade_for(request, validate).read_g2_data(file_path, q_idx, group, layout=layout),
+        lambda f: facade_for(request, validate).read_g2_data(f, q_idx, group, layout=layout),
     )
 
 
@@ -108,9 +108,7 @@ async def read_geometry_metadata(
     return await read_result(
         request,
         file_path,
-        lambda: facade_for(request, validate).read_geometry_metadata(
-            file_path, group, layout=layout
-        ),
+        lambda f: facade_for(request, validate).read_geometry_metadata(f, group, layout=layout),
     )
 
 
@@ -132,7 +130,7 @@ async def read_c2(
 ) -> Response:
     """The symmetric two-time map of one q bin of an APS 8-ID-I file; only that map is read."""
     return await read_result(
-        request, file_path, lambda: facade_for(request).read_c2(file_path, q_idx, max_size)
+        request, file_path, lambda f: facade_for(request).read_c2(f, q_idx, max_size)
     )
 
 

@@ -89,11 +89,11 @@ def add_versioned_routes(router: APIRouter, kind: str, cls: type[Schema]) -> Non
         validate: Validate = True,
     ) -> Response:
         method = getattr(facade_for(request, validate), f"read_{kind}")
-        return await read_result(request, file_path, lambda: method(file_path, group, version))
+        return await read_result(request, file_path, lambda f: method(f, group, version))
 
     async def versions(request: Request, file_path: FilePath, group: Group = default) -> Response:
         method = getattr(facade_for(request), f"list_{kind}_versions")
-        return await read_result(request, file_path, lambda: method(file_path, group))
+        return await read_result(request, file_path, lambda f: method(f, group))
 
     async def write(
         request: Request,

@@ -17,6 +17,7 @@ from fastapi.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from xpcs_io import h5browse
+from xpcs_io.api import PathLike
 from xpcs_io.errors import PayloadTooLargeError
 from xpcs_io.facade import HDF5Facade
 from xpcs_io.server.auth import require
@@ -56,12 +57,16 @@ def _responses(name: str) -> dict[int | str, dict[str, Any]]:
 
 
 async def _answer(
-    request: Request, file_path: str, produce: Callable[[], Any], fmt: str | None, name: str
+    request: Request,
+    file_path: str,
+    produce: Callable[[PathLike], Any],
+    fmt: str | None,
+    name: str,
 ) -> Response:
     chosen = wanted_format(request, fmt)
     if chosen is None:
         return await read_result(request, file_path, produce)
-    obj = await run_in_threadpool(produce)
+    obj = await run_in_threadpool(produce, file_path)
     return await run_in_threadpool(export, obj, chosen, name)
 
 
@@ -84,7 +89,7 @@ async def read_saxs_2d(
     return await _answer(
         request,
         file_path,
-        lambda: facade_for(request, validate).read_saxs_2d(file_path, layout=layout),
+        lambda f: facade_for(request, validate).read_saxs_2d(f, layout=layout),
         format,
         "saxs_2d",
     )
@@ -110,7 +115,7 @@ async def read_saxs_1d(
     return await _answer(
         request,
         file_path,
-        lambda: facade_for(request, validate).read_saxs_1d(file_path, layout=layout),
+        lambda f: facade_for(request, validate).read_saxs_1d(f, layout=layout),
         format,
         "saxs_1d",
     )
@@ -135,7 +140,7 @@ async def read_intensity_time(
     return await _answer(
         request,
         file_path,
-        lambda: facade_for(request, validate).read_intensity_time(file_path, layout=layout),
+        lambda f: facade_for(request, validate).read_intensity_time(f, layout=layout),
         format,
         "intensity_time",
     )
@@ -164,7 +169,7 @@ async def read_twotime_g2(
     return await _answer(
         request,
         file_path,
-        lambda: facade_for(request, validate).read_twotime_g2(file_path, q_idx, layout=layout),
+        lambda f: facade_for(request, validate).read_twotime_g2(f, q_idx, layout=layout),
         format,
         "twotime_g2",
     )
@@ -182,7 +187,7 @@ async def read_metadata(request: Request, file_path: FilePath, layout: Layout = 
     """A flat map of the file's configuration: summary keys with units in their names, then
     every small dataset by HDF5 path, units alongside as '<path>@unit'."""
     return await read_result(
-        request, file_path, lambda: facade_for(request).read_metadata(file_path, layout=layout)
+        request, file_path, lambda f: facade_for(request).read_metadata(f, layout=layout)
     )
 
 
