@@ -10,19 +10,12 @@ from typing import Any
 
 from fastapi import Depends, Request
 
+from xpcs_io.server.problems import KeyRequiredError
 from xpcs_io.server.settings import SCOPES, Scope
 
-__all__ = ["AuthError", "require"]
+__all__ = ["require"]
 
 _RANK = {scope: i for i, scope in enumerate(SCOPES)}
-
-
-class AuthError(PermissionError):
-    """A missing (401) or insufficient (403) credential."""
-
-    def __init__(self, message: str, status: int) -> None:
-        super().__init__(message)
-        self.http_status = status
 
 
 def _presented(request: Request) -> str | None:
@@ -46,7 +39,8 @@ def require(needed: Scope) -> Any:
     """A dependency that lets the request through only with a key of ``needed`` or above.
 
     Raises:
-        AuthError: no key (401), an unknown key (401) or a key of a lower scope (403).
+        KeyRequiredError: no key, or an unknown key (401).
+        PermissionError: a key of a lower scope (403).
     """
 
     async def check(request: Request) -> Scope | None:
@@ -55,12 +49,12 @@ def require(needed: Scope) -> Any:
             return None
         presented = _presented(request)
         if presented is None:
-            raise AuthError("an API key is required (Authorization: Bearer KEY)", 401)
+            raise KeyRequiredError("an API key is required (Authorization: Bearer KEY)")
         scope = _scope_of(keys, presented)
         if scope is None:
-            raise AuthError("the API key is not valid", 401)
+            raise KeyRequiredError("the API key is not valid")
         if _RANK[scope] < _RANK[needed]:
-            raise AuthError(f"this operation needs a key with the '{needed}' scope", 403)
+            raise PermissionError(f"this operation needs a key with the '{needed}' scope")
         request.state.auth_scope = scope
         return scope
 
