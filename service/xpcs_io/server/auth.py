@@ -6,10 +6,12 @@ is open (allowed only on loopback unless ``allow_anonymous``)."""
 from __future__ import annotations
 
 import hmac
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import Depends, Request
 
+from xpcs_io.server.deps import get_api_keys
 from xpcs_io.server.problems import KeyRequiredError
 from xpcs_io.server.settings import SCOPES, Scope
 
@@ -25,7 +27,7 @@ def _presented(request: Request) -> str | None:
     return request.headers.get("x-api-key") or None
 
 
-def _scope_of(keys: dict[str, Scope], presented: str) -> Scope | None:
+def _scope_of(keys: Mapping[str, Scope], presented: str) -> Scope | None:
     found: Scope | None = None
     given = presented.encode()
     for key, scope in keys.items():
@@ -44,7 +46,7 @@ def require(needed: Scope) -> Any:
     """
 
     async def check(request: Request) -> Scope | None:
-        keys: dict[str, Scope] = request.app.state.api_keys
+        keys = get_api_keys(request)
         if not keys:
             return None
         presented = _presented(request)

@@ -17,6 +17,7 @@ from xpcs_io.checkout import FileCheckout
 from xpcs_io.facade import HDF5Facade
 from xpcs_io.pool import DataIdentity
 from xpcs_io.schemas import Schema
+from xpcs_io.server.deps import get_facade, get_facades, get_results, get_settings
 from xpcs_io.server.responses import encode, wants_json
 from xpcs_io.server.results import request_key
 
@@ -74,9 +75,7 @@ def group_query(what: str) -> Any:
 
 def facade_for(request: Request, validate: bool = True) -> HDF5Facade:
     """The app's facade that validates, or the one that does not."""
-    state = request.app.state
-    facade: HDF5Facade = state.facade if validate else state.facade_unchecked
-    return facade
+    return get_facades(request).pick(validate)
 
 
 def send(
@@ -91,7 +90,7 @@ def send(
         content,
         status_code=status_code,
         headers=headers,
-        json_limit=request.app.state.settings.json_max_elements,
+        json_limit=get_settings(request).json_max_elements,
     )
 
 
@@ -135,8 +134,7 @@ async def read_result(
     keeps each read consistent while the writer appends, and its identity moves with every
     flush.
     """
-    state = request.app.state
-    facade: HDF5Facade = state.facade
+    facade = get_facade(request)
     # Borrowing may open the file (HDF5 work) or wait for a replaced handle: not on the loop.
     held = await run_in_threadpool(facade.check_out, file_path)
     try:
@@ -148,8 +146,7 @@ async def read_result(
 async def _answer_read(
     request: Request, held: FileCheckout, produce: Callable[[PathLike], Any]
 ) -> Response:
-    state = request.app.state
-    facade: HDF5Facade = state.facade
+    facade, results = get_facade(request), get_results(request)
     real, identity = held.real, held.identity
     headers = {
         "etag": _etag(request, identity),
@@ -166,16 +163,16 @@ async def _answer_read(
         return value, facade.last_read_matches(identity)
 
     key = (real, identity, request_key(request))
-    content, matched = await state.results.get(key, real, identity, read)
+    content, matched = await results.get(key, real, identity, read)
     if not matched:
-        state.results.drop_file(real, keep=None)
+        results.drop_file(real, keep=None)
         del headers["etag"]
     preset = _array_codec(request)
     if preset is not None:
         raw = content.to_dict() if isinstance(content, Schema) else content
         if "etag" in headers:
             # Kept compressed beside the raw result: a hot file is compressed once per preset.
-            content = await state.results.get(
+            content = await results.get(
                 (*key, preset), real, identity, lambda: arraycodec.compress_tree(raw, preset)
             )
         else:  # a read that raced a change is not kept, compressed or not

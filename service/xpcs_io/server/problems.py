@@ -26,6 +26,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import Scope, Send
 
 from xpcs_io.errors import ERROR_TABLE, RETRYABLE, status_for
+from xpcs_io.server.deps import get_root_text
 from xpcs_io.server.responses import JsonTooLargeError
 
 __all__ = [
@@ -131,7 +132,7 @@ def problem(
         error=error,
         field=field,
         request_id=getattr(request.state, "request_id", None),
-        root=getattr(request.app.state, "root_str", None),
+        root=get_root_text(request),
     )
     return JSONResponse(body, status_code=status, media_type=PROBLEM_MEDIA_TYPE, headers=headers)
 
@@ -255,6 +256,6 @@ def problem_fields(request: Request, exc: BaseException) -> dict[str, Any]:
         detail,
         error=name,
         field=getattr(exc, "field", None),
-        root=getattr(request.app.state, "root_str", None),
+        root=get_root_text(request),
     )
     return {"error": name, "detail": body["detail"], "status": status, "field": body.get("field")}

@@ -22,12 +22,21 @@ from xpcs_io.server.common import (
     FilePath,
     Layout,
     Validate,
-    facade_for,
     group_query,
     read_result,
     send,
 )
-from xpcs_io.server.events import EventHub, ServerEvent, sse_stream
+from xpcs_io.server.deps import (
+    ApiKeysDep,
+    EventsDep,
+    FacadeDep,
+    FacadesDep,
+    ResultsDep,
+    RootDep,
+    SettingsDep,
+    WorkersDep,
+)
+from xpcs_io.server.events import ServerEvent, sse_stream
 from xpcs_io.server.listing import list_hdf5_files
 from xpcs_io.server.openapi_docs import ERRORS, ok
 from xpcs_io.server.versioned import add_versioned_routes
@@ -50,6 +59,7 @@ router = APIRouter(prefix="/v1")
 )
 async def read_qmap(
     request: Request,
+    facades: FacadesDep,
     file_path: FilePath,
     group: Annotated[str, group_query("q-map")] = "/xpcs/qmap",
     validate: Validate = True,
@@ -59,7 +69,7 @@ async def read_qmap(
     return await read_result(
         request,
         file_path,
-        lambda f: facade_for(request, validate).read_qmap(f, group, layout=layout),
+        lambda f: facades.pick(validate).read_qmap(f, group, layout=layout),
     )
 
 
@@ -73,6 +83,7 @@ async def read_qmap(
 )
 async def read_g2_data(
     request: Request,
+    facades: FacadesDep,
     file_path: FilePath,
     q_idx: Annotated[
         int | None, Query(description="Read only this q bin (0-based, the second axis).")
@@ -85,7 +96,7 @@ async def read_g2_data(
     return await read_result(
         request,
         file_path,
-        lambda f: facade_for(request, validate).read_g2_data(f, q_idx, group, layout=layout),
+        lambda f: facades.pick(validate).read_g2_data(f, q_idx, group, layout=layout),
     )
 
 
@@ -99,6 +110,7 @@ async def read_g2_data(
 )
 async def read_geometry_metadata(
     request: Request,
+    facades: FacadesDep,
     file_path: FilePath,
     group: Annotated[str, group_query("geometry")] = "/xpcs/metadata",
     validate: Validate = True,
@@ -108,7 +120,7 @@ async def read_geometry_metadata(
     return await read_result(
         request,
         file_path,
-        lambda f: facade_for(request, validate).read_geometry_metadata(f, group, layout=layout),
+        lambda f: facades.pick(validate).read_geometry_metadata(f, group, layout=layout),
     )
 
 
@@ -122,6 +134,7 @@ async def read_geometry_metadata(
 )
 async def read_c2(
     request: Request,
+    facade: FacadeDep,
     file_path: FilePath,
     q_idx: Annotated[int, Query(description="Dynamic q bin (0-based, as for G2).")],
     max_size: Annotated[
@@ -129,9 +142,7 @@ async def read_c2(
     ] = None,
 ) -> Response:
     """The symmetric two-time map of one q bin of an APS 8-ID-I file; only that map is read."""
-    return await read_result(
-        request, file_path, lambda f: facade_for(request).read_c2(f, q_idx, max_size)
-    )
+    return await read_result(request, file_path, lambda f: facade.read_c2(f, q_idx, max_size))
 
 
 add_versioned_routes(router, "mask", MaskSchema)
@@ -152,13 +163,14 @@ add_batch_routes(router)
 )
 def list_files(
     request: Request,
+    root: RootDep,
     prefix: Annotated[
         str | None, Query(description="Only files under this folder of the data root.")
     ] = None,
 ) -> Response:
     """HDF5 files (.h5, .hdf5, .hdf, .nxs) under the data root with size and modification time,
     sorted by path; symlinks leading outside the root are left out."""
-    return send(request, list_hdf5_files(request.app.state.root, prefix))
+    return send(request, list_hdf5_files(root, prefix))
 
 
 # ---------------------------------------------------------------- pool
@@ -172,12 +184,13 @@ def list_files(
     dependencies=[require("read")],
     responses={**ok("PoolStats"), **ERRORS},
 )
-def get_pool_stats(request: Request) -> Response:
+def get_pool_stats(
+    request: Request, workers: WorkersDep, facade: FacadeDep, keys: ApiKeysDep
+) -> Response:
     """Hits, misses, opens, evictions, reopens on change, size; with an admin key (or on an
     open server) also the open files, named by their paths under the data root."""
-    group = request.app.state.workers
-    stats = group.stats() if group is not None else request.app.state.facade.get_pool_stats()
-    if request.app.state.api_keys and getattr(request.state, "auth_scope", None) != "admin":
+    stats = workers.stats() if workers is not None else facade.get_pool_stats()
+    if keys and getattr(request.state, "auth_scope", None) != "admin":
         stats.pop("open_files", None)
     return send(request, stats)
 
@@ -191,16 +204,17 @@ def get_pool_stats(request: Request) -> Response:
     dependencies=[require("admin")],
     responses={204: {"description": "The pool is empty."}, **ERRORS},
 )
-async def clear_pool(request: Request) -> Response:
+async def clear_pool(
+    workers: WorkersDep, facade: FacadeDep, results: ResultsDep, events: EventsDep
+) -> Response:
     """Close all pooled handles (in every worker process); later reads reopen what they
     need."""
-    group = request.app.state.workers
-    request.app.state.results.clear()
-    if group is None:
-        await run_in_threadpool(request.app.state.facade.clear_pool)
-    elif not await group.clear():
+    results.clear()
+    if workers is None:
+        await run_in_threadpool(facade.clear_pool)
+    elif not await workers.clear():
         raise ServerError("not every worker confirmed the clear in time", status=503)
-    request.app.state.events.publish("pool.cleared")
+    events.publish("pool.cleared")
     return Response(status_code=204)
 
 
@@ -242,7 +256,8 @@ def _event_filter(prefix: str | None, file_path: str | None) -> Callable[[Server
     },
 )
 async def events(
-    request: Request,
+    hub: EventsDep,
+    settings: SettingsDep,
     prefix: Annotated[
         str | None, Query(description="Only events of files under this folder.", max_length=4096)
     ] = None,
@@ -256,11 +271,9 @@ async def events(
     """A stream of what a viewer should react to, with heartbeats; reconnecting with
     ``Last-Event-ID`` replays the events missed in the meantime (retained for the last
     minutes)."""
-    hub: EventHub = request.app.state.events
     last: int | None = None
     if last_event_id is not None and last_event_id.strip().isdigit():
         last = int(last_event_id.strip())
-    settings = request.app.state.settings
     return StreamingResponse(
         sse_stream(hub, last, _event_filter(prefix, file_path), settings.events_heartbeat),
         media_type="text/event-stream",

@@ -21,7 +21,8 @@ from xpcs_io.api import PathLike
 from xpcs_io.errors import PayloadTooLargeError
 from xpcs_io.facade import HDF5Facade
 from xpcs_io.server.auth import require
-from xpcs_io.server.common import FilePath, Layout, Validate, facade_for, read_result, send
+from xpcs_io.server.common import FilePath, Layout, Validate, read_result, send
+from xpcs_io.server.deps import FacadeDep, FacadesDep
 from xpcs_io.server.exports import export, wanted_format
 from xpcs_io.server.openapi_docs import ERRORS, ok
 
@@ -80,6 +81,7 @@ async def _answer(
 )
 async def read_saxs_2d(
     request: Request,
+    facades: FacadesDep,
     file_path: FilePath,
     validate: Validate = True,
     layout: Layout = None,
@@ -89,7 +91,7 @@ async def read_saxs_2d(
     return await _answer(
         request,
         file_path,
-        lambda f: facade_for(request, validate).read_saxs_2d(f, layout=layout),
+        lambda f: facades.pick(validate).read_saxs_2d(f, layout=layout),
         format,
         "saxs_2d",
     )
@@ -105,6 +107,7 @@ async def read_saxs_2d(
 )
 async def read_saxs_1d(
     request: Request,
+    facades: FacadesDep,
     file_path: FilePath,
     validate: Validate = True,
     layout: Layout = None,
@@ -115,7 +118,7 @@ async def read_saxs_1d(
     return await _answer(
         request,
         file_path,
-        lambda f: facade_for(request, validate).read_saxs_1d(f, layout=layout),
+        lambda f: facades.pick(validate).read_saxs_1d(f, layout=layout),
         format,
         "saxs_1d",
     )
@@ -131,6 +134,7 @@ async def read_saxs_1d(
 )
 async def read_intensity_time(
     request: Request,
+    facades: FacadesDep,
     file_path: FilePath,
     validate: Validate = True,
     layout: Layout = None,
@@ -140,7 +144,7 @@ async def read_intensity_time(
     return await _answer(
         request,
         file_path,
-        lambda f: facade_for(request, validate).read_intensity_time(f, layout=layout),
+        lambda f: facades.pick(validate).read_intensity_time(f, layout=layout),
         format,
         "intensity_time",
     )
@@ -156,6 +160,7 @@ async def read_intensity_time(
 )
 async def read_twotime_g2(
     request: Request,
+    facades: FacadesDep,
     file_path: FilePath,
     q_idx: Annotated[
         int | None, Query(description="Only this dynamic q bin (0-based, as for C2).")
@@ -169,7 +174,7 @@ async def read_twotime_g2(
     return await _answer(
         request,
         file_path,
-        lambda f: facade_for(request, validate).read_twotime_g2(f, q_idx, layout=layout),
+        lambda f: facades.pick(validate).read_twotime_g2(f, q_idx, layout=layout),
         format,
         "twotime_g2",
     )
@@ -183,12 +188,12 @@ async def read_twotime_g2(
     dependencies=[require("read")],
     responses={**ok("Metadata"), **ERRORS},
 )
-async def read_metadata(request: Request, file_path: FilePath, layout: Layout = None) -> Response:
+async def read_metadata(
+    request: Request, facade: FacadeDep, file_path: FilePath, layout: Layout = None
+) -> Response:
     """A flat map of the file's configuration: summary keys with units in their names, then
     every small dataset by HDF5 path, units alongside as '<path>@unit'."""
-    return await read_result(
-        request, file_path, lambda f: facade_for(request).read_metadata(f, layout=layout)
-    )
+    return await read_result(request, file_path, lambda f: facade.read_metadata(f, layout=layout))
 
 
 def tree(facade: HDF5Facade, file_path: str) -> dict[str, Any]:
@@ -238,9 +243,9 @@ def tree(facade: HDF5Facade, file_path: str) -> dict[str, Any]:
     dependencies=[require("read")],
     responses={**ok("Tree"), **ERRORS},
 )
-async def read_tree(request: Request, file_path: FilePath) -> Response:
+async def read_tree(request: Request, facade: FacadeDep, file_path: FilePath) -> Response:
     """Groups and datasets with shapes, dtypes, chunks, filters and attribute names."""
-    content = await run_in_threadpool(tree, request.app.state.facade, file_path)
+    content = await run_in_threadpool(tree, facade, file_path)
     return send(request, content)
 
 
@@ -262,6 +267,7 @@ def _dataset_values(facade: HDF5Facade, file_path: str, path: str, selection: st
 )
 async def read_dataset(
     request: Request,
+    facade: FacadeDep,
     file_path: FilePath,
     path: Annotated[str, Query(description="HDF5 path of the dataset.", max_length=4096)],
     selection: Annotated[
@@ -274,7 +280,5 @@ async def read_dataset(
 ) -> Response:
     """The values of one dataset (dtype kept; strings as a list), checked against the size
     limit before reading."""
-    content = await run_in_threadpool(
-        _dataset_values, request.app.state.facade, file_path, path, selection
-    )
+    content = await run_in_threadpool(_dataset_values, facade, file_path, path, selection)
     return send(request, content)
