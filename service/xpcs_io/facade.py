@@ -14,18 +14,17 @@ found by ``xpcs_io.layouts.registry``.
 from __future__ import annotations
 
 import os
-import threading
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 from xpcs_io.api import PathLike
+from xpcs_io.bounded import BoundedCache
 from xpcs_io.errors import HDF5ValidationError
 from xpcs_io.layouts import registry
 from xpcs_io.paths import display_path
 from xpcs_io.pool import HDF5ConnectionPool, get_default_pool
-from xpcs_io.reading import VALIDATED_CACHE_SIZE, BoundedKeys
+from xpcs_io.reading import VALIDATED_CACHE_SIZE
 from xpcs_io.schemas import G2Data, QMapSchema, Schema
 from xpcs_io.version_reads import VersionReads
 from xpcs_io.viewer_reads import ViewerReads
@@ -64,9 +63,8 @@ class HDF5Facade(Writing, VersionReads, ViewerReads):
         self.lock_timeout = lock_timeout
         # Validation of a 4-megapixel q-map costs milliseconds; an unchanged file (same
         # identity) holds the same bytes, so each (file version, group) is checked once.
-        self._validated: OrderedDict[tuple[Any, ...], None] = OrderedDict()
-        self._validated_lock = threading.Lock()
-        self._verified_paths = BoundedKeys(VALIDATED_CACHE_SIZE * 4)
+        self._validated: BoundedCache[tuple[Any, ...], None] = BoundedCache(VALIDATED_CACHE_SIZE)
+        self._verified_paths: BoundedCache[Any, None] = BoundedCache(VALIDATED_CACHE_SIZE * 4)
 
     # ------------------------------------------------------------------ pool
 

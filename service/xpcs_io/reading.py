@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -18,6 +17,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from xpcs_io.api import PathLike
+from xpcs_io.bounded import BoundedCache
 from xpcs_io.checkout import FileCheckout
 from xpcs_io.damage import PASS_THROUGH, damage_error
 from xpcs_io.errors import FileBusyError, HDF5ValidationError, SchemaError, SchemaTypeError
@@ -33,7 +33,7 @@ from xpcs_io.pool import (
 )
 from xpcs_io.schemas import G2Data, GeometryMetadata, QMapSchema, Schema
 
-__all__ = ["VALIDATED_CACHE_SIZE", "BoundedKeys", "Reading"]
+__all__ = ["VALIDATED_CACHE_SIZE", "Reading"]
 
 S = TypeVar("S", bound=Schema)
 
@@ -67,23 +67,6 @@ def _replaced_only(fd: int | None, now: FileIdentity, before: FileIdentity) -> b
         return False
 
 
-class BoundedKeys(OrderedDict[Any, None]):
-    """A set of keys that forgets the oldest beyond ``limit`` (dict ops are atomic in
-    CPython, so concurrent readers at worst re-walk a path)."""
-
-    def __init__(self, limit: int) -> None:
-        super().__init__()
-        self.limit = limit
-
-    def __setitem__(self, key: Any, value: None) -> None:
-        super().__setitem__(key, value)
-        while len(self) > self.limit:
-            try:
-                self.popitem(last=False)
-            except KeyError:
-                break
-
-
 class Reading:
     """Base of ``HDF5Facade``: the read path and the reads of the seed's API."""
 
@@ -91,9 +74,8 @@ class Reading:
     validate: bool
     root: Path | None
     lock_timeout: float
-    _validated: OrderedDict[tuple[Any, ...], None]
-    _validated_lock: threading.Lock
-    _verified_paths: BoundedKeys
+    _validated: BoundedCache[tuple[Any, ...], None]
+    _verified_paths: BoundedCache[Any, None]
 
     # ------------------------------------------------------------------ plumbing
 
@@ -217,20 +199,15 @@ class Reading:
     def _checked(self, obj: S, loc: Locator, group: str, key: tuple[Any, ...], validate: bool) -> S:
         if not validate:
             return obj
-        with self._validated_lock:
-            if key in self._validated:
-                self._validated.move_to_end(key)
-                return obj
+        if self._validated.touch(key):
+            return obj
         try:
             obj.validate()
         except (SchemaError, SchemaTypeError) as exc:
             raise HDF5ValidationError(
                 f"{loc.display}:{group}: {exc}", file=loc.display, group=group, field=exc.field
             ) from exc
-        with self._validated_lock:
-            self._validated[key] = None
-            while len(self._validated) > VALIDATED_CACHE_SIZE:
-                self._validated.popitem(last=False)
+        self._validated[key] = None
         return obj
 
     def _read(
