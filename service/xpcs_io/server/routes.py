@@ -38,7 +38,8 @@ from xpcs_io.server.deps import (
 )
 from xpcs_io.server.events import ServerEvent, sse_stream
 from xpcs_io.server.listing import list_hdf5_files
-from xpcs_io.server.openapi_docs import ERRORS, ok
+from xpcs_io.server.openapi_docs import ERRORS
+from xpcs_io.server.routing import read_route
 from xpcs_io.server.versioned import add_versioned_routes
 
 __all__ = ["router"]
@@ -49,14 +50,7 @@ router = APIRouter(prefix="/v1")
 # ---------------------------------------------------------------- reads
 
 
-@router.get(
-    "/qmap",
-    summary="Read a q-map",
-    operation_id="qmap-read",
-    tags=["qmap"],
-    dependencies=[require("read")],
-    responses={**ok("QMapSchema"), **ERRORS},
-)
+@read_route(router, "/qmap", "Read a q-map", "qmap-read", "qmap", "QMapSchema")
 async def read_qmap(
     request: Request,
     facades: FacadesDep,
@@ -73,14 +67,7 @@ async def read_qmap(
     )
 
 
-@router.get(
-    "/g2",
-    summary="Read G2 correlations",
-    operation_id="g2-read",
-    tags=["g2"],
-    dependencies=[require("read")],
-    responses={**ok("G2Data"), **ERRORS},
-)
+@read_route(router, "/g2", "Read G2 correlations", "g2-read", "g2", "G2Data")
 async def read_g2_data(
     request: Request,
     facades: FacadesDep,
@@ -100,13 +87,8 @@ async def read_g2_data(
     )
 
 
-@router.get(
-    "/geometry",
-    summary="Read detector geometry",
-    operation_id="geometry-read",
-    tags=["geometry"],
-    dependencies=[require("read")],
-    responses={**ok("GeometryMetadata"), **ERRORS},
+@read_route(
+    router, "/geometry", "Read detector geometry", "geometry-read", "geometry", "GeometryMetadata"
 )
 async def read_geometry_metadata(
     request: Request,
@@ -124,14 +106,7 @@ async def read_geometry_metadata(
     )
 
 
-@router.get(
-    "/c2",
-    summary="Read a two-time correlation map",
-    operation_id="c2-read",
-    tags=["g2"],
-    dependencies=[require("read")],
-    responses={**ok("C2Map"), **ERRORS},
-)
+@read_route(router, "/c2", "Read a two-time correlation map", "c2-read", "g2", "C2Map")
 async def read_c2(
     request: Request,
     facade: FacadeDep,
@@ -153,13 +128,8 @@ add_batch_routes(router)
 # ---------------------------------------------------------------- files
 
 
-@router.get(
-    "/files",
-    summary="List HDF5 files under the data root",
-    operation_id="files-list",
-    tags=["files"],
-    dependencies=[require("read")],
-    responses={**ok("FileList"), **ERRORS},
+@read_route(
+    router, "/files", "List HDF5 files under the data root", "files-list", "files", "FileList"
 )
 def list_files(
     request: Request,
@@ -176,14 +146,7 @@ def list_files(
 # ---------------------------------------------------------------- pool
 
 
-@router.get(
-    "/pool/stats",
-    summary="Connection pool statistics",
-    operation_id="pool-stats",
-    tags=["pool"],
-    dependencies=[require("read")],
-    responses={**ok("PoolStats"), **ERRORS},
-)
+@read_route(router, "/pool/stats", "Connection pool statistics", "pool-stats", "pool", "PoolStats")
 def get_pool_stats(
     request: Request, workers: WorkersDep, facade: FacadeDep, keys: ApiKeysDep
 ) -> Response:
