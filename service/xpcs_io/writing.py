@@ -60,32 +60,6 @@ class Writing(Reading):
             PermissionError: the group path or its members link outside the facade's root.
             WriteLockTimeout: another writer held the file too long.
         """
-        return self.write_mask_version(
-            file_path,
-            mask_schema,
-            group,
-            compression,
-            compression_opts,
-            writer=writer,
-            idempotency_key=idempotency_key,
-        )
-
-    def write_mask_version(
-        self,
-        file_path: PathLike,
-        mask_schema: MaskSchema,
-        group: str = "/simplemask/mask",
-        compression: str | None = "gzip",
-        compression_opts: int | None = 4,
-        *,
-        writer: str | None = None,
-        idempotency_key: str | None = None,
-    ) -> VersionRecord:
-        """``write_mask`` returning the new version's record (what the service answers).
-
-        Raises:
-            See ``write_mask``.
-        """
         if not isinstance(mask_schema, MaskSchema):
             raise TypeError(f"mask_schema must be a MaskSchema, got {type(mask_schema).__name__}")
         mask_schema.validate()
@@ -103,6 +77,9 @@ class Writing(Reading):
             writer=writer,
             idempotency_key=idempotency_key,
         )
+
+    # The service's name for it, from when ``write_mask`` returned nothing.
+    write_mask_version = write_mask
 
     def write_partition(
         self,
@@ -124,32 +101,6 @@ class Writing(Reading):
                 invalid, or the key was used for a different write (file untouched).
             PermissionError: the group path or its members link outside the facade's root.
             WriteLockTimeout: another writer held the file too long.
-        """
-        return self.write_partition_version(
-            file_path,
-            partition_schema,
-            group,
-            compression,
-            compression_opts,
-            writer=writer,
-            idempotency_key=idempotency_key,
-        )
-
-    def write_partition_version(
-        self,
-        file_path: PathLike,
-        partition_schema: PartitionSchema,
-        group: str = "/simplemask/partition",
-        compression: str | None = "gzip",
-        compression_opts: int | None = 4,
-        *,
-        writer: str | None = None,
-        idempotency_key: str | None = None,
-    ) -> VersionRecord:
-        """``write_partition`` returning the new version's record.
-
-        Raises:
-            See ``write_partition``.
         """
         if not isinstance(partition_schema, PartitionSchema):
             raise TypeError(
@@ -176,6 +127,8 @@ class Writing(Reading):
             writer=writer,
             idempotency_key=idempotency_key,
         )
+
+    write_partition_version = write_partition
 
     @staticmethod
     def _check_compression(compression: Any, opts: Any) -> None:
