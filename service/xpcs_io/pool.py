@@ -179,9 +179,9 @@ def check_descriptor(fd: int, name: str, policy: LockPolicy) -> tuple[os.stat_re
     if not stat.S_ISREG(st.st_mode):
         # A FIFO or device would block open(2) inside HDF5.
         raise HDF5ValidationError(f"{name} is not a regular file", file=name)
-    if policy.writer_present(fd, name):
+    if policy.writer_present(fd, name, st):
         raise FileBusyError(f"{name} is open for writing by another program; retry later")
-    sb = read_superblock(fd)
+    sb = read_superblock(fd, st.st_size)
     if sb is not None and sb.open_for_write:
         if not sb.swmr:
             raise _marked_open(name)
