@@ -21,7 +21,7 @@ import msgpack
 import pytest
 
 from xpcs_io.client import AsyncRemoteHDF5Facade, RemoteHDF5Facade
-from xpcs_io.client.transport import RetryPolicy
+from xpcs_io.client.core import RetryPolicy
 from xpcs_io.errors import RemoteConnectionError, ServerError, WireFormatError
 
 from .reliability.support import rss_bytes
