@@ -85,10 +85,22 @@ def schema_decoder(cls: type[S], validate: bool) -> Callable[[Any], S]:
     return decode
 
 
-def _read(path: str, cls: type[S], validate: bool, **params: Any) -> Call[S]:
+def _params(validate: bool = True, **given: Any) -> dict[str, Any]:
+    """Query parameters: each checked as its name says (file_path, group, layout, q_idx,
+    version), None left out, ``validate=false`` when asked."""
+    params: dict[str, Any] = {}
+    for name, value in given.items():
+        if value is None:
+            continue
+        check = _CHECKS.get(name)
+        params[name] = check(value) if check is not None else value
     if not validate:
         params["validate"] = "false"
-    params = {k: v for k, v in params.items() if v is not None}
+    return params
+
+
+def _read(path: str, cls: type[S], validate: bool, **params: Any) -> Call[S]:
+    params = _params(validate, **params)
     return Call("GET", path, params, schema_decoder(cls, validate), cacheable=True)
 
 
@@ -101,15 +113,31 @@ def _layout(layout: Any) -> str | None:
     return layout  # type: ignore[no-any-return]
 
 
+def _q_index(q_idx: Any) -> int | None:
+    q = _int_or_none(q_idx, "q_idx")
+    if q is not None and q < 0:
+        raise IndexError(f"q_idx {q} out of range: negative indices are not allowed")
+    return q
+
+
+def _version(version: Any) -> int | None:
+    v = _int_or_none(version, "version")
+    if v is not None and v < 1:
+        raise KeyError(f"version {v} not found (versions start at 1)")
+    return v
+
+
+_CHECKS: dict[str, Callable[[Any], Any]] = {
+    "file_path": _file,
+    "group": _group,
+    "layout": _layout,
+    "q_idx": _q_index,
+    "version": _version,
+}
+
+
 def read_qmap(file_path: Any, group: Any, validate: bool, layout: Any = None) -> Call[QMapSchema]:
-    return _read(
-        "/v1/qmap",
-        QMapSchema,
-        validate,
-        file_path=_file(file_path),
-        group=_group(group),
-        layout=_layout(layout),
-    )
+    return _read("/v1/qmap", QMapSchema, validate, file_path=file_path, group=group, layout=layout)
 
 
 def read_c2(file_path: Any, q_idx: Any, max_size: Any) -> Call[npt.NDArray[np.float32]]:
@@ -133,56 +161,27 @@ def read_c2(file_path: Any, q_idx: Any, max_size: Any) -> Call[npt.NDArray[np.fl
 def read_g2_data(
     file_path: Any, q_idx: Any, group: Any, validate: bool, layout: Any = None
 ) -> Call[G2Data]:
-    q = _int_or_none(q_idx, "q_idx")
-    if q is not None and q < 0:
-        raise IndexError(f"q_idx {q} out of range: negative indices are not allowed")
-    return _read(
-        "/v1/g2",
-        G2Data,
-        validate,
-        file_path=_file(file_path),
-        q_idx=q,
-        group=_group(group),
-        layout=_layout(layout),
-    )
+    params = {"file_path": file_path, "q_idx": q_idx, "group": group, "layout": layout}
+    return _read("/v1/g2", G2Data, validate, **params)
 
 
 def read_geometry_metadata(
     file_path: Any, group: Any, validate: bool, layout: Any = None
 ) -> Call[GeometryMetadata]:
-    return _read(
-        "/v1/geometry",
-        GeometryMetadata,
-        validate,
-        file_path=_file(file_path),
-        group=_group(group),
-        layout=_layout(layout),
-    )
+    params = {"file_path": file_path, "group": group, "layout": layout}
+    return _read("/v1/geometry", GeometryMetadata, validate, **params)
 
 
 def read_mask(file_path: Any, group: Any, version: Any, validate: bool) -> Call[MaskSchema]:
-    v = _int_or_none(version, "version")
-    if v is not None and v < 1:
-        raise KeyError(f"version {v} of {group} not found (versions start at 1)")
-    return _read(
-        "/v1/mask", MaskSchema, validate, file_path=_file(file_path), group=_group(group), version=v
-    )
+    params = {"file_path": file_path, "group": group, "version": version}
+    return _read("/v1/mask", MaskSchema, validate, **params)
 
 
 def read_partition(
     file_path: Any, group: Any, version: Any, validate: bool
 ) -> Call[PartitionSchema]:
-    v = _int_or_none(version, "version")
-    if v is not None and v < 1:
-        raise KeyError(f"version {v} of {group} not found (versions start at 1)")
-    return _read(
-        "/v1/partition",
-        PartitionSchema,
-        validate,
-        file_path=_file(file_path),
-        group=_group(group),
-        version=v,
-    )
+    params = {"file_path": file_path, "group": group, "version": version}
+    return _read("/v1/partition", PartitionSchema, validate, **params)
 
 
 def list_versions(kind: str, file_path: Any, group: Any) -> Call[list[dict[str, Any]]]:
@@ -271,9 +270,7 @@ def read_many(
     if isinstance(file_paths, str | bytes | PurePath) or not isinstance(file_paths, list | tuple):
         raise TypeError(f"file_paths must be a list of paths, got {type(file_paths).__name__}")
     paths = [_file(p) for p in file_paths]
-    if not validate:
-        params["validate"] = "false"
-    params = {k: v for k, v in params.items() if v is not None}
+    params = _params(validate, **params)
 
     def decode(data: Any) -> list[Any]:
         if not isinstance(data, list) or len(data) != len(paths):
@@ -315,28 +312,12 @@ def read_many(
 def read_g2_data_many(
     file_paths: Any, q_idx: Any, group: Any, validate: bool, layout: Any = None
 ) -> Call[list[G2Data | Exception]]:
-    q = _int_or_none(q_idx, "q_idx")
-    if q is not None and q < 0:
-        raise IndexError(f"q_idx {q} out of range: negative indices are not allowed")
-    return read_many(
-        "/v1/g2/many",
-        G2Data,
-        file_paths,
-        validate,
-        q_idx=q,
-        group=_group(group),
-        layout=_layout(layout),
-    )
+    params = {"q_idx": q_idx, "group": group, "layout": layout}
+    return read_many("/v1/g2/many", G2Data, file_paths, validate, **params)
 
 
 def read_qmap_many(
     file_paths: Any, group: Any, validate: bool, layout: Any = None
 ) -> Call[list[QMapSchema | Exception]]:
-    return read_many(
-        "/v1/qmap/many",
-        QMapSchema,
-        file_paths,
-        validate,
-        group=_group(group),
-        layout=_layout(layout),
-    )
+    params = {"group": group, "layout": layout}
+    return read_many("/v1/qmap/many", QMapSchema, file_paths, validate, **params)
