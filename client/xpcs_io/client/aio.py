@@ -53,22 +53,16 @@ class AsyncRemoteHDF5Facade(ClientCore[httpx.AsyncClient]):
 
     async def _run(self, call: Call[T]) -> T:
         """Drive the core's exchange of ``call`` with asyncio I/O."""
-        steps = self.exchange(call)
-        failure: TransportError | None = None
-        try:
-            while True:
-                step = steps.send(None) if failure is None else steps.throw(failure)
-                failure = None
-                if isinstance(step, float):
-                    await asyncio.sleep(step)
-                    continue
-                try:
-                    await self._driver.move(step)
-                except TransportError as exc:
-                    failure = exc
-        except StopIteration as done:
-            result: T = done.value
-            return result
+        exchange = self.exchange(call)
+        for step in exchange:
+            if isinstance(step, float):
+                await asyncio.sleep(step)
+                continue
+            try:
+                await self._driver.move(step)
+            except TransportError as exc:
+                exchange.failed(exc)
+        return exchange.result
 
     async def aclose(self) -> None:
         """Close the connections (not an ``http`` client passed in)."""

@@ -50,7 +50,7 @@ from xpcs_io.errors import (
     exception_from_problem,
 )
 
-__all__ = ["Attempt", "ClientCore", "RetryPolicy", "decode_body", "decode_error"]
+__all__ = ["Attempt", "ClientCore", "Exchange", "RetryPolicy", "decode_body", "decode_error"]
 
 T = TypeVar("T")
 H = TypeVar("H")
@@ -96,6 +96,33 @@ class Attempt:
 
     request: Request
     reader: ResponseReader
+
+
+class Exchange(Generic[T]):
+    """One call as the steps a driver takes: iterate it for the next step (an ``Attempt``
+    to move, or seconds to wait), report a failed attempt with ``failed``; once the
+    iteration ends, ``result`` holds the call's result (exceptions come out of the
+    iteration)."""
+
+    def __init__(self, steps: Generator[Attempt | float, None, T]) -> None:
+        self._steps = steps
+        self._failure: TransportError | None = None
+        self.result: T
+
+    def __iter__(self) -> Exchange[T]:
+        return self
+
+    def __next__(self) -> Attempt | float:
+        failure, self._failure = self._failure, None
+        try:
+            return self._steps.send(None) if failure is None else self._steps.throw(failure)
+        except StopIteration as done:
+            self.result = done.value
+            raise StopIteration from None
+
+    def failed(self, exc: TransportError) -> None:
+        """The last attempt ended without a complete answer."""
+        self._failure = exc
 
 
 def decode_error(status: int, content_type: str, body: bytes) -> BaseException:
@@ -221,14 +248,17 @@ class ClientCore(Generic[H]):
 
     # ------------------------------------------------------------------ one call
 
-    def exchange(self, call: Call[T]) -> Generator[Attempt | float, None, T]:
-        """The protocol of one call, for a driver to run (see the module docstring).
+    def exchange(self, call: Call[T]) -> Exchange[T]:
+        """The steps of one call, for a driver to run (see the module docstring).
 
         Raises:
             RemoteConnectionError: no complete answer (after the retries allowed).
             WireFormatError: an answer that does not decode.
             Exception: the exception the server's problem+json names.
         """
+        return Exchange(self._steps(call))
+
+    def _steps(self, call: Call[T]) -> Generator[Attempt | float, None, T]:
         attempt = 0
         resent_stale = False
         while True:

@@ -80,22 +80,16 @@ class RemoteHDF5Facade(ClientCore[httpx.Client]):
 
     def _run(self, call: Call[T]) -> T:
         """Drive the core's exchange of ``call`` with blocking I/O."""
-        steps = self.exchange(call)
-        failure: TransportError | None = None
-        try:
-            while True:
-                step = steps.send(None) if failure is None else steps.throw(failure)
-                failure = None
-                if isinstance(step, float):
-                    time.sleep(step)
-                    continue
-                try:
-                    self._driver.move(step)
-                except TransportError as exc:
-                    failure = exc
-        except StopIteration as done:
-            result: T = done.value
-            return result
+        exchange = self.exchange(call)
+        for step in exchange:
+            if isinstance(step, float):
+                time.sleep(step)
+                continue
+            try:
+                self._driver.move(step)
+            except TransportError as exc:
+                exchange.failed(exc)
+        return exchange.result
 
     def close(self) -> None:
         """Close the connections (not an ``http`` client passed in)."""
