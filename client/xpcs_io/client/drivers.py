@@ -38,15 +38,18 @@ def alive(sock: socket.socket) -> bool:
         return False
 
 
-def _failure(exc: BaseException, *, sent: bool, reused: bool = False) -> TransportError:
-    """A socket error as a ``TransportError``."""
+def _failure(exc: BaseException, attempt: Attempt | None, reused: bool = False) -> TransportError:
+    """A socket error as a ``TransportError`` (``attempt`` None: it failed to connect).
+    Stale: a reused connection that failed before any byte of an answer."""
+    sent = attempt is not None
+    stale = reused and attempt is not None and not attempt.reader.started
     if isinstance(exc, TransportError):
-        exc.stale = exc.stale and reused
+        exc.stale = exc.stale and stale
         return exc
     if isinstance(exc, TimeoutError | socket.timeout):
         return TransportError("timed out", sent=sent)
-    what = "cannot connect" if not sent else "the connection failed"
-    stale = reused and isinstance(exc, ConnectionResetError | BrokenPipeError)
+    what = "the connection failed" if sent else "cannot connect"
+    stale = stale and isinstance(exc, ConnectionResetError | BrokenPipeError)
     return TransportError(f"{what}: {exc!r}", sent=sent, stale=stale)
 
 
@@ -74,7 +77,7 @@ class Sockets:
         try:
             sock = socket.create_connection((self.origin.host, self.origin.port), self.timeout)
         except OSError as exc:
-            raise _failure(exc, sent=False) from exc
+            raise _failure(exc, None) from exc
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return sock, False
 
@@ -98,9 +101,9 @@ class Sockets:
                 reader.received(sock.recv_into(reader.buffer()))
         except (OSError, TransportError) as exc:
             sock.close()
-            if reused and isinstance(exc, TransportError | OSError):
+            if reused:
                 self.close()  # the others idled as long: probably closed as well
-            raise _failure(exc, sent=True, reused=reused) from exc
+            raise _failure(exc, attempt, reused) from exc
         if reader.keep_alive:
             with self._lock:
                 if len(self._idle) < self.max_idle:
@@ -145,7 +148,7 @@ class AsyncSockets:
         except OSError as exc:  # TimeoutError is one
             if sock is not None:
                 sock.close()
-            raise _failure(exc, sent=False) from exc
+            raise _failure(exc, None) from exc
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return sock, False
 
@@ -174,7 +177,7 @@ class AsyncSockets:
             sock.close()
             if reused:
                 self.close()
-            raise _failure(exc, sent=True, reused=reused) from exc
+            raise _failure(exc, attempt, reused) from exc
         except BaseException:  # cancelled: the socket is mid-answer, never reuse it
             sock.close()
             raise

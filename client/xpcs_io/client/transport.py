@@ -313,6 +313,11 @@ class ResponseReader:
 
     # ------------------------------------------------------------------ what drivers call
 
+    @property
+    def started(self) -> bool:
+        """Whether any byte of the answer has arrived."""
+        return self._filled > 0
+
     def buffer(self) -> memoryview:
         """Where the next received bytes must be written (never empty while not done)."""
         if not self._framing:
