@@ -180,7 +180,6 @@ class Response:
     status: int
     headers: dict[str, str]
     body: Any  # a uint8 numpy array or bytes
-    keep_alive: bool = False
 
 
 def parse_length(value: bytes | str) -> int:
@@ -378,7 +377,7 @@ class ResponseReader:
         body = self._body
         if isinstance(body, bytearray):
             body = np.frombuffer(body, dtype=np.uint8)
-        return Response(self.status, self.headers, body, self.keep_alive)
+        return Response(self.status, self.headers, body)
 
     # ------------------------------------------------------------------ the head
 
