@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import struct
 import threading
 from collections.abc import Callable
 
 
 class RawServer:
     """Answers request number ``n`` (0-based) with ``reply(n)``; ``None`` closes the
-    connection without an answer. With ``keep_alive`` a connection serves requests until
+    connection without an answer, ``b""`` resets it (RST). With ``keep_alive`` a connection serves requests until
     the client closes it, else it is closed after one answer. With ``first`` the answer is
     sent as soon as a connection opens (a server that does not speak the client's protocol)."""
 
@@ -83,6 +84,9 @@ class RawServer:
                     self.requests.append(request)
                 answer = self.reply if isinstance(self.reply, bytes) else self.reply(n)
                 if answer is None:
+                    return
+                if not answer:
+                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                     return
                 conn.sendall(answer)
                 if not self.keep_alive:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -59,8 +60,9 @@ def _status(code: int) -> bytes:
 
 
 # answer -> attempts a read makes with RETRY (3 allowed).
-TRANSIENT = {
+TRANSIENT: dict[str, bytes | None] = {
     "closed before an answer": None,
+    "reset before an answer": b"",
     "502": _status(502),
     "503": _status(503),
     "504": _status(504),
@@ -100,6 +102,14 @@ def test_permanent_failures_fail_at_once(raw: list[RawServer], client: str, name
         )
     assert not isinstance(info.value, AssertionError)
     assert len(srv.requests) == 1
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_a_timeout_is_retried(raw: list[RawServer], client: str) -> None:
+    srv = _serve(raw, lambda n: time.sleep(2))  # answers nothing, then closes
+    with pytest.raises(RemoteConnectionError, match="timed out"):
+        run(client, srv.url, lambda api: api.read_g2_data("f.hdf5"), retry=RETRY, timeout=0.2)
+    assert len(srv.requests) == 3
 
 
 @pytest.mark.parametrize("client", CLIENTS)
