@@ -53,27 +53,58 @@ def _failure(exc: BaseException, attempt: Attempt | None, reused: bool = False) 
     return TransportError(f"{what}: {exc!r}", sent=sent, stale=stale)
 
 
-class Sockets:
-    """Blocking plain HTTP/1.1 to one origin, with a small pool of keep-alive sockets
-    (thread-safe)."""
+class _Pool:
+    """Idle keep-alive sockets to one origin, for both socket drivers (thread-safe); at most
+    ``max_idle`` are kept."""
 
-    def __init__(self, origin: Origin, timeout: float | None, max_idle: int = 8) -> None:
+    max_idle = 8
+
+    def __init__(self, origin: Origin, timeout: float | None) -> None:
         self.origin = origin
         self.timeout = timeout
-        self.max_idle = max_idle
         self._idle: list[socket.socket] = []
         self._lock = threading.Lock()
 
-    def _take(self) -> tuple[socket.socket, bool]:
+    def _reuse(self) -> socket.socket | None:
+        """An idle socket the server has not closed (left non-blocking), or None."""
         while True:
             with self._lock:
                 sock = self._idle.pop() if self._idle else None
-            if sock is None:
-                break
-            if alive(sock):
-                sock.settimeout(self.timeout)
-                return sock, True
+            if sock is None or alive(sock):
+                return sock
             sock.close()
+
+    def _done(self, sock: socket.socket, keep: bool) -> None:
+        """Keep ``sock`` for the next request, or close it."""
+        with self._lock:
+            if keep and len(self._idle) < self.max_idle:
+                self._idle.append(sock)
+                return
+        sock.close()
+
+    def _lost(self, sock: socket.socket, reused: bool) -> None:
+        """Close a socket that failed; when it had idled, the others probably died too."""
+        sock.close()
+        if reused:
+            self.close()
+
+    def close(self) -> None:
+        """Close every idle connection."""
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for sock in idle:
+            sock.close()
+
+
+class Sockets(_Pool):
+    """Blocking plain HTTP/1.1 to one origin on keep-alive sockets; the timeout bounds each
+    wait for the peer."""
+
+    def _take(self) -> tuple[socket.socket, bool]:
+        sock = self._reuse()
+        if sock is not None:
+            sock.settimeout(self.timeout)
+            return sock, True
         try:
             sock = socket.create_connection((self.origin.host, self.origin.port), self.timeout)
         except OSError as exc:
@@ -100,42 +131,21 @@ class Sockets:
             while not reader.done:
                 reader.received(sock.recv_into(reader.buffer()))
         except (OSError, TransportError) as exc:
-            sock.close()
-            if reused:
-                self.close()  # the others idled as long: probably closed as well
+            self._lost(sock, reused)
             raise _failure(exc, attempt, reused) from exc
-        if reader.keep_alive:
-            with self._lock:
-                if len(self._idle) < self.max_idle:
-                    self._idle.append(sock)
-                    return
-        sock.close()
-
-    def close(self) -> None:
-        """Close every idle connection."""
-        with self._lock:
-            idle, self._idle = self._idle, []
-        for sock in idle:
-            sock.close()
+        self._done(sock, reader.keep_alive)
 
 
-class AsyncSockets:
-    """Plain HTTP/1.1 to one origin on non-blocking sockets of the running event loop; the
-    timeout bounds each wait for the peer (it restarts whenever bytes move)."""
+class AsyncSockets(_Pool):
+    """Plain HTTP/1.1 to one origin on non-blocking keep-alive sockets of the running event
+    loop; the timeout bounds each wait for the peer (it restarts whenever bytes move)."""
 
-    def __init__(self, origin: Origin, timeout: float | None, max_idle: int = 16) -> None:
-        self.origin = origin
-        self.timeout = timeout
-        self.max_idle = max_idle
-        self._idle: list[socket.socket] = []
+    max_idle = 16  # one event loop may run many calls at once
 
     async def _take(self, loop: asyncio.AbstractEventLoop) -> tuple[socket.socket, bool]:
-        while self._idle:
-            pooled = self._idle.pop()
-            if alive(pooled):
-                return pooled, True
-            pooled.close()
-        sock: socket.socket | None = None
+        sock = self._reuse()
+        if sock is not None:
+            return sock, True
         try:
             async with asyncio.timeout(self.timeout):
                 infos = await loop.getaddrinfo(
@@ -174,23 +184,12 @@ class AsyncSockets:
                     if self.timeout is not None:
                         deadline.reschedule(loop.time() + self.timeout)
         except (OSError, TransportError) as exc:
-            sock.close()
-            if reused:
-                self.close()
+            self._lost(sock, reused)
             raise _failure(exc, attempt, reused) from exc
         except BaseException:  # cancelled: the socket is mid-answer, never reuse it
             sock.close()
             raise
-        if reader.keep_alive and len(self._idle) < self.max_idle:
-            self._idle.append(sock)
-        else:
-            sock.close()
-
-    def close(self) -> None:
-        """Close every idle connection."""
-        idle, self._idle = self._idle, []
-        for sock in idle:
-            sock.close()
+        self._done(sock, reader.keep_alive)
 
 
 def _tls(exc: BaseException) -> bool:
