@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import http.client
 import statistics
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -97,16 +96,6 @@ def _own_decode(body: Any) -> dict[str, Any]:
     return out
 
 
-def _time(fn: Callable[[], Any], repeats: int) -> list[float]:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return times
-
-
 def run(env: Env) -> Result:
     cfg, files = env.cfg, env.files
     res = Result(
@@ -116,10 +105,10 @@ def run(env: Env) -> Result:
         "buffer, interleaved: our blocking driver (recv_into the reader's numpy buffer), "
         "http.client with readinto into a preallocated numpy buffer (keep-alive), our asyncio "
         "driver, and httpx's default transport (.content). Decoding: the same answer bodies, "
-        "fetched once, decoded to validated numpy arrays by our parser (wire.unpack) and by "
-        "msgspec's typed decoder (arrays as writable memoryviews into the body, then the same "
-        "wire.decode_array checks; typed decoding covers flat maps only), and by msgspec's "
-        "untyped decoder (bin values as bytes, so arrays are copied); medians, same run.",
+        "fetched once, decoded (interleaved) to validated numpy arrays by our parser "
+        "(wire.unpack); by msgspec's typed decoder (arrays as writable memoryviews into the "
+        "body, then the same wire.decode_array checks; flat maps only); by msgspec's untyped "
+        "decoder (bin values as bytes, so arrays are copied). Medians, same run.",
     )
     origin = Origin.parse(env.url("ours"))
     qmap_params = f"file_path={files.main}"
@@ -187,16 +176,20 @@ def run(env: Env) -> Result:
                 continue
             body = _fetch(origin, path, params, codec)
             label = f"{what} {codec or 'raw'} ({body.nbytes / 1e6:.1f} MB body)"
-            decoders = [("wire", "ours: wire.unpack", _own_decode)]
+            decoders: dict[str, tuple[str, Callable[[Any], Any]]] = {
+                "wire": ("ours: wire.unpack", _own_decode)
+            }
             if ms_decode is not None and ms_generic is not None:
-                decoders.append(("msgspec", "msgspec typed (flat maps only)", ms_decode))
-                decoders.append(("msgspec_any", "msgspec untyped", ms_generic))
-            for key, system, fn in decoders:
-                samples = _time(lambda fn=fn, body=body: fn(body), DECODE_REPEATS)
-                row = Row(
-                    f"decode_{what}_{codec or 'raw'}_{key}", system, f"decode {label}", samples
-                )
-                res.rows.append(row)
+                decoders["msgspec"] = ("msgspec typed (flat maps only)", ms_decode)
+                decoders["msgspec_any"] = ("msgspec untyped", ms_generic)
+            decode_cases: list[Case] = [
+                (key, lambda fn=fn, body=body: len(fn(body)))  # type: ignore[misc]
+                for key, (_, fn) in decoders.items()
+            ]
+            times = interleave(decode_cases, DECODE_REPEATS, warmup=1).times
+            for key, (system, _) in decoders.items():
+                row_key = f"decode_{what}_{codec or 'raw'}_{key}"
+                res.rows.append(Row(row_key, system, f"decode {label}", times[key]))
     own = statistics.median(timing.times["own_sync"])
     std = statistics.median(timing.times["http_client"])
     res.notes.append(
