@@ -27,6 +27,8 @@ from xpcs_io.demo import DemoSpec, write_native_file
 from xpcs_io.facade import HDF5Facade
 from xpcs_io.pool import HDF5ConnectionPool
 
+from .clientsupport import RawServer
+
 
 @pytest.fixture(scope="session")
 def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -200,6 +202,15 @@ def open_side(request: pytest.FixtureRequest, data_root: Path) -> Iterator[Side]
     yield Side(request.param, make_remote(), data_root, make_remote)
     for client in clients:
         client.close()
+
+
+@pytest.fixture
+def raw() -> Iterator[list[RawServer]]:
+    """Raw-socket servers a client test starts (closed after it)."""
+    made: list[RawServer] = []
+    yield made
+    for srv in made:
+        srv.close()
 
 
 @pytest.fixture(params=SIDES)

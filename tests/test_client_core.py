@@ -4,45 +4,20 @@ calls both clients must offer."""
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from xpcs_io.client import AsyncRemoteHDF5Facade, RemoteHDF5Facade, RetryPolicy
 from xpcs_io.errors import RemoteConnectionError, ServerError
 
+from .clientsupport import CLIENTS, RESET, RawServer, answer, run
 from .conftest import Server
-from .rawserver import RawServer, answer
 
-CLIENTS = ["sync", "async"]
 OK_G2 = b"\x80"  # an empty msgpack map: decodes, then fails as a G2 answer
-
-
-def run(client: str, url: str, use: Callable[[Any], Any], **kwargs: Any) -> Any:
-    """``use(api)`` on a fresh client of kind ``client`` (awaited for the async one)."""
-    if client == "sync":
-        with RemoteHDF5Facade(url, **kwargs) as api:
-            return use(api)
-
-    async def go() -> Any:
-        async with AsyncRemoteHDF5Facade(url, **kwargs) as api:
-            result = use(api)
-            return await result if inspect.isawaitable(result) else result
-
-    return asyncio.run(go())
-
-
-@pytest.fixture
-def raw() -> Iterator[list[RawServer]]:
-    made: list[RawServer] = []
-    yield made
-    for srv in made:
-        srv.close()
 
 
 def _serve(raw: list[RawServer], reply: Callable[[int], bytes | None] | bytes) -> RawServer:
@@ -62,7 +37,7 @@ def _status(code: int) -> bytes:
 # answer -> attempts a read makes with RETRY (3 allowed).
 TRANSIENT: dict[str, bytes | None] = {
     "closed before an answer": None,
-    "reset before an answer": b"",
+    "reset before an answer": RESET,
     "502": _status(502),
     "503": _status(503),
     "504": _status(504),

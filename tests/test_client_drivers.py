@@ -6,7 +6,6 @@ through an httpx client."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,39 +18,15 @@ from xpcs_io.client import AsyncRemoteHDF5Facade, RemoteHDF5Facade, RetryPolicy
 from xpcs_io.demo import DemoSpec, write_native_file
 from xpcs_io.schemas import MaskSchema
 
+from .clientsupport import CLIENTS, RawServer, answer, run
 from .conftest import Server
-from .rawserver import RawServer, answer
 
-CLIENTS = ["sync", "async"]
 FILES = msgpack.packb([{"path": "a.hdf5", "size": 1, "mtime": 0.0}])
 LISTING = answer(FILES, headers=b"Content-Type: application/msgpack\r\n")
 
 
-def run(client: str, url: str, use: Callable[[Any], Any], **kwargs: Any) -> Any:
-    """``use(api)`` on a fresh client of kind ``client``; ``use`` may call several methods
-    (each returns a value, or an awaitable on the async client)."""
-    if client == "sync":
-        with RemoteHDF5Facade(url, **kwargs) as api:
-            return use(api)
-
-    async def go() -> Any:
-        async with AsyncRemoteHDF5Facade(url, **kwargs) as api:
-            out = use(api)
-            return [await x for x in out] if isinstance(out, list) else await out
-
-    return asyncio.run(go())
-
-
 def _many(api: Any, n: int) -> list[Any]:
     return [api.list_files() for _ in range(n)]
-
-
-@pytest.fixture
-def raw() -> Iterator[list[RawServer]]:
-    made: list[RawServer] = []
-    yield made
-    for srv in made:
-        srv.close()
 
 
 @pytest.mark.parametrize("client", CLIENTS)

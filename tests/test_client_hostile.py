@@ -9,11 +9,8 @@ sockets, and an httpx client passed as ``http``), against a real raw-socket serv
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gzip
 import os
-import socket
-import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -25,6 +22,7 @@ from xpcs_io.client import AsyncRemoteHDF5Facade, RemoteHDF5Facade
 from xpcs_io.client.core import RetryPolicy
 from xpcs_io.errors import RemoteConnectionError, ServerError, WireFormatError
 
+from .clientsupport import RawServer
 from .reliability.support import rss_bytes
 
 BAD = (RemoteConnectionError, WireFormatError)
@@ -172,45 +170,13 @@ ERRORS: dict[str, tuple[bytes, type[BaseException]]] = {
 CAP = 2 << 20  # the clients below accept at most 2 MiB
 
 
-class Hostile:
-    """A raw-socket HTTP server on 127.0.0.1 answering every request with ``reply``."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.port = self.sock.getsockname()[1]
-        self.reply = b""
-        self.served = 0
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn: socket.socket) -> None:
-        with contextlib.suppress(OSError), conn:
-            conn.settimeout(10)
-            data = b""
-            while b"\r\n\r\n" not in data:
-                chunk = conn.recv(65536)
-                if not chunk:
-                    return
-                data += chunk
-            self.served += 1
-            conn.sendall(self.reply)
-            conn.shutdown(socket.SHUT_RDWR)
-
-    def close(self) -> None:
-        self.sock.close()
+def Hostile() -> RawServer:
+    """A raw-socket HTTP server on 127.0.0.1 answering every request with ``.reply``."""
+    return RawServer(b"")
 
 
 @pytest.fixture(scope="module")
-def hostile() -> Iterator[Hostile]:
+def hostile() -> Iterator[RawServer]:
     h = Hostile()
     yield h
     h.close()
@@ -252,7 +218,7 @@ def _async(url: str, transport: str) -> Any:
 CLIENTS = {"sync": _sync, "async": _async}
 
 
-def _outcome(hostile: Hostile, reply: bytes, client: str, transport: str) -> BaseException | None:
+def _outcome(hostile: RawServer, reply: bytes, client: str, transport: str) -> BaseException | None:
     hostile.reply = reply
     try:
         CLIENTS[client](f"http://127.0.0.1:{hostile.port}", transport)
@@ -264,7 +230,7 @@ def _outcome(hostile: Hostile, reply: bytes, client: str, transport: str) -> Bas
 @pytest.mark.parametrize("transport", DRIVERS)
 @pytest.mark.parametrize("client", ["sync", "async"])
 @pytest.mark.parametrize("name", sorted(MALFORMED))
-def test_malformed_answers(hostile: Hostile, name: str, client: str, transport: str) -> None:
+def test_malformed_answers(hostile: RawServer, name: str, client: str, transport: str) -> None:
     got = _outcome(hostile, MALFORMED[name], client, transport)
     assert isinstance(got, BAD), f"{name}: {type(got).__name__}: {got!s:.200}"
 
@@ -272,14 +238,14 @@ def test_malformed_answers(hostile: Hostile, name: str, client: str, transport: 
 @pytest.mark.parametrize("transport", DRIVERS)
 @pytest.mark.parametrize("client", ["sync", "async"])
 @pytest.mark.parametrize("name", sorted(ERRORS))
-def test_hostile_error_answers(hostile: Hostile, name: str, client: str, transport: str) -> None:
+def test_hostile_error_answers(hostile: RawServer, name: str, client: str, transport: str) -> None:
     reply, want = ERRORS[name]
     got = _outcome(hostile, reply, client, transport)
     assert type(got) is want, f"{name}: {type(got).__name__}: {got!s:.200}"
 
 
 @pytest.mark.parametrize("client", ["sync", "async"])
-def test_declared_terabytes_allocate_nothing(hostile: Hostile, client: str) -> None:
+def test_declared_terabytes_allocate_nothing(hostile: RawServer, client: str) -> None:
     before = rss_bytes(os.getpid())
     for _ in range(5):
         got = _outcome(hostile, MALFORMED["Content-Length 10**13"], client, "sockets")
@@ -298,7 +264,7 @@ def test_default_cap_and_its_checks() -> None:
         AsyncRemoteHDF5Facade("http://127.0.0.1:9", max_response_bytes=1.5)  # type: ignore[arg-type]
 
 
-def test_a_good_answer_under_the_cap_still_reads(hostile: Hostile) -> None:
+def test_a_good_answer_under_the_cap_still_reads(hostile: RawServer) -> None:
     good = _qmap()
     hostile.reply = _ok(good)
     for client in CLIENTS.values():

@@ -1,20 +1,48 @@
-"""A raw-socket HTTP server on 127.0.0.1 for the client's tests: it answers each request
-with bytes chosen by the test, so malformed, truncated and hostile answers, closed
-connections and error statuses are real bytes on a real socket. It counts connections and
-requests (attempts)."""
+"""What the client's tests share: a raw-socket HTTP server on 127.0.0.1 answering each
+request with bytes chosen by the test (malformed, truncated and hostile answers, closed and
+reset connections, error statuses: real bytes on a real socket; it counts connections and
+requests, so attempts), and ``run`` to use either client the same way."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 import struct
 import threading
 from collections.abc import Callable
+from typing import Any
+
+from xpcs_io.client import AsyncRemoteHDF5Facade, RemoteHDF5Facade
+
+
+class _Reset(bytes):
+    """The type of ``RESET``."""
+
+
+#: A reply that resets the connection instead of answering.
+RESET = _Reset()
+CLIENTS = ["sync", "async"]
+
+
+def run(client: str, url: str, use: Callable[[Any], Any], **kwargs: Any) -> Any:
+    """``use(api)`` on a fresh client of kind ``client`` ("sync" or "async"); on the async
+    one, what ``use`` returns is awaited (each item of a list in turn)."""
+    if client == "sync":
+        with RemoteHDF5Facade(url, **kwargs) as api:
+            return use(api)
+
+    async def go() -> Any:
+        async with AsyncRemoteHDF5Facade(url, **kwargs) as api:
+            out = use(api)
+            return [await x for x in out] if isinstance(out, list) else await out
+
+    return asyncio.run(go())
 
 
 class RawServer:
     """Answers request number ``n`` (0-based) with ``reply(n)``; ``None`` closes the
-    connection without an answer, ``b""`` resets it (RST). With ``keep_alive`` a connection serves requests until
+    connection without an answer, ``RESET`` resets it (RST). With ``keep_alive`` a connection serves requests until
     the client closes it, else it is closed after one answer. With ``first`` the answer is
     sent as soon as a connection opens (a server that does not speak the client's protocol)."""
 
@@ -26,6 +54,7 @@ class RawServer:
         first: bool = False,
     ) -> None:
         self.reply = reply
+        self.served = 0
         self.keep_alive = keep_alive
         self.first = first
         self.sock = socket.socket()
@@ -83,9 +112,10 @@ class RawServer:
                     n = len(self.requests)
                     self.requests.append(request)
                 answer = self.reply if isinstance(self.reply, bytes) else self.reply(n)
+                self.served += 1
                 if answer is None:
                     return
-                if not answer:
+                if isinstance(answer, _Reset):
                     conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                     return
                 conn.sendall(answer)
