@@ -271,17 +271,22 @@ class ClientCore(Generic[H]):
                     resent_stale = True  # a kept-alive connection the server had closed
                     continue
                 if self.retry.may_retry(call, attempt, exc, None):
-                    yield self.retry.delay(attempt)
+                    yield float(self.retry.delay(attempt))
                     attempt += 1
                     continue
-                err = RemoteConnectionError(f"{call.method} {self.base_url}{call.path}: {exc}")
+                err = RemoteConnectionError(
+                    f"{call.method} {self.base_url}{call.path} failed: {exc}"
+                )
                 raise err from exc
             response = step.reader.response()
             if self.retry.may_retry(call, attempt, None, response.status):
-                yield self.retry.delay(attempt)
+                yield float(self.retry.delay(attempt))
                 attempt += 1
                 continue
             return self._complete(call, step.request, response, cached, started)
+
+    def _connection_error(self, call: Call[Any], exc: TransportError) -> RemoteConnectionError:
+        return RemoteConnectionError(f"{call.method} {self.base_url}{call.path} failed: {exc}")
 
     def _attempt(self, call: Call[Any]) -> tuple[Attempt, tuple[str, Any] | None]:
         headers = {**self._headers, **call.headers}
@@ -335,7 +340,9 @@ class ClientCore(Generic[H]):
             msg = f"the answer to {call.method} {call.path} cannot be decoded: {exc}"
             raise WireFormatError(msg) from exc
         except TransportError as exc:  # inflates past max_response_bytes
-            raise RemoteConnectionError(f"{call.method} {self.base_url}{call.path}: {exc}") from exc
+            raise RemoteConnectionError(
+                f"{call.method} {self.base_url}{call.path} failed: {exc}"
+            ) from exc
         result = finish(call, response.status, response.headers.get("content-type", ""), body)
         if self.auto is not None and response.status == 200:
             asked = arraycodec.HEADER in request.headers
