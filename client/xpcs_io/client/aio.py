@@ -153,16 +153,9 @@ class AsyncRemoteHDF5Facade(ClientCore[httpx.AsyncClient]):
         writer: str | None = None,
         idempotency_key: str | None = None,
     ) -> VersionRecord:
-        """Write a new mask version (see ``HDF5Facade.write_mask``).
-
-        Each call carries an idempotency key (``idempotency_key``, else a fresh random one),
-        so a resend after a dropped connection returns the version the first attempt stored
-        instead of storing a second one; the write is retried like a read.
-        """
+        """``RemoteHDF5Facade.write_mask`` for asyncio."""
         return await self._run(
-            calls.write(
-                "mask",
-                MaskSchema,
+            calls.write_mask(
                 file_path,
                 mask_schema,
                 group,
@@ -184,12 +177,9 @@ class AsyncRemoteHDF5Facade(ClientCore[httpx.AsyncClient]):
         writer: str | None = None,
         idempotency_key: str | None = None,
     ) -> VersionRecord:
-        """Write a new partition version (see ``HDF5Facade.write_partition``); one
-        idempotency key per call, as in ``write_mask``."""
+        """``RemoteHDF5Facade.write_partition`` for asyncio."""
         return await self._run(
-            calls.write(
-                "partition",
-                PartitionSchema,
+            calls.write_partition(
                 file_path,
                 partition_schema,
                 group,
@@ -262,31 +252,17 @@ class AsyncRemoteHDF5Facade(ClientCore[httpx.AsyncClient]):
         return await self._run(viewer_calls.read_metadata(file_path, layout))
 
     async def list_files(self, prefix: str | None = None) -> list[dict[str, Any]]:
-        """HDF5 files under the server's data root (or its folder ``prefix``): dicts with
-        path, size and mtime, sorted by path."""
+        """``RemoteHDF5Facade.list_files`` for asyncio."""
         return await self._run(viewer_calls.list_files(prefix))
 
     async def read_tree(self, file_path: PathLike) -> dict[str, Any]:
-        """Every group and dataset of a file (h5grove ``/meta`` form, children at every
-        level): names, kinds, shapes, dtypes, chunks, filters, attributes.
-
-        Raises:
-            FileNotFoundError, PermissionError: as every read.
-            PayloadTooLargeError: the file holds too many entities to list at once.
-        """
+        """``RemoteHDF5Facade.read_tree`` for asyncio."""
         return await self._run(viewer_calls.read_tree(file_path))
 
     async def read_dataset(
         self, file_path: PathLike, path: str, selection: str | None = None
     ) -> Any:
-        """The values of any dataset, or of ``selection`` (NumPy slicing text such as
-        ``"0:10,::2"``): an array with the stored dtype (strings as a list).
-
-        Raises:
-            KeyError: no such dataset. ValueError: a malformed selection (HTTP 422).
-            PayloadTooLargeError: the selection is above the server's size limit.
-            FileNotFoundError, PermissionError: as every read.
-        """
+        """``RemoteHDF5Facade.read_dataset`` for asyncio."""
         return await self._run(viewer_calls.read_dataset(file_path, path, selection))
 
     # ------------------------------------------------------------------ events

@@ -250,6 +250,20 @@ def write(
     )
 
 
+def write_mask(
+    file_path: Any, schema: Any, group: Any, compression: Any, opts: Any, writer: Any, key: Any
+) -> Call[dict[str, Any]]:
+    return write("mask", MaskSchema, file_path, schema, group, compression, opts, writer, key)
+
+
+def write_partition(
+    file_path: Any, schema: Any, group: Any, compression: Any, opts: Any, writer: Any, key: Any
+) -> Call[dict[str, Any]]:
+    return write(
+        "partition", PartitionSchema, file_path, schema, group, compression, opts, writer, key
+    )
+
+
 def pool_stats() -> Call[dict[str, Any]]:
     return Call("GET", "/v1/pool/stats", {}, dict)
 

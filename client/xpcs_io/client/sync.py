@@ -182,9 +182,7 @@ class RemoteHDF5Facade(ClientCore[httpx.Client]):
         instead of storing a second one; the write is retried like a read.
         """
         return self._run(
-            calls.write(
-                "mask",
-                MaskSchema,
+            calls.write_mask(
                 file_path,
                 mask_schema,
                 group,
@@ -209,9 +207,7 @@ class RemoteHDF5Facade(ClientCore[httpx.Client]):
         """Write a new partition version (see ``HDF5Facade.write_partition``); one
         idempotency key per call, as in ``write_mask``."""
         return self._run(
-            calls.write(
-                "partition",
-                PartitionSchema,
+            calls.write_partition(
                 file_path,
                 partition_schema,
                 group,
