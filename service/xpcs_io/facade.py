@@ -7,8 +7,8 @@ what was written (``read_mask``, ``read_partition``, ``list_mask_versions``,
 
 The class is assembled from one module per concern: the read path and the seed's reads
 (``xpcs_io.reading``), versions read back (``xpcs_io.version_reads``), writes
-(``xpcs_io.writing``) and the viewer reads (``xpcs_io.viewer_reads``); each file's layout is
-found by ``xpcs_io.layouts.registry``.
+(``xpcs_io.writing``), the viewer reads (``xpcs_io.viewer_reads``) and file identities and
+checkouts (``xpcs_io.identity``); each file's layout is found by ``xpcs_io.layouts.registry``.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 from xpcs_io.api import PathLike
 from xpcs_io.bounded import BoundedCache
 from xpcs_io.errors import HDF5ValidationError
+from xpcs_io.identity import Identities
 from xpcs_io.layouts import registry
 from xpcs_io.paths import display_path
 from xpcs_io.pool import HDF5ConnectionPool, get_default_pool
@@ -37,7 +38,7 @@ S = TypeVar("S", bound=Schema)
 LAYOUTS = registry.LAYOUTS
 
 
-class HDF5Facade(Writing, VersionReads, ViewerReads):
+class HDF5Facade(Writing, VersionReads, ViewerReads, Identities):
     """Unified facade for HDF5 I/O with schema validation, pooling and consistent errors.
 
     Args:

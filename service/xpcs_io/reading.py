@@ -340,15 +340,7 @@ class Reading:
         with self._open(file_path) as (loc, _):
             return registry.read_c2(loc, q_idx, max_size)
 
-    # ------------------------------------------------------------------ identity
-
-    def resolve(self, file_path: PathLike) -> str:
-        """The absolute, symlink-free path ``file_path`` names (checked against the root).
-
-        Raises:
-            PermissionError: the path leads outside the facade's root.
-        """
-        return self._locate(file_path)[0]
+    # ------------------------------------------------------------------ what was read
 
     def last_read_identity(self) -> FileIdentity | None:
         """The identity of the file version the calling thread's last successful read (by
@@ -366,43 +358,3 @@ class Reading:
         if getattr(_SEEN, "identity", None) != identity.file:
             return False
         return set(getattr(_SEEN, "reached", ())) <= set(identity.linked)
-
-    def file_identity(self, file_path: PathLike) -> DataIdentity:
-        """The identity now of the file and of every file its reads were seen to reach
-        through external links and virtual datasets (device, inode, size, mtime, ctime
-        each): equal identities mean the reads return equal results, which is what the
-        service's ETags and result cache rely on.
-
-        Raises:
-            FileNotFoundError: the file does not exist.
-            PermissionError: the path leads outside the facade's root.
-            FileBusyError: another program is writing the file.
-            FileMarkedOpenError: a crashed writer left it marked open.
-            HDF5ValidationError: the path names a folder or a non-regular file.
-        """
-        real, display, _ = self._locate(file_path)
-        identity, swmr = self.pool.current(real, display, self.root)
-        return DataIdentity(identity, self._linked_identities(real), swmr)
-
-    def check_out(self, file_path: PathLike) -> FileCheckout:
-        """Resolve ``file_path`` once and borrow its pooled handle until ``release()``:
-        reads given the checkout in place of the path read through that handle, and its
-        ``identity`` is that of the file version they read (see ``file_identity``).
-
-        Raises:
-            See ``file_identity``; RuntimeError: the pool has been shut down.
-        """
-        real, display, _ = self._locate(file_path)
-        borrowed = self.pool.borrow(real, display, root=self.root, resolved=True)
-        return FileCheckout(
-            real, display, self.root, self.pool, borrowed, lambda: self._linked_identities(real)
-        )
-
-    def _linked_identities(self, real: str) -> tuple[tuple[str, FileIdentity | None], ...]:
-        linked: list[tuple[str, FileIdentity | None]] = []
-        for other in sorted(self.pool.linked_files.get(real, ())):
-            try:
-                linked.append((other, FileIdentity.of(other)))
-            except OSError:
-                linked.append((other, None))
-        return tuple(linked)
