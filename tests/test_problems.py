@@ -181,3 +181,30 @@ def test_the_status_and_the_class_the_client_rebuilds_come_from_the_tables() -> 
     table = {cls for cls, _ in ERROR_TABLE}
     for _, _, rebuilt in REFINEMENTS:
         assert rebuilt in table
+
+
+def test_server_error_with_its_own_status_keeps_it(root: Path) -> None:
+    # A fault the service raises on purpose with a status (the pool clear that not every
+    # worker confirmed is a 503) is answered with that status, so a client may retry.
+    from xpcs_io.errors import ServerError
+
+    app = create_app(Settings(data_root=root, watch=False))
+
+    def refuse() -> None:
+        raise ServerError("not every worker confirmed the clear in time", status=503)
+
+    app.add_api_route("/v1/refuse", refuse)
+
+    async def main() -> httpx.Response:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+            async with httpx.AsyncClient(transport=transport, base_url=BASE) as http:
+                return await http.get("/v1/refuse")
+
+    answer = asyncio.run(main())
+    assert answer.status_code == 503
+    assert answer.headers["content-type"].startswith(PROBLEM_MEDIA_TYPE)
+    body = answer.json()
+    assert body["error"] == "ServerError"
+    assert body["status"] == 503
+    assert "not every worker" in body["detail"]

@@ -25,7 +25,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Scope, Send
 
-from xpcs_io.errors import ERROR_TABLE, RETRYABLE, status_for
+from xpcs_io.errors import ERROR_TABLE, RETRYABLE, ServerError, status_for
 from xpcs_io.server.deps import get_root_text
 from xpcs_io.server.responses import JsonTooLargeError
 
@@ -169,6 +169,10 @@ def _detail(exc: BaseException) -> str:
 
 
 async def _known(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, ServerError) and exc.status != 500:
+        # A fault the service raised on purpose with its own status (503: not every worker
+        # answered): that status, not a 500, so a client knows it may retry.
+        return problem(request, exc.status, str(exc), error="ServerError")
     known = classify(exc)
     if known is None or known[0] == 500:
         return await _unexpected(request, exc)
