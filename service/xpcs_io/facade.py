@@ -830,8 +830,18 @@ class HDF5Facade(ViewerReads):
             FileMarkedOpenError: a crashed writer left it marked open.
             HDF5ValidationError: the path names a folder or a non-regular file.
         """
+        return self.resolve_identity(file_path)[1]
+
+    def resolve_identity(self, file_path: PathLike) -> tuple[str, DataIdentity]:
+        """``(resolve(file_path), file_identity(file_path))``, the path resolved once (a
+        many-file read asks this of every file).
+
+        Raises:
+            See ``file_identity``.
+        """
         path, display = self._resolve(file_path)
-        real = realpath(path)
+        # Beneath a root the path is already resolved (symlinks included).
+        real = path if self.root is not None else realpath(path)
         identity, swmr = self.pool.current(real, display, self.root)
         linked: list[tuple[str, FileIdentity | None]] = []
         for other in sorted(self.pool.linked_files.get(real, ())):
@@ -839,7 +849,7 @@ class HDF5Facade(ViewerReads):
                 linked.append((other, FileIdentity.of(other)))
             except OSError:
                 linked.append((other, None))
-        return DataIdentity(identity, tuple(linked), swmr)
+        return real, DataIdentity(identity, tuple(linked), swmr)
 
     # ------------------------------------------------------------------ pool
 
