@@ -240,3 +240,22 @@ def test_many_answer_whole_or_streamed_holds_the_same_items(
                 np.testing.assert_array_equal(last.g2, f["/xpcs/g2/g2"][()])
     finally:
         srv.stop()
+
+
+def test_resolve_identity_is_resolve_and_file_identity(workdir: Path, data_root: Path) -> None:
+    """What a many-file read asks of each file, with the path resolved once, under a root
+    (symlinks followed inside it) and without one."""
+    target = _repeats(workdir, 1)[0]
+    link = workdir / "link.hdf5"
+    link.symlink_to(target.name)
+    rooted = HDF5Facade(root=data_root)
+    for path in (target, link):
+        rel = path.relative_to(data_root).as_posix()
+        assert rooted.resolve_identity(rel) == (rooted.resolve(rel), rooted.file_identity(rel))
+        assert rooted.resolve_identity(rel)[0] == str(target.resolve())
+    plain = HDF5Facade()
+    assert plain.resolve_identity(link) == (str(target.resolve()), plain.file_identity(target))
+    with pytest.raises(PermissionError):
+        rooted.resolve_identity("../outside.hdf5")
+    with pytest.raises(FileNotFoundError):
+        rooted.resolve_identity(workdir.relative_to(data_root).as_posix() + "/missing.hdf5")
