@@ -144,6 +144,8 @@ def _block_grid(
 #: A run of stored chunks is read with one system call when the gaps between them add at
 #: most this fraction to the bytes read.
 _SPAN_SLACK = 0.25
+#: ... and it is at most this long (Linux reads at most 2 GiB - 4 KiB at once).
+_SPAN_MAX = 256 << 20
 
 
 def _stored(
@@ -156,12 +158,16 @@ def _stored(
     """
     fd = _plain_descriptor(ds)
     if fd is None or not index:
-        return [(o, ds.id.read_direct_chunk(o)[1], m) for o, m, _, _ in index]
+        out = []
+        for o, _, _, _ in index:
+            mask, raw = ds.id.read_direct_chunk(o)
+            out.append((o, raw, mask))
+        return out
     index.sort(key=lambda entry: entry[2])
     start = index[0][2]
     end = max(addr + size for _, _, addr, size in index)
     stored = sum(size for _, _, _, size in index)
-    if end - start <= stored * (1 + _SPAN_SLACK):
+    if end - start <= min(stored * (1 + _SPAN_SLACK), _SPAN_MAX):
         span = os.pread(fd, end - start, start)
         if len(span) != end - start:
             raise OSError(f"{ds.name}: the file ends inside its chunks (truncated)")
