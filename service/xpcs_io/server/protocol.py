@@ -23,7 +23,13 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from xpcs_io.server.settings import Settings
 
-__all__ = ["GuardedHttpProtocol", "connection_limit", "serve_options", "set_header_timeout"]
+__all__ = [
+    "GuardedHttpProtocol",
+    "connection_limit",
+    "event_loop",
+    "serve_options",
+    "set_header_timeout",
+]
 
 _header_timeout = 10.0
 # Descriptors kept for everything but client connections: the listening socket, logs,
@@ -46,6 +52,16 @@ def connection_limit(settings: Settings) -> int:
     return max(8, min(settings.max_connections, room))
 
 
+def event_loop(settings: Settings) -> str:
+    """uvicorn's ``loop`` option for ``settings.event_loop``.
+
+    ``auto`` is the standard library's loop: uvloop's ``transport.write`` holds the GIL while
+    the kernel copies a large answer into the socket, so the threads reading HDF5 wait for it;
+    asyncio's writes release it (measured in the commit that set this default).
+    """
+    return "asyncio" if settings.event_loop == "auto" else settings.event_loop
+
+
 def serve_options(settings: Settings) -> dict[str, Any]:
     """The uvicorn options of ``xpcs-io serve`` (without host and port)."""
     set_header_timeout(settings.header_timeout)
@@ -56,6 +72,7 @@ def serve_options(settings: Settings) -> dict[str, Any]:
         "timeout_keep_alive": settings.keep_alive_timeout,
         "limit_concurrency": connection_limit(settings),
         "http": GuardedHttpProtocol,
+        "loop": event_loop(settings),
         "header_timeout": settings.header_timeout,  # taken out again by the worker
     }
 
