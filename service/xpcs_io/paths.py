@@ -18,7 +18,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 __all__ = [
     "MAX_PATH_BYTES",
@@ -88,10 +88,11 @@ def resolve_under_root(root: Path, user_path: str | os.PathLike[str]) -> tuple[P
         raise _refuse("path is not valid UTF-8") from None
     if len(encoded) > MAX_PATH_BYTES:
         raise _refuse("path too long")
-    pure = PurePosixPath(user_path)
-    if pure.is_absolute():
+    # Plain string work (no pathlib): a many-file read resolves every one of its files, and
+    # pathlib's parsing cost as much as the realpath itself. Same parts as PurePosixPath's.
+    if user_path.startswith("/"):
         raise _refuse("absolute paths are not allowed; give a path under the data root")
-    parts = [p for p in pure.parts if p not in ("", ".")]
+    parts = [p for p in user_path.split("/") if p not in ("", ".")]
     if not parts:
         raise _refuse("path names the data root itself, not a file")
     for part in parts:
@@ -99,10 +100,12 @@ def resolve_under_root(root: Path, user_path: str | os.PathLike[str]) -> tuple[P
             raise _refuse("'..' is not allowed in paths")
         if len(part.encode("utf-8")) > MAX_COMPONENT_BYTES:
             raise _refuse("path component too long")
-    real = Path(realpath(root.joinpath(*parts)))
-    if not inside_root(root, real):
+    top = os.fspath(root)
+    real = realpath(os.path.join(top, *parts))
+    # Both resolved: inside the root exactly when the root is a whole-component prefix.
+    if real != top and not real.startswith(top if top.endswith("/") else top + "/"):
         raise _refuse("path leads outside the data root")
-    return real, "/".join(parts)
+    return Path(real), "/".join(parts)
 
 
 def display_path(root: Path | None, path: str | os.PathLike[str]) -> str:
