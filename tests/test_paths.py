@@ -48,6 +48,7 @@ def test_resolve_under_root_refuses_every_way_out(tmp_path: Path) -> None:
 
     for given in ("a/b.hdf5", "./a//b.hdf5", "a/./b.hdf5/", "inner/b.hdf5"):
         real, shown = resolve_under_root(real_root, given)
+        assert shown == "a/b.hdf5" or given.startswith("inner")
         assert real == real_root / "a" / "b.hdf5"
         assert isinstance(real, Path)
     assert resolve_under_root(real_root, "./a//b.hdf5")[1] == "a/b.hdf5"
