@@ -4,6 +4,7 @@ per file in order, each the result or the exception that file alone raised."""
 from __future__ import annotations
 
 import asyncio
+import gc
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +15,13 @@ import numpy as np
 import pytest
 
 from tests.conftest import Server, Side
+from xpcs_io import wire
 from xpcs_io.client import AsyncRemoteHDF5Facade, RemoteHDF5Facade
 from xpcs_io.errors import HDF5ValidationError
 from xpcs_io.facade import HDF5Facade
 from xpcs_io.schemas import G2Data, QMapSchema
-from xpcs_io.server.manysend import slices
+from xpcs_io.server import manysend
+from xpcs_io.server.manysend import result_item, slices
 from xpcs_io.tools.demo import DemoSpec, write_native_file
 
 
@@ -259,3 +262,59 @@ def test_resolve_identity_is_resolve_and_file_identity(workdir: Path, data_root:
         rooted.resolve_identity("../outside.hdf5")
     with pytest.raises(FileNotFoundError):
         rooted.resolve_identity(workdir.relative_to(data_root).as_posix() + "/missing.hdf5")
+
+
+def test_result_item_is_the_item_packed_and_packs_a_result_once(workdir: Path) -> None:
+    path = _repeats(workdir, 1)[0]
+    value = HDF5Facade().read_g2_data(path)
+    item = {"index": 7, "file_path": "a/b.hdf5", "result": value.to_dict()}
+    first = result_item(7, "a/b.hdf5", value)
+    assert b"".join(first) == b"".join(wire.pack_chunks(item))
+    again = result_item(300, "ü/" + "x" * 40, value)
+    assert b"".join(again) == wire.pack(
+        {"index": 300, "file_path": "ü/" + "x" * 40, "result": value.to_dict()}
+    )
+    # the result's chunks are the same objects: packed once, array payloads not copied
+    assert all(a is b for a, b in zip(first[1:], again[1:], strict=True))
+    assert any(isinstance(c, memoryview) for c in first)
+    # kept only as long as the result lives
+    held = len(manysend._packed)
+    del value, first, again
+    gc.collect()
+    assert len(manysend._packed) == held - 1
+
+
+def test_many_answer_from_the_result_cache_sees_files_rewritten_in_place(tmp_path: Path) -> None:
+    """Cached results are answered only while their files are unchanged: a file rewritten
+    in place (same inode) between two calls is read again, in the same answer as cached
+    ones, and the same bytes as h5py reads."""
+    from tests.conftest import start_server
+
+    root = tmp_path / "root"
+    root.mkdir()
+    paths, good = _mixed(root, root)
+    srv = start_server(root, tmp_path / "log")
+    try:
+        with RemoteHDF5Facade(srv.url) as client:
+            for _ in range(2):  # the second call is answered from the result cache
+                first = client.read_g2_data_many(paths)
+            inode = good[1].stat().st_ino
+            with h5py.File(good[1], "r+") as f:
+                f["/xpcs/g2/g2"][...] = f["/xpcs/g2/g2"][()] + 5.0
+            assert good[1].stat().st_ino == inode
+            second = client.read_g2_data_many(paths)
+            assert [type(i).__name__ for i in second] == [type(i).__name__ for i in first]
+            for index, path in ((0, good[0]), (2, good[1]), (5, good[2])):
+                item = second[index]
+                assert isinstance(item, G2Data)
+                with h5py.File(path, "r") as f:
+                    expected = f["/xpcs/g2/g2"][()]
+                    assert item.g2.dtype == expected.dtype
+                    assert item.g2.tobytes() == expected.tobytes()
+            changed = second[2]
+            before = first[2]
+            assert isinstance(changed, G2Data)
+            assert isinstance(before, G2Data)
+            np.testing.assert_array_equal(changed.g2, before.g2 + 5.0)
+    finally:
+        srv.stop()

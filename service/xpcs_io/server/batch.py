@@ -27,7 +27,7 @@ from xpcs_io.server.auth import require
 from xpcs_io.server.common import Layout, Validate, facade_for, group_query, seen_by, send
 from xpcs_io.server.deps import get_results, get_settings
 from xpcs_io.server.limits import read_body
-from xpcs_io.server.manysend import ItemsResponse
+from xpcs_io.server.manysend import ItemsResponse, Packed, result_item
 from xpcs_io.server.openapi_docs import BODY_ERRORS
 from xpcs_io.server.problems import problem_fields
 from xpcs_io.server.responses import MSGPACK_MEDIA_TYPE, wants_json
@@ -97,9 +97,12 @@ async def _items(
     read: Callable[[HDF5Facade, str], Schema],
     facade: HDF5Facade,
     key: tuple[Hashable, ...],
-) -> AsyncIterator[dict[str, Any]]:
+    packed: bool,
+) -> AsyncIterator[dict[str, Any] | Packed]:
+    """One item per file as each is read: packed (msgpack chunks) when ``packed``, else a
+    dict."""
     results = get_results(request)
-    done: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=2 * _CONCURRENCY)
+    done: asyncio.Queue[dict[str, Any] | Packed] = asyncio.Queue(maxsize=2 * _CONCURRENCY)
     slots = asyncio.Semaphore(_CONCURRENCY)
 
     async def one(index: int, path: str) -> None:
@@ -116,7 +119,11 @@ async def _items(
                     # Read from another version than the key names (a write raced it):
                     # answered as read, not kept.
                     results.drop_file(real, keep=None)
-                item = {"index": index, "file_path": path, "result": value.to_dict()}
+                item: dict[str, Any] | Packed
+                if packed:
+                    item = result_item(index, path, value)
+                else:
+                    item = {"index": index, "file_path": path, "result": value.to_dict()}
             except Exception as exc:
                 item = {"index": index, "file_path": path, "error": problem_fields(request, exc)}
             await done.put(item)
@@ -138,13 +145,14 @@ async def _answer(
     key: tuple[Hashable, ...],
 ) -> Response:
     facade = facade_for(request, validate)
-    items = _items(request, paths, read, facade, (*key, validate))
     if wants_json(request):
         out: list[Any] = [None] * len(paths)
-        async for item in items:
-            out[item["index"]] = item
+        async for item in _items(request, paths, read, facade, (*key, validate), False):
+            if isinstance(item, dict):  # always: not packed
+                out[item["index"]] = item
         return send(request, out)
 
+    items = _items(request, paths, read, facade, (*key, validate), True)
     return ItemsResponse(len(paths), items, request.app.state.settings.batch_whole_bytes)
 
 

@@ -9,22 +9,33 @@ way small pieces (msgpack headers, small arrays) are joined into slices of about
 hundred files would otherwise cost hundreds of messages.
 
 The bytes are the same in both cases: an array header for ``count`` items, then each item
-as ``xpcs_io.wire.pack_chunks`` encodes it.
+as ``xpcs_io.wire.pack_chunks`` encodes it. ``result_item`` packs a result item from the
+result's packed chunks, kept as long as the result itself lives (in the result cache): a
+cached result is packed once, not once per answer.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+import weakref
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from xpcs_io import wire
+from xpcs_io.schemas import Schema
 from xpcs_io.server.responses import MSGPACK_MEDIA_TYPE, SLICE_BYTES
 
-__all__ = ["OWN_BYTES", "WHOLE_BYTES", "ItemsResponse", "array_header", "slices"]
+__all__ = [
+    "OWN_BYTES",
+    "WHOLE_BYTES",
+    "ItemsResponse",
+    "array_header",
+    "result_item",
+    "slices",
+]
 
 #: Answers up to this size are gathered and sent with their length.
 WHOLE_BYTES = 64 << 20
@@ -32,6 +43,35 @@ WHOLE_BYTES = 64 << 20
 OWN_BYTES = 64 << 10
 
 Chunk = bytes | memoryview
+#: A packed item: its chunks, in order.
+Packed = list[Chunk]
+
+# Packed chunks of result objects by id, each entry dropped when its object dies (results
+# hold arrays: not hashable). Results are never changed once made (the result cache hands
+# the same object to every reader), so their packing holds for as long as they live.
+_packed: dict[int, tuple[weakref.ref[Schema], Packed]] = {}
+
+
+def _forget(key: int) -> Callable[[weakref.ref[Schema]], None]:
+    def forget(_: weakref.ref[Schema]) -> None:
+        # Runs as the object is freed, before its id can be reused.
+        _packed.pop(key, None)
+
+    return forget
+
+
+def result_item(index: int, file_path: str, value: Schema) -> Packed:
+    """``wire.pack_chunks({"index": index, "file_path": file_path, "result":
+    value.to_dict()})``, with ``value``'s part packed only the first time it is asked for."""
+    key = id(value)
+    entry = _packed.get(key)
+    if entry is not None and entry[0]() is value:
+        chunks = entry[1]
+    else:
+        chunks = wire.pack_chunks(value.to_dict())
+        _packed[key] = (weakref.ref(value, _forget(key)), chunks)
+    head = b"\x83" + wire.pack("index") + wire.pack(index) + wire.pack("file_path")
+    return [head + wire.pack(file_path) + wire.pack("result"), *chunks]
 
 
 def array_header(n: int) -> bytes:
@@ -76,9 +116,14 @@ def slices(chunks: list[Chunk], target: int = SLICE_BYTES, own: int = OWN_BYTES)
     return out
 
 
+def _chunks(item: dict[str, Any] | Packed) -> Packed:
+    return item if isinstance(item, list) else wire.pack_chunks(item)
+
+
 class ItemsResponse(Response):
     """A msgpack array of ``count`` items taken from ``items`` (each item a dict packed with
-    ``wire.pack_chunks``): whole with Content-Length up to ``whole_bytes``, else streamed.
+    ``wire.pack_chunks``, or already packed): whole with Content-Length up to
+    ``whole_bytes``, else streamed.
 
     ``items`` must yield exactly ``count`` items; it is closed when the answer ends, also
     when the client goes away.
@@ -87,7 +132,10 @@ class ItemsResponse(Response):
     media_type = MSGPACK_MEDIA_TYPE
 
     def __init__(
-        self, count: int, items: AsyncIterator[dict[str, Any]], whole_bytes: int = WHOLE_BYTES
+        self,
+        count: int,
+        items: AsyncIterator[dict[str, Any] | Packed],
+        whole_bytes: int = WHOLE_BYTES,
     ) -> None:
         self.count = count
         self.items = items
@@ -103,7 +151,7 @@ class ItemsResponse(Response):
             held = len(pending[0])
             whole = True
             async for item in items:
-                chunks = wire.pack_chunks(item)
+                chunks = _chunks(item)
                 pending += chunks
                 held += sum(_size(c) for c in chunks)
                 if held > self.whole_bytes:
@@ -124,7 +172,7 @@ class ItemsResponse(Response):
             if whole:
                 return
             async for item in items:
-                await self._send(send, wire.pack_chunks(item), more=True)
+                await self._send(send, _chunks(item), more=True)
             await send({"type": "http.response.body", "body": b""})
 
     @staticmethod
