@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from xpcs_io import wire
 from xpcs_io.errors import SchemaError, WireFormatError
 from xpcs_io.wire import (
     MEDIA_TYPE,
@@ -630,3 +631,18 @@ def test_round_trip_generated_arrays(a: npt.NDArray[Any], layout: str) -> None:
         assert_same(got["a"], a)
         assert_same(got["nested"][0]["a"], a)
     assert msgpack.unpackb(pack(a)) == plain(a)
+
+
+def test_parsed_dtypes_are_remembered_only_when_allowed() -> None:
+    for _ in range(2):  # refused every time, never remembered
+        for text in ("<f3", "=f8", "O", "<U4", "|f8"):
+            with pytest.raises(ValueError, match=r"not allowed|byte order"):
+                wire._parse_dtype(text)
+            assert text not in wire._DTYPES
+    arrays = [np.arange(6, dtype=d).reshape(2, 3) for d in ("<f4", ">f8", "<i2", "|u1")] * 50
+    for a in arrays:
+        back = wire.decode_array(wire.encode_array(a))
+        assert back.dtype == a.dtype
+        assert back.tobytes() == a.tobytes()
+    assert {"<f4", ">f8", "<i2", "|u1"} <= set(wire._DTYPES)
+    assert len(wire._DTYPES) <= 30

@@ -76,12 +76,25 @@ def is_array_map(obj: object) -> bool:
     return isinstance(obj, dict) and (obj.keys() == _ARRAY_KEYS or obj.keys() == _CODEC_KEYS)
 
 
+# Parsed dtype strings: only allowed ones are kept, so this holds a few dozen at most.
+_DTYPES: dict[str, np.dtype[Any]] = {}
+
+
 def _parse_dtype(text: str) -> np.dtype[Any]:
     """Parse a dtype string of the allowed kinds without handing arbitrary text to numpy.
 
     Raises:
         ValueError: the string is not an allowed dtype.
     """
+    known = _DTYPES.get(text)
+    if known is not None:  # a many-file answer holds hundreds of arrays of a few dtypes
+        return known
+    dt = _parse_new_dtype(text)
+    _DTYPES[text] = dt
+    return dt
+
+
+def _parse_new_dtype(text: str) -> np.dtype[Any]:
     order = text[:1] if text[:1] in ("<", ">", "|", "=") else ""
     kind, size = text[len(order) : len(order) + 1], text[len(order) + 1 :]
     if kind not in _ALLOWED:
