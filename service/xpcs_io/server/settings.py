@@ -92,7 +92,7 @@ class Settings(BaseSettings):
         "auto",
         description=(
             "The event loop of the server processes: asyncio (the standard library's), "
-            "uvloop, or auto (asyncio: measured faster for large answers and many viewers)."
+            "uvloop, or auto (asyncio: its socket writes release the GIL to HDF5 reads)."
         ),
     )
     file_locking: Literal["auto", "on", "off"] = Field(
