@@ -15,6 +15,7 @@ from xpcs_io import arraycodec
 from xpcs_io.facade import HDF5Facade
 from xpcs_io.pool import DataIdentity
 from xpcs_io.schemas import Schema
+from xpcs_io.server.fileplans import PlanResponse, PlanStore, open_version
 from xpcs_io.server.responses import encode, wants_json
 from xpcs_io.server.results import request_key
 
@@ -142,7 +143,16 @@ async def read_result(request: Request, file_path: str, produce: Callable[[], An
         return Response(status_code=304, headers=headers)
 
     key = (real, identity, request_key(request))
-    content, seen = await state.results.get(key, real, identity, seen_by(produce, facade))
+    read = seen_by(produce, facade)
+    plans: PlanStore | None = getattr(state, "plans", None)
+    if plans is not None and state.results.max_bytes <= 0 and not identity.swmr:
+        # No result cache: the file's own bytes are sent where a learnt plan allows.
+        plan = None if wants_json(request) else plans.get(key)
+        fd = None if plan is None else open_version(real, identity.file, plans.policy)
+        if plan is not None and fd is not None:
+            return PlanResponse(plan, fd, plans, _array_codec(request), headers)
+        read = plans.learning(read, key, real, identity)
+    content, seen = await state.results.get(key, real, identity, read)
     if not identity.swmr and (seen != identity.file or facade.file_identity(file_path) != identity):
         state.results.drop_file(real, keep=None)
         del headers["etag"]

@@ -47,6 +47,12 @@ class _PoolCollector(Collector):
                 yield CounterMetricFamily(
                     f"xpcs_io_result_cache_{name}", f"Result cache {name}", value=results[name]
                 )
+            for name in ("responses", "sendfile_bytes", "copied_bytes", "aborts"):
+                yield CounterMetricFamily(
+                    f"xpcs_io_zero_copy_{name}",
+                    f"Answers sent from file plans: {name.replace('_', ' ')}",
+                    value=results.get(f"zero_copy_{name}", 0),
+                )
             yield GaugeMetricFamily(
                 "xpcs_io_result_cache_bytes",
                 "Bytes held by the result cache",
