@@ -381,9 +381,18 @@ class PlanResponse(Response):
                 cut = min(max(private_from - pos, 0), count)
                 if cut:
                     pieces.append((offset, cut, False))
-                for start in range(cut, count, _SLICE):
-                    pieces.append((offset + start, min(_SLICE, count - start), True))
+                # One message per private span under the extension (its thread slices it);
+                # body messages of at most _SLICE bytes otherwise.
+                step = count if zero_copy else _SLICE
+                for start in range(cut, count, step):
+                    pieces.append((offset + start, min(step, count - start), True))
                 pos += count
+        last = pieces[-1]
+        if not isinstance(last, bytes) and last[1] > _SLICE:  # hold back a small final piece
+            pieces[-1:] = [
+                (last[0], last[1] - _SLICE, True),
+                (last[0] + last[1] - _SLICE, _SLICE, True),
+            ]
         *body, last = pieces
         final = (
             last
