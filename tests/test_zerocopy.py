@@ -4,11 +4,14 @@ and a file rewritten in place never yields a wrong answer."""
 
 from __future__ import annotations
 
+import asyncio
 import re
+import signal
 import socket
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +20,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.conftest import Server, start_server
+from tests.conftest import Server, free_port, start_server
 from xpcs_io import wire
 from xpcs_io.demo import DemoSpec, write_native_file
 from xpcs_io.errors import FileBusyError, FileMarkedOpenError, RemoteConnectionError
@@ -237,3 +240,75 @@ def test_two_workers_send_from_the_file(cold_root: Path, tmp_path: Path) -> None
         assert _counters(srv.url)["responses"] >= 1
     finally:
         srv.stop()
+
+
+def test_without_the_extension_the_file_bytes_are_read_and_sent(cold_root: Path) -> None:
+    """In process (no uvicorn, so no sendfile): the plan's bytes go out as body messages."""
+    from xpcs_io.server.app import create_app
+    from xpcs_io.settings import Settings
+
+    app = create_app(Settings(data_root=cold_root, allowed_hosts="app", cache_bytes=0))
+    expected = _expected_body(cold_root, "rows.h5")
+
+    async def run() -> tuple[list[bytes], dict[str, int]]:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://app") as http:
+                bodies = [
+                    (
+                        await http.get("/v1/qmap", params={"file_path": "rows.h5"}, headers=MSGPACK)
+                    ).content
+                    for _ in range(2)
+                ]
+            return bodies, app.state.plans.stats()
+
+    bodies, stats = asyncio.run(run())
+    assert bodies == [expected, expected]
+    assert stats["zero_copy_responses"] == 1
+    assert stats["zero_copy_sendfile_bytes"] == 0
+    assert stats["zero_copy_copied_bytes"] > 0.9 * len(expected)
+
+
+def test_cold_reads_through_nginx(cold_root: Path, cold_server: Server, tmp_path: Path) -> None:
+    from tests.test_deploy import ROOT, _need
+
+    nginx = _need("nginx")
+    port = free_port()
+    conf = (ROOT / "deploy" / "nginx.conf").read_text()
+    upstream = cold_server.url.removeprefix("http://")
+    conf = conf.replace("set $replicas replica:8000;", "set $replicas cold;")
+    conf = conf.replace("server {", f"upstream cold {{ server {upstream}; }}\n    server {{", 1)
+    conf = conf.replace("listen 8080;", f"listen 127.0.0.1:{port};")
+    conf = conf.replace("worker_processes auto;", "worker_processes 1;")
+    prefix = tmp_path / "nginx"
+    (prefix / "logs").mkdir(parents=True)
+    (prefix / "nginx.conf").write_text(conf)
+    cmd = [nginx, "-p", str(prefix), "-c", str(prefix / "nginx.conf")]
+    cmd += ["-e", str(prefix / "logs/error.log"), "-g", f"daemon off; pid {prefix}/nginx.pid;"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None, (prefix / "logs/error.log").read_text()
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        before = _counters(cold_server.url)
+        expected = _expected_body(cold_root, "contiguous.h5")
+        params = {"file_path": "contiguous.h5"}
+        for _ in range(2):
+            r = httpx.get(f"{url}/v1/qmap", params=params, headers=MSGPACK, timeout=60)
+            assert r.content == expected
+        assert _counters(cold_server.url)["sendfile_bytes"] > before["sendfile_bytes"]
+    finally:
+        proc.send_signal(signal.SIGQUIT)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -46,7 +46,7 @@ from xpcs_io.locking import LockPolicy
 from xpcs_io.pool import DataIdentity, FileIdentity, check_descriptor
 from xpcs_io.schemas import Schema
 from xpcs_io.server.responses import MSGPACK_MEDIA_TYPE
-from xpcs_io.server.zerocopy import ABORT, DRAIN, EXTENSION, SENDFILE
+from xpcs_io.server.zerocopy import ABORT, EXTENSION, SENDFILE
 
 __all__ = ["TAIL", "FilePlan", "PlanResponse", "PlanStore"]
 
@@ -349,14 +349,15 @@ class PlanResponse(Response):
                 return
             zero_copy = EXTENSION in (scope.get("extensions") or {})
             self.store.add("responses")
+            if self.preset is None and zero_copy:
+                await self._send_file(send)
+                return
             try:
                 if self.preset is None:
-                    final = await self._send_raw(send, zero_copy)
+                    final = await self._send_raw(send)
                 else:
                     final = await self._send_compressed(send)
-                if not await run_in_threadpool(
-                    _unchanged, self.fd, self.plan.identity, self.store.policy
-                ):
+                if not await run_in_threadpool(self._unchanged):
                     raise _ChangedError
             except _ChangedError:
                 self.store.add("aborts")
@@ -368,53 +369,71 @@ class PlanResponse(Response):
         finally:
             os.close(self.fd)
 
-    async def _send_raw(self, send: Send, zero_copy: bool) -> bytes:
-        """Send all but the final piece; returns the final piece (private bytes)."""
-        pieces: list[bytes | tuple[int, int, bool]] = []  # bytes, or (offset, count, private)
-        pos, private_from = 0, self.length - TAIL if zero_copy else 0
+    def _unchanged(self) -> bool:
+        return _unchanged(self.fd, self.plan.identity, self.store.policy)
+
+    def _parts(self, private_from: int, step: int) -> list[bytes | tuple[int, int, bool]]:
+        """The body as bytes and ``(offset, count, private)`` file parts: bytes from
+        ``private_from`` on are private, file parts are at most ``step`` bytes long, and the
+        last part is small (it is held back until the final check)."""
+        parts: list[bytes | tuple[int, int, bool]] = []
+        pos = 0
         for seg in self.segments:
             if isinstance(seg, bytes):
-                pieces.append(seg)
+                parts.append(seg)
                 pos += len(seg)
                 continue
             for offset, count in seg.spans:
                 cut = min(max(private_from - pos, 0), count)
                 if cut:
-                    pieces.append((offset, cut, False))
-                # One message per private span under the extension (its thread slices it);
-                # body messages of at most _SLICE bytes otherwise.
-                step = count if zero_copy else _SLICE
+                    parts.append((offset, cut, False))
                 for start in range(cut, count, step):
-                    pieces.append((offset + start, min(step, count - start), True))
+                    parts.append((offset + start, min(step, count - start), True))
                 pos += count
-        last = pieces[-1]
-        if not isinstance(last, bytes) and last[1] > _SLICE:  # hold back a small final piece
-            pieces[-1:] = [
+        last = parts[-1]
+        if not isinstance(last, bytes) and last[1] > _SLICE:
+            parts[-1:] = [
                 (last[0], last[1] - _SLICE, True),
                 (last[0] + last[1] - _SLICE, _SLICE, True),
             ]
-        *body, last = pieces
+        return parts
+
+    async def _send_file(self, send: Send) -> None:
+        """The whole raw body in one ``SENDFILE`` message: sendfile up to the private tail."""
+        parts = self._parts(self.length - TAIL, self.length)
+        changed = []
+
+        def check() -> bool:
+            if self._unchanged():
+                return True
+            changed.append(True)
+            return False
+
+        await send({"type": SENDFILE, "fd": self.fd, "parts": parts, "check": check})
+        for part in parts:
+            if not isinstance(part, bytes):
+                self.store.add("copied_bytes" if part[2] else "sendfile_bytes", part[1])
+        if changed:
+            self.store.add("aborts")
+        # Completes uvicorn's bookkeeping (nothing left to send); ignored after an abort.
+        await send({"type": "http.response.body", "body": b""})
+
+    async def _send_raw(self, send: Send) -> bytes:
+        """Send all but the final piece as body messages (every byte read with ``pread``);
+        returns the final piece."""
+        *body, last = self._parts(0, _SLICE)
         final = (
             last
             if isinstance(last, bytes)
             else await run_in_threadpool(_pread, self.fd, last[0], last[1])
         )
-        used_sendfile = False
         for piece in body:
             if isinstance(piece, bytes):
-                await send({"type": "http.response.body", "body": piece, "more_body": True})
-            elif zero_copy:
-                offset, count, private = piece
-                message = {"type": SENDFILE, "fd": self.fd, "offset": offset, "count": count}
-                await send({**message, "copy": private})
-                used_sendfile = used_sendfile or not private
-                self.store.add("copied_bytes" if private else "sendfile_bytes", count)
+                data = piece
             else:
                 data = await run_in_threadpool(_pread, self.fd, piece[0], piece[1])
-                await send({"type": "http.response.body", "body": data, "more_body": True})
                 self.store.add("copied_bytes", piece[1])
-        if used_sendfile:
-            await send({"type": DRAIN})
+            await send({"type": "http.response.body", "body": data, "more_body": True})
         return final
 
     async def _send_compressed(self, send: Send) -> bytes:
@@ -458,6 +477,6 @@ class PlanResponse(Response):
                 start(index)  # read and compress the next array while this one is written
                 await emit(chunks)
         finally:
-            for task in ahead.values():
-                task.cancel()
+            if ahead:  # a thread still reading the file must be done before it is closed
+                await asyncio.wait(ahead.values())
         return bytes(held.pop()) if held else b""

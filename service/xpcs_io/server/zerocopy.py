@@ -1,26 +1,28 @@
 """``os.sendfile`` for response bodies under uvicorn (httptools), as an ASGI extension.
 
 uvicorn offers neither ``http.response.pathsend`` nor ``http.response.zerocopysend``. The
-outermost user middleware ``SendfileMiddleware`` finds uvicorn's connection behind the server's
-``send`` and, when it can take the socket over safely (uvicorn's httptools protocol, plain
-TCP, no TLS), announces ``scope["extensions"][EXTENSION]`` and understands three more
+outermost user middleware ``SendfileMiddleware`` finds uvicorn's connection behind the
+server's ``send`` and, when it can take the socket over safely (uvicorn's httptools protocol,
+plain TCP, no TLS), announces ``scope["extensions"][EXTENSION]`` and understands two more
 messages on ``send``:
 
-- ``{"type": SENDFILE, "fd": int, "offset": int, "count": int, "copy": bool}``: waits
-  until uvicorn's write buffer is empty, then moves ``count`` bytes of the file to the
-  socket on a worker thread (``poll`` for ``POLLOUT`` on the non-blocking socket): with
-  ``os.sendfile`` straight from the page cache, or with ``copy`` through a private buffer
-  (``pread`` then ``write``: bytes that a later change of the file cannot reach). The bytes
-  count against the Content-Length uvicorn tracks, so its framing and keep-alive stay right.
-  Only for a Content-Length response;
-- ``{"type": DRAIN}``: waits until the peer has acknowledged every byte sent (``SIOCOUTQ``
-  is 0);
-- ``{"type": ABORT}``: resets the connection: the client sees it end early, never a
+- ``{"type": SENDFILE, "fd": int, "parts": [...], "check": callable or None}`` writes the
+  parts in order, on one worker thread, once uvicorn's own write buffer is empty (``poll``
+  for ``POLLOUT`` on the non-blocking socket): a ``bytes`` part as it is, an
+  ``(offset, count, private)`` part from the file ``fd``, with ``os.sendfile`` straight from
+  the page cache, or with ``private`` through a buffer of the thread's own (``pread`` then
+  ``write``: bytes that a later change of the file cannot reach). With ``check``, the last
+  part waits until the peer has acknowledged every byte before it (``SIOCOUTQ`` is 0) and
+  ``check()`` returned True; else the connection is reset and the last part never sent.
+  The bytes count against the Content-Length uvicorn tracks, so its framing and keep-alive
+  stay right (Content-Length responses only);
+- ``{"type": ABORT}`` resets the connection: the client sees it end early, never a
   complete answer.
 
-Other servers (h11, hypercorn, TLS, Unix sockets) get no extension and the responses fall
-back to ordinary body messages. No middleware of this app changes body bytes, which is what
-lets body bytes bypass the inner ``send`` wrappers (their byte counters miss them).
+After either, uvicorn ignores the rest of an aborted response. Other servers (h11,
+hypercorn, TLS, Unix sockets) get no extension, and responses fall back to ordinary body
+messages. No middleware of this app changes body bytes, which is what lets body bytes
+bypass the inner ``send`` wrappers (their byte counters miss them).
 """
 
 from __future__ import annotations
@@ -34,16 +36,16 @@ import socket
 import termios
 import threading
 import time
+from collections.abc import Callable
 from typing import Any, Final
 
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["ABORT", "DRAIN", "EXTENSION", "SENDFILE", "STALL_SECONDS", "SendfileMiddleware"]
+__all__ = ["ABORT", "EXTENSION", "SENDFILE", "STALL_SECONDS", "SendfileMiddleware"]
 
 EXTENSION: Final = "xpcs_io.sendfile"
 SENDFILE: Final = "xpcs_io.sendfile"
-DRAIN: Final = "xpcs_io.drain"
 ABORT: Final = "xpcs_io.abort"
 #: A client that takes nothing for this long has its connection reset.
 STALL_SECONDS: Final = 60.0
@@ -168,7 +170,7 @@ def _drain(sock: int) -> None:
     """
     deadline = time.monotonic() + STALL_SECONDS
     last = -1
-    pause = 0.0002
+    pause = 0.00005
     while True:
         left = int.from_bytes(fcntl.ioctl(sock, termios.TIOCOUTQ, b"\0\0\0\0"), "little")
         if left == 0:
@@ -178,7 +180,49 @@ def _drain(sock: int) -> None:
         elif time.monotonic() > deadline:
             raise TimeoutError("the client took no bytes for too long")
         time.sleep(pause)
-        pause = min(pause * 2, 0.005)
+        pause = min(pause * 2, 0.002)
+
+
+def _write_all(sock: int, data: bytes | memoryview, deadline: float) -> None:
+    view = memoryview(data)
+    done = 0
+    while done < view.nbytes:
+        try:
+            done += os.write(sock, view[done:])
+        except BlockingIOError:
+            _wait_writable(sock, deadline)
+
+
+def _transfer(sock: int, fd: int, parts: list[Any], check: Callable[[], bool] | None) -> bool:
+    """Write ``parts`` (see the module docstring) to ``sock``; False when ``check`` failed.
+
+    Raises:
+        OSError: the client went away or stalled, or the file was cut while sending.
+    """
+    *body, last = parts
+    used_sendfile = False
+    for part in body:
+        if isinstance(part, bytes | memoryview):
+            _write_all(sock, part, time.monotonic() + STALL_SECONDS)
+        elif part[2]:
+            _copy_all(sock, fd, part[0], part[1])
+        else:
+            _sendfile_all(sock, fd, part[0], part[1])
+            used_sendfile = True
+    if check is not None:
+        if used_sendfile:
+            _drain(sock)
+        if not check():
+            return False
+    if isinstance(last, bytes | memoryview):
+        _write_all(sock, last, time.monotonic() + STALL_SECONDS)
+    else:
+        _copy_all(sock, fd, last[0], last[1])
+    return True
+
+
+def _part_size(part: Any) -> int:
+    return memoryview(part).nbytes if isinstance(part, bytes | memoryview) else int(part[1])
 
 
 class SendfileMiddleware:
@@ -200,12 +244,6 @@ class SendfileMiddleware:
             kind = message["type"]
             if kind == SENDFILE:
                 await _send_file(cycle, sock, message)
-            elif kind == DRAIN:
-                if not cycle.disconnected:
-                    try:
-                        await run_in_threadpool(_drain, sock)
-                    except OSError:
-                        _abort(cycle)
             elif kind == ABORT:
                 _abort(cycle)
             else:
@@ -223,11 +261,14 @@ def _abort(cycle: Any) -> None:
 async def _send_file(cycle: Any, sock: int, message: Message) -> None:
     if cycle.disconnected:
         return
-    count = int(message["count"])
+    parts = list(message["parts"])
+    count = sum(_part_size(p) for p in parts)
     if not cycle.response_started or cycle.chunked_encoding or cycle.response_complete:
         raise RuntimeError("sendfile needs a started Content-Length response")
     if count > cycle.expected_content_length:
         raise RuntimeError("Response content longer than Content-Length")
+    if not parts:
+        return
     transport = cycle.transport
     deadline = time.monotonic() + STALL_SECONDS
     while transport.get_write_buffer_size() and not cycle.disconnected:
@@ -237,10 +278,13 @@ async def _send_file(cycle: Any, sock: int, message: Message) -> None:
         await asyncio.sleep(0.0005)
     if cycle.disconnected:
         return
-    move = _copy_all if message.get("copy") else _sendfile_all
     try:
-        await run_in_threadpool(move, sock, int(message["fd"]), int(message["offset"]), count)
+        done = await run_in_threadpool(
+            _transfer, sock, int(message["fd"]), parts, message.get("check")
+        )
     except OSError:
+        done = False
+    if not done:
         _abort(cycle)
         return
     cycle.expected_content_length -= count
