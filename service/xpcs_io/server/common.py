@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import Query, Request
 from fastapi.concurrency import run_in_threadpool
+from starlette.background import BackgroundTask
 from starlette.responses import Response
 
 from xpcs_io import arraycodec
@@ -143,7 +144,7 @@ async def read_result(request: Request, file_path: str, produce: Callable[[], An
         return Response(status_code=304, headers=headers)
 
     key = (real, identity, request_key(request))
-    read = seen_by(produce, facade)
+    read, learn = seen_by(produce, facade), None
     plans: PlanStore | None = getattr(state, "plans", None)
     if plans is not None and state.results.max_bytes <= 0 and not identity.swmr:
         # No result cache: the file's own bytes are sent where a learnt plan allows.
@@ -151,7 +152,8 @@ async def read_result(request: Request, file_path: str, produce: Callable[[], An
         fd = None if plan is None else open_version(real, identity.file, plans.policy)
         if plan is not None and fd is not None:
             return PlanResponse(plan, fd, plans, _array_codec(request), headers)
-        read = plans.learning(read, key, real, identity)
+        if not wants_json(request):
+            read, learn = plans.learning(read, key, real, identity)
     content, seen = await state.results.get(key, real, identity, read)
     if not identity.swmr and (seen != identity.file or facade.file_identity(file_path) != identity):
         state.results.drop_file(real, keep=None)
@@ -168,7 +170,10 @@ async def read_result(request: Request, file_path: str, produce: Callable[[], An
             content = await run_in_threadpool(arraycodec.compress_tree, raw, preset)
     if wants_json(request):  # building nested lists is real work: not on the event loop
         return await run_in_threadpool(send, request, content, 200, headers)
-    return send(request, content, headers=headers)
+    response = send(request, content, headers=headers)
+    if learn is not None:  # checked against the file once this answer is out
+        response.background = BackgroundTask(learn)
+    return response
 
 
 def seen_by(produce: Callable[[], Any], facade: HDF5Facade) -> Callable[[], tuple[Any, Any]]:

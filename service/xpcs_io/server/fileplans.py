@@ -93,7 +93,9 @@ def _replace(value: Any, found: Provenance, real: str, kept: list[int]) -> Any:
         if big and ext is not None and os.path.realpath(ext.filename) == real:
             return ext
         kept[0] += value.nbytes
-        return value
+        small = value.copy()  # the plan outlives the result: its own read-only copy
+        small.flags.writeable = False
+        return small
     if isinstance(value, dict):
         return {k: _replace(v, found, real, kept) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -144,7 +146,7 @@ def _unchanged(fd: int, identity: FileIdentity, policy: LockPolicy) -> bool:
     """Whether ``fd`` is still the file version ``identity``, with no writer at work."""
     try:
         st, swmr = check_descriptor(fd, "file", policy)
-    except (OSError, ValueError, RuntimeError, Exception):
+    except Exception:  # gone, busy, marked open, not HDF5 any more: not that version
         return False
     return not swmr and FileIdentity.from_stat(st) == identity
 
@@ -197,18 +199,27 @@ class PlanStore:
         key: Hashable,
         real: str,
         identity: DataIdentity,
-    ) -> Callable[[], tuple[Any, Any]]:
+    ) -> tuple[Callable[[], tuple[Any, Any]], Callable[[], None]]:
         """``produce`` (a read returning ``(result, file version read)``, run on a worker
-        thread) that also learns the plan of its result when the read used ``identity``."""
+        thread) noting where its arrays came from, and the function that then learns the
+        plan of its result when the read used ``identity`` (run it after the answer is sent,
+        on a worker thread: it reads the file once more to check the plan)."""
+        noted: list[tuple[Any, Any, Provenance]] = []
 
         def run() -> tuple[Any, Any]:
             with recording() as found:
                 value, seen = produce()
-            if seen == identity.file and not identity.swmr:
-                self.learn(key, value, found, real, identity.file)
+            noted.append((value, seen, found))
             return value, seen
 
-        return run
+        def learn() -> None:
+            if not noted:
+                return
+            value, seen, found = noted.pop()
+            if seen == identity.file and not identity.swmr:
+                self.learn(key, value, found, real, identity.file)
+
+        return run, learn
 
     def learn(
         self, key: Hashable, value: Any, found: Provenance, real: str, identity: FileIdentity

@@ -47,7 +47,7 @@ class _PoolCollector(Collector):
                 yield CounterMetricFamily(
                     f"xpcs_io_result_cache_{name}", f"Result cache {name}", value=results[name]
                 )
-            for name in ("responses", "sendfile_bytes", "copied_bytes", "aborts"):
+            for name in ("plans", "responses", "sendfile_bytes", "copied_bytes", "aborts"):
                 yield CounterMetricFamily(
                     f"xpcs_io_zero_copy_{name}",
                     f"Answers sent from file plans: {name.replace('_', ' ')}",
