@@ -69,6 +69,12 @@ def _counters(url: str) -> dict[str, float]:
     return {name: float(value) for name, value in found}
 
 
+def _qmap_bytes_sent(url: str) -> float:
+    text = httpx.get(f"{url}/metrics").text
+    found = re.search(r'^xpcs_io_response_bytes_total\{route="/v1/qmap"\} (\S+)$', text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
 def _warm(url: str, name: str, headers: dict[str, str] = MSGPACK) -> None:
     """Read ``name`` once and wait until its plan is learnt (after that answer was sent)."""
     before = _counters(url)
@@ -97,6 +103,7 @@ def test_cold_read_sends_the_file_bytes_with_sendfile(
     expected = _expected_body(cold_root, name)
     _warm(cold_server.url, name)
     before = _counters(cold_server.url)
+    counted = _qmap_bytes_sent(cold_server.url)
     params = {"file_path": name}
     bodies = [
         httpx.get(f"{cold_server.url}/v1/qmap", params=params, headers=MSGPACK, timeout=60)
@@ -113,6 +120,7 @@ def test_cold_read_sends_the_file_bytes_with_sendfile(
     sent = after["sendfile_bytes"] - before["sendfile_bytes"]
     assert 2 * (len(expected) - TAIL - 1024) < sent <= 2 * (len(expected) - TAIL)
     assert after["aborts"] == before["aborts"]
+    assert _qmap_bytes_sent(cold_server.url) - counted == 2 * len(expected)
 
 
 @pytest.mark.parametrize("preset", ["blosc2-zstd", "blosc2-lz4"])

@@ -420,7 +420,8 @@ class PlanResponse(Response):
             changed.append(True)
             return False
 
-        await send({"type": SENDFILE, "fd": self.fd, "parts": parts, "check": check})
+        message = {"type": SENDFILE, "fd": self.fd, "parts": parts, "check": check}
+        await send({**message, "count": self.length})
         for part in parts:
             if not isinstance(part, bytes):
                 self.store.add("copied_bytes" if part[2] else "sendfile_bytes", part[1])

@@ -24,6 +24,8 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from xpcs_io.server.zerocopy import SENDFILE
+
 __all__ = ["Metrics", "ObservabilityMiddleware", "render"]
 
 access_log = logging.getLogger("xpcs_io.access")
@@ -139,6 +141,8 @@ class ObservabilityMiddleware:
                 status = message["status"]
             elif message["type"] == "http.response.body":
                 sent += len(message.get("body", b""))
+            elif message["type"] == SENDFILE:
+                sent += message["count"]
             await send(message)
 
         try:

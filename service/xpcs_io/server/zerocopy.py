@@ -6,7 +6,8 @@ server's ``send`` and, when it can take the socket over safely (uvicorn's httpto
 plain TCP, no TLS), announces ``scope["extensions"][EXTENSION]`` and understands two more
 messages on ``send``:
 
-- ``{"type": SENDFILE, "fd": int, "parts": [...], "check": callable or None}`` writes the
+- ``{"type": SENDFILE, "fd": int, "parts": [...], "count": int, "check": callable or
+  None}`` (``count``: the bytes of all parts, for byte counters on the way) writes the
   parts in order, on one worker thread, once uvicorn's own write buffer is empty (``poll``
   for ``POLLOUT`` on the non-blocking socket): a ``bytes`` part as it is, an
   ``(offset, count, private)`` part from the file ``fd``, with ``os.sendfile`` straight from
