@@ -4,6 +4,7 @@ the read path (ETag, shared result cache, thread pool)."""
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
@@ -150,8 +151,16 @@ async def read_result(request: Request, file_path: str, produce: Callable[[], An
         # No result cache: the file's own bytes are sent where a learnt plan allows.
         plan = None if wants_json(request) else plans.get(key)
         fd = None if plan is None else open_version(real, identity.file, plans.policy)
-        if plan is not None and fd is not None:
-            return PlanResponse(plan, fd, plans, _array_codec(request), headers)
+        if plan is not None and fd is None:
+            plans.done()
+        elif plan is not None and fd is not None:
+            try:  # counted like an answer held in memory: stalled readers stay bounded
+                release = state.results.hold(plan.nbytes)
+            except BaseException:
+                os.close(fd)
+                plans.done()
+                raise
+            return PlanResponse(plan, fd, plans, _array_codec(request), headers, release)
         if not wants_json(request):
             read, learn = plans.learning(read, key, real, identity)
     content, seen = await state.results.get(key, real, identity, read)

@@ -55,6 +55,9 @@ MIN_FILE_ARRAY: Final = 64 << 10
 #: Plans whose arrays in memory add up to more than this are not kept.
 MAX_KEPT_BYTES: Final = 1 << 20
 _SLICE: Final = 1 << 20
+#: Answers sent from plans at once, per process: each ties up a worker thread while its
+#: client reads (a stalled one for up to ``zerocopy.STALL_SECONDS``); more go through HDF5.
+MAX_IN_FLIGHT: Final = 8
 
 
 def _window_bound() -> int:
@@ -171,6 +174,7 @@ class PlanStore:
         self.max_entries = max_entries
         self._plans: OrderedDict[Hashable, FilePlan] = OrderedDict()
         self._lock = threading.Lock()
+        self.in_flight = 0
         self.counts = dict.fromkeys(
             ("plans", "responses", "sendfile_bytes", "copied_bytes", "aborts"), 0
         )
@@ -186,12 +190,20 @@ class PlanStore:
             return {f"zero_copy_{k}": v for k, v in self.counts.items()}
 
     def get(self, key: Hashable) -> FilePlan | None:
-        """The plan learnt for ``key``, if any."""
+        """The plan learnt for ``key``, if any, when another answer may be sent from a plan
+        now (at most ``MAX_IN_FLIGHT`` at once); the answer must call ``done()`` at its end."""
         with self._lock:
             plan = self._plans.get(key)
-            if plan is not None:
-                self._plans.move_to_end(key)
+            if plan is None or self.in_flight >= MAX_IN_FLIGHT:
+                return None
+            self._plans.move_to_end(key)
+            self.in_flight += 1
             return plan
+
+    def done(self) -> None:
+        """An answer sent from a plan (one ``get`` returned) is over."""
+        with self._lock:
+            self.in_flight -= 1
 
     def learning(
         self,
@@ -319,7 +331,9 @@ class _ChangedError(Exception):
 class PlanResponse(Response):
     """An answer sent from a ``FilePlan`` and the file open as ``fd`` (closed when done).
 
-    ``preset`` names the array compression the client accepts, or None for raw arrays.
+    ``preset`` names the array compression the client accepts, or None for raw arrays;
+    ``release`` is called when the answer is over, as is ``store.done()`` (it was made from
+    a plan that ``store.get`` handed out).
     """
 
     media_type = MSGPACK_MEDIA_TYPE
@@ -331,8 +345,10 @@ class PlanResponse(Response):
         store: PlanStore,
         preset: str | None,
         headers: dict[str, str],
+        release: Callable[[], None] = lambda: None,
     ) -> None:
         self.plan, self.fd, self.store, self.preset = plan, fd, store, preset
+        self.release = release
         segments: list[bytes | Extents] = []
         _segments(plan.skeleton, segments, raw=preset is None)
         self.segments = _merged(segments)
@@ -379,6 +395,8 @@ class PlanResponse(Response):
             await send({"type": "http.response.body", "body": final})
         finally:
             os.close(self.fd)
+            self.release()
+            self.store.done()
 
     def _unchanged(self) -> bool:
         return _unchanged(self.fd, self.plan.identity, self.store.policy)
