@@ -26,7 +26,7 @@ from xpcs_io.demo import DemoSpec, write_native_file
 from xpcs_io.errors import FileBusyError, FileMarkedOpenError, RemoteConnectionError
 from xpcs_io.facade import HDF5Facade
 from xpcs_io.pool import HDF5ConnectionPool
-from xpcs_io.server.fileplans import TAIL
+from xpcs_io.server.planresponse import TAIL
 
 # Large enough that part of each answer goes out with sendfile (the last TAIL bytes never do).
 SHAPE = (1024, max(1024, (TAIL // (4 * 1024) + 1024) // 3))

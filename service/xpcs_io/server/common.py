@@ -17,7 +17,8 @@ from xpcs_io import arraycodec
 from xpcs_io.facade import HDF5Facade
 from xpcs_io.pool import DataIdentity
 from xpcs_io.schemas import Schema
-from xpcs_io.server.fileplans import PlanResponse, PlanStore, open_version
+from xpcs_io.server.fileplans import PlanStore, open_version
+from xpcs_io.server.planresponse import PlanResponse
 from xpcs_io.server.responses import encode, wants_json
 from xpcs_io.server.results import request_key
 
