@@ -32,6 +32,7 @@ from bench import (
     w9_g2_many,
     w10_links,
     w11_saxs_2d,
+    w12_client_choices,
 )
 from bench.common import MB, Config, Result, process_rss
 from bench.env import Env
@@ -50,6 +51,7 @@ WORKLOADS: dict[str, ModuleType] = {
         w9_g2_many,
         w10_links,
         w11_saxs_2d,
+        w12_client_choices,
     )
 }
 REPO = Path(__file__).resolve().parent.parent

@@ -4,6 +4,8 @@ uvicorn server on 127.0.0.1)."""
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import os
 import signal
 import socket
@@ -20,10 +22,12 @@ import httpx
 import pytest
 
 from xpcs_io.api import FacadeAPI
-from xpcs_io.client import RemoteHDF5Facade
+from xpcs_io.client import AsyncRemoteHDF5Facade, RemoteHDF5Facade
 from xpcs_io.demo import DemoSpec, write_native_file
 from xpcs_io.facade import HDF5Facade
 from xpcs_io.pool import HDF5ConnectionPool
+
+from .clientsupport import RawServer
 
 
 @pytest.fixture(scope="session")
@@ -62,6 +66,31 @@ class Side:
 
 
 SIDES = ["local", "remote"]
+#: The contract files also hold the async client to every assertion.
+CONTRACT_SIDES = [*SIDES, "async"]
+
+
+class BlockingAsync:
+    """An ``AsyncRemoteHDF5Facade`` behind blocking calls, so the contract's assertions run
+    on it unchanged: every coroutine method runs to completion on one private event loop."""
+
+    def __init__(self, url: str, **kwargs: Any) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._client = AsyncRemoteHDF5Facade(url, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._client, name)
+        if not inspect.iscoroutinefunction(value):
+            return value
+
+        def blocking(*args: Any, **kwargs: Any) -> Any:
+            return self._loop.run_until_complete(value(*args, **kwargs))
+
+        return blocking
+
+    def close(self) -> None:
+        self._loop.run_until_complete(self._client.aclose())
+        self._loop.close()
 
 
 def free_port() -> int:
@@ -144,9 +173,10 @@ def server(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     assert srv.stop() in (0, -signal.SIGTERM), srv.log.read_text()[-2000:]
 
 
-@pytest.fixture(params=SIDES)
-def side(request: pytest.FixtureRequest, data_root: Path) -> Iterator[Side]:
-    """The facade API on each side: the same assertions must hold on both."""
+def open_side(request: pytest.FixtureRequest, data_root: Path) -> Iterator[Side]:
+    """The facade API on side ``request.param``: "local" (``HDF5Facade``), "remote"
+    (``RemoteHDF5Facade``) or "async" (``AsyncRemoteHDF5Facade`` through ``BlockingAsync``),
+    the remote ones against the session's server."""
     if request.param == "local":
         pool = HDF5ConnectionPool(max_size=8)
 
@@ -155,15 +185,35 @@ def side(request: pytest.FixtureRequest, data_root: Path) -> Iterator[Side]:
 
         yield Side("local", make(), data_root, make)
         pool.shutdown()
-    else:
-        srv: Server = request.getfixturevalue("server")
-        clients: list[RemoteHDF5Facade] = []
+        return
+    srv: Server = request.getfixturevalue("server")
+    clients: list[Any] = []
 
-        def make_remote(**kwargs: Any) -> FacadeAPI:
-            client = RemoteHDF5Facade(srv.url, **kwargs)
-            clients.append(client)
-            return client
+    def make_remote(**kwargs: Any) -> FacadeAPI:
+        client: Any = (
+            RemoteHDF5Facade(srv.url, **kwargs)
+            if request.param == "remote"
+            else BlockingAsync(srv.url, **kwargs)
+        )
+        clients.append(client)
+        made: FacadeAPI = client
+        return made
 
-        yield Side("remote", make_remote(), data_root, make_remote)
-        for client in clients:
-            client.close()
+    yield Side(request.param, make_remote(), data_root, make_remote)
+    for client in clients:
+        client.close()
+
+
+@pytest.fixture
+def raw() -> Iterator[list[RawServer]]:
+    """Raw-socket servers a client test starts (closed after it)."""
+    made: list[RawServer] = []
+    yield made
+    for srv in made:
+        srv.close()
+
+
+@pytest.fixture(params=SIDES)
+def side(request: pytest.FixtureRequest, data_root: Path) -> Iterator[Side]:
+    """The facade API on each side: the same assertions must hold on both."""
+    yield from open_side(request, data_root)

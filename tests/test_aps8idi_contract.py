@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,13 @@ from xpcs_io.h5access import Locator
 from xpcs_io.layouts import aps8idi
 from xpcs_io.schemas import GeometryMetadata, MaskSchema, PartitionSchema
 
-from .conftest import Side
+from .conftest import CONTRACT_SIDES, Side, open_side
+
+
+@pytest.fixture(params=CONTRACT_SIDES)
+def side(request: pytest.FixtureRequest, data_root: Path) -> Iterator[Side]:
+    """Every side, the async client included."""
+    yield from open_side(request, data_root)
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import pytest
 from tests.conftest import Server
 from xpcs_io import arraycodec, wire
 from xpcs_io.client import RemoteHDF5Facade
-from xpcs_io.client.core import AutoCompression, array_compression
+from xpcs_io.client.compression import AutoCompression, array_compression
 from xpcs_io.demo import DemoSpec, write_native_file
 from xpcs_io.errors import SchemaError
 

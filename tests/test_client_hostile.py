@@ -2,17 +2,15 @@
 oversized answer becomes ``RemoteConnectionError`` or ``WireFormatError`` (an error status,
 ``ServerError`` or the class it names), never ``ValueError``, ``MemoryError``,
 ``RecursionError`` or ``KeyError`` from the decoding itself; nothing larger than
-``max_response_bytes`` is allocated. Both clients, on both their transports (the lean one
-and httpx's own), against a real raw-socket server on 127.0.0.1."""
+``max_response_bytes`` is allocated. Both clients, on both their drivers (their own
+sockets, and an httpx client passed as ``http``), against a real raw-socket server on
+127.0.0.1."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gzip
 import os
-import socket
-import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,9 +19,10 @@ import msgpack
 import pytest
 
 from xpcs_io.client import AsyncRemoteHDF5Facade, RemoteHDF5Facade
-from xpcs_io.client.transport import RetryPolicy
+from xpcs_io.client.core import RetryPolicy
 from xpcs_io.errors import RemoteConnectionError, ServerError, WireFormatError
 
+from .clientsupport import RawServer
 from .reliability.support import rss_bytes
 
 BAD = (RemoteConnectionError, WireFormatError)
@@ -120,6 +119,25 @@ MALFORMED: dict[str, bytes] = {
     "ext type": _ok(b"\xd4\x01\x00"),
     "str claiming 4 GiB": _ok(b"\xdb\xff\xff\xff\xff" + b"x" * 10),
     "map claiming 2**32 entries": _ok(b"\xdf\xff\xff\xff\xff"),
+    "Content-Length shorter than the body": b"HTTP/1.1 200 OK\r\n"
+    + MSGPACK
+    + b"Content-Length: 3\r\n\r\n"
+    + _qmap(),
+    "two Content-Lengths that differ": b"HTTP/1.1 200 OK\r\n"
+    + MSGPACK
+    + b"Content-Length: 1\r\nContent-Length: 2\r\n\r\n\xc0",
+    "chunked and a Content-Length": b"HTTP/1.1 200 OK\r\n"
+    + MSGPACK
+    + b"Content-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n\xc0\r\n",
+    "an interim 100 answer only": b"HTTP/1.1 100 Continue\r\n\r\n",
+    "a head line of 100 KB": b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n",
+    "304 to a request that was not conditional": b"HTTP/1.1 304 Not Modified\r\n\r\n",
+    "closed in the middle of an array": b"HTTP/1.1 200 OK\r\n"
+    + MSGPACK
+    + b"Content-Length: %d\r\n\r\n" % (len(_qmap()) + 4096)
+    + _qmap()[:40],
+    "object dtype in a G2-sized array": _qmap(sqmap=_array("|O", [2, 2], b"\0" * 32)),
+    "shape that overflows int64": _qmap(sqmap=_array("<f4", [2**62, 2**62], b"")),
 }
 
 # name -> (raw answer, the exception its status stands for).
@@ -152,45 +170,13 @@ ERRORS: dict[str, tuple[bytes, type[BaseException]]] = {
 CAP = 2 << 20  # the clients below accept at most 2 MiB
 
 
-class Hostile:
-    """A raw-socket HTTP server on 127.0.0.1 answering every request with ``reply``."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.port = self.sock.getsockname()[1]
-        self.reply = b""
-        self.served = 0
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn: socket.socket) -> None:
-        with contextlib.suppress(OSError), conn:
-            conn.settimeout(10)
-            data = b""
-            while b"\r\n\r\n" not in data:
-                chunk = conn.recv(65536)
-                if not chunk:
-                    return
-                data += chunk
-            self.served += 1
-            conn.sendall(self.reply)
-            conn.shutdown(socket.SHUT_RDWR)
-
-    def close(self) -> None:
-        self.sock.close()
+def Hostile() -> RawServer:
+    """A raw-socket HTTP server on 127.0.0.1 answering every request with ``.reply``."""
+    return RawServer(b"")
 
 
 @pytest.fixture(scope="module")
-def hostile() -> Iterator[Hostile]:
+def hostile() -> Iterator[RawServer]:
     h = Hostile()
     yield h
     h.close()
@@ -199,8 +185,11 @@ def hostile() -> Iterator[Hostile]:
 RETRY = RetryPolicy(attempts=2, base=0.001)
 
 
+DRIVERS = ["sockets", "httpx"]
+
+
 def _sync(url: str, transport: str) -> Any:
-    http = None if transport == "lean" else httpx.Client(base_url=url, timeout=10)
+    http = httpx.Client(base_url=url, timeout=10) if transport == "httpx" else None
     try:
         with RemoteHDF5Facade(
             url, timeout=10, retry=RETRY, http=http, max_response_bytes=CAP
@@ -213,7 +202,7 @@ def _sync(url: str, transport: str) -> Any:
 
 def _async(url: str, transport: str) -> Any:
     async def go() -> Any:
-        http = None if transport == "lean" else httpx.AsyncClient(base_url=url, timeout=10)
+        http = httpx.AsyncClient(base_url=url, timeout=10) if transport == "httpx" else None
         try:
             async with AsyncRemoteHDF5Facade(
                 url, timeout=10, retry=RETRY, http=http, max_response_bytes=CAP
@@ -229,7 +218,7 @@ def _async(url: str, transport: str) -> Any:
 CLIENTS = {"sync": _sync, "async": _async}
 
 
-def _outcome(hostile: Hostile, reply: bytes, client: str, transport: str) -> BaseException | None:
+def _outcome(hostile: RawServer, reply: bytes, client: str, transport: str) -> BaseException | None:
     hostile.reply = reply
     try:
         CLIENTS[client](f"http://127.0.0.1:{hostile.port}", transport)
@@ -238,28 +227,28 @@ def _outcome(hostile: Hostile, reply: bytes, client: str, transport: str) -> Bas
     return None
 
 
-@pytest.mark.parametrize("transport", ["lean", "httpx"])
+@pytest.mark.parametrize("transport", DRIVERS)
 @pytest.mark.parametrize("client", ["sync", "async"])
 @pytest.mark.parametrize("name", sorted(MALFORMED))
-def test_malformed_answers(hostile: Hostile, name: str, client: str, transport: str) -> None:
+def test_malformed_answers(hostile: RawServer, name: str, client: str, transport: str) -> None:
     got = _outcome(hostile, MALFORMED[name], client, transport)
     assert isinstance(got, BAD), f"{name}: {type(got).__name__}: {got!s:.200}"
 
 
-@pytest.mark.parametrize("transport", ["lean", "httpx"])
+@pytest.mark.parametrize("transport", DRIVERS)
 @pytest.mark.parametrize("client", ["sync", "async"])
 @pytest.mark.parametrize("name", sorted(ERRORS))
-def test_hostile_error_answers(hostile: Hostile, name: str, client: str, transport: str) -> None:
+def test_hostile_error_answers(hostile: RawServer, name: str, client: str, transport: str) -> None:
     reply, want = ERRORS[name]
     got = _outcome(hostile, reply, client, transport)
     assert type(got) is want, f"{name}: {type(got).__name__}: {got!s:.200}"
 
 
 @pytest.mark.parametrize("client", ["sync", "async"])
-def test_declared_terabytes_allocate_nothing(hostile: Hostile, client: str) -> None:
+def test_declared_terabytes_allocate_nothing(hostile: RawServer, client: str) -> None:
     before = rss_bytes(os.getpid())
     for _ in range(5):
-        got = _outcome(hostile, MALFORMED["Content-Length 10**13"], client, "lean")
+        got = _outcome(hostile, MALFORMED["Content-Length 10**13"], client, "sockets")
         assert isinstance(got, RemoteConnectionError)
         assert "max_response_bytes" in str(got)
     assert rss_bytes(os.getpid()) - before < 50e6
@@ -275,10 +264,10 @@ def test_default_cap_and_its_checks() -> None:
         AsyncRemoteHDF5Facade("http://127.0.0.1:9", max_response_bytes=1.5)  # type: ignore[arg-type]
 
 
-def test_a_good_answer_under_the_cap_still_reads(hostile: Hostile) -> None:
+def test_a_good_answer_under_the_cap_still_reads(hostile: RawServer) -> None:
     good = _qmap()
     hostile.reply = _ok(good)
     for client in CLIENTS.values():
-        for transport in ("lean", "httpx"):
+        for transport in DRIVERS:
             q = client(f"http://127.0.0.1:{hostile.port}", transport)
             assert q.sqmap.shape == (2, 2)

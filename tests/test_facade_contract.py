@@ -15,7 +15,13 @@ from xpcs_io.demo import DemoSpec, write_native_file
 from xpcs_io.errors import HDF5ValidationError
 from xpcs_io.schemas import G2Data, GeometryMetadata, MaskSchema, PartitionSchema, QMapSchema
 
-from .conftest import Side
+from .conftest import CONTRACT_SIDES, Side, open_side
+
+
+@pytest.fixture(params=CONTRACT_SIDES)
+def side(request: pytest.FixtureRequest, data_root: Path) -> Iterator[Side]:
+    """Every side, the async client included."""
+    yield from open_side(request, data_root)
 
 
 @contextlib.contextmanager

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from xpcs_io.client import AsyncRemoteHDF5Facade, RemoteHDF5Facade
-from xpcs_io.client.transport import RetryPolicy
+from xpcs_io.client.core import RetryPolicy
 from xpcs_io.errors import WriteLockTimeout
 from xpcs_io.facade import HDF5Facade
 from xpcs_io.locking import FileWriteLock

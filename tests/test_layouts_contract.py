@@ -4,7 +4,7 @@ layout and stored arrays of the wrong shape."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,14 @@ from xpcs_io.errors import HDF5ValidationError
 from xpcs_io.facade import LAYOUTS
 from xpcs_io.layouts import registry
 
-from .conftest import Server, Side
+from .conftest import CONTRACT_SIDES, Server, Side, open_side
+
+
+@pytest.fixture(params=CONTRACT_SIDES)
+def side(request: pytest.FixtureRequest, data_root: Path) -> Iterator[Side]:
+    """Every side, the async client included."""
+    yield from open_side(request, data_root)
+
 
 ERAS: dict[str, Callable[[Path], tuple[Path, LegacyTruth]]] = {
     "hadoop": lambda d: write_hadoop_file(d / "hadoop.hdf"),

@@ -5,8 +5,8 @@ This package needs only numpy, msgpack and httpx.
 """
 
 from xpcs_io.client.aio import AsyncRemoteHDF5Facade
+from xpcs_io.client.core import RetryPolicy
 from xpcs_io.client.sync import RemoteHDF5Facade
-from xpcs_io.client.transport import RetryPolicy
 from xpcs_io.errors import RemoteConnectionError
 
 __all__ = ["AsyncRemoteHDF5Facade", "RemoteConnectionError", "RemoteHDF5Facade", "RetryPolicy"]

@@ -1,11 +1,13 @@
-"""``AsyncRemoteHDF5Facade``: the ``HDF5Facade`` API over HTTP for asyncio code."""
+"""``AsyncRemoteHDF5Facade``: the ``HDF5Facade`` API over HTTP for asyncio code. Each
+method hands its ``Call`` to the core; ``_run`` drives the core's exchange with asyncio I/O
+(the only code here besides the methods)."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import numpy as np
@@ -13,18 +15,10 @@ import numpy.typing as npt
 
 from xpcs_io.api import PathLike, VersionRecord
 from xpcs_io.client import calls, viewer_calls
-from xpcs_io.client.afasthttp import AsyncFastHTTPTransport
 from xpcs_io.client.calls import Call
 from xpcs_io.client.core import ClientCore
-from xpcs_io.client.fasthttp import usable_for
-from xpcs_io.client.transport import (
-    DEFAULT_MAX_RESPONSE_BYTES,
-    BodyBuffer,
-    RetryPolicy,
-    connection_error,
-    content_length,
-    undecodable,
-)
+from xpcs_io.client.drivers import AsyncHttpx, AsyncSockets
+from xpcs_io.client.transport import TransportError
 from xpcs_io.client.watching import EventWatch
 from xpcs_io.events import Event
 from xpcs_io.schemas import (
@@ -40,111 +34,42 @@ from xpcs_io.schemas import (
 
 __all__ = ["AsyncRemoteHDF5Facade"]
 
+T = TypeVar("T")
 
-class AsyncRemoteHDF5Facade(ClientCore):
-    """``RemoteHDF5Facade`` for asyncio: the same constructor and methods, as coroutines;
-    file paths are relative to the server's data root.
 
-    Args:
-        base_url: e.g. ``http://127.0.0.1:8000``.
-        api_key: sent as ``Authorization: Bearer``.
-        timeout: seconds for connect/read/write (httpx semantics).
-        validate: ask the server to validate (``False`` returns unchecked objects).
-        http: an existing ``httpx.AsyncClient`` to use (not closed by this object).
-        retry: retry policy for reads and writes (each write carries an idempotency key,
-            so a resent write never stores a second version).
-        cache_bytes: keep up to this many bytes of read results and revalidate them with
-            the server's ETag (an unchanged file answers 304 and nothing is transferred).
-            Cached arrays are read-only. 0 (the default) disables the cache.
-        progress: show a progress bar (tqdm, ``pip install 'xpcs-io[progress]'``) for
-            downloads above 8 MiB.
-        max_response_bytes: the largest answer accepted (default 4 GiB); a larger one, or
-            one that lies about its size, raises ``RemoteConnectionError`` before memory is
-            allocated for it.
-        compression: arrays compressed on the wire: ``"auto"`` (the default) asks for
-            ``blosc2-zstd`` when blosc2 is installed and the server is not on this machine
-            (loopback), where the link, not decompression, is the limit; ``"none"``; or a
-            preset, ``"blosc2-zstd"`` or ``"blosc2-lz4"`` (see docs/wire-format.md).
+class AsyncRemoteHDF5Facade(ClientCore[httpx.AsyncClient]):
+    """``RemoteHDF5Facade`` for asyncio: the same constructor (``http`` is an
+    ``httpx.AsyncClient``) and methods, as coroutines; file paths are relative to the
+    server's data root. Network failures raise ``RemoteConnectionError``."""
 
-    Network failures raise ``RemoteConnectionError`` (a ``ConnectionError``).
-    """
+    def _connect(self, http: httpx.AsyncClient | None) -> None:
+        self._driver: AsyncSockets | AsyncHttpx
+        if http is not None:
+            self._driver = AsyncHttpx(http, owned=False)
+        elif self.origin.plain_sockets():
+            self._driver = AsyncSockets(self.origin, self._timeout)
+        else:
+            self._driver = AsyncHttpx(httpx.AsyncClient(timeout=self._timeout), owned=True)
 
-    def __init__(
-        self,
-        base_url: str = "http://127.0.0.1:8000",
-        *,
-        api_key: str | None = None,
-        timeout: float = 60.0,
-        validate: bool = True,
-        http: httpx.AsyncClient | None = None,
-        retry: RetryPolicy | None = None,
-        cache_bytes: int = 0,
-        progress: bool = False,
-        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
-        compression: str = "auto",
-    ) -> None:
-        super().__init__(
-            base_url,
-            api_key=api_key,
-            validate=validate,
-            retry=retry,
-            cache_bytes=cache_bytes,
-            progress=progress,
-            max_response_bytes=max_response_bytes,
-            compression=compression,
-        )
-        self._timeout = timeout
-        self._owns = http is None
-        if http is None:
-            # Plain-http servers get the lean transport that reads bodies into numpy memory.
-            transport = (
-                AsyncFastHTTPTransport(max_body=max_response_bytes)
-                if usable_for(self.base_url)
-                else None
-            )
-            http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout, transport=transport)
-        self._http = http
-
-    # ------------------------------------------------------------------ plumbing
-
-    async def _send(self, call: Call) -> Any:
-        attempt = 0
-        while True:
+    async def _run(self, call: Call[T]) -> T:
+        """Drive the core's exchange of ``call`` with asyncio I/O."""
+        exchange = self.exchange(call)
+        for step in exchange:
+            if isinstance(step, float):
+                await asyncio.sleep(step)
+                continue
             try:
-                request, cached = self.build(self._http, call)
-                response = await self._http.send(request, stream=True)
-                try:
-                    if self.retry.may_retry(call, attempt, None, response.status_code):
-                        await response.aread()
-                        await asyncio.sleep(self.retry.delay(attempt))
-                        attempt += 1
-                        continue
-                    length = content_length(response)
-                    buf = BodyBuffer(length, self.max_response_bytes)
-                    bar = self.progress_bar(call, length)
-                    async for chunk in response.aiter_bytes():
-                        buf.add(chunk)
-                        if bar is not None:
-                            bar.update(len(chunk))
-                    if bar is not None:
-                        bar.close()
-                    body = buf.result()
-                finally:
-                    await response.aclose()
-                return self.complete(call, response, body, cached)
-            except httpx.DecodingError as exc:  # a Content-Encoding the body does not match
-                raise undecodable(call, exc) from exc
-            except httpx.TransportError as exc:
-                if self.retry.may_retry(call, attempt, exc, None):
-                    await asyncio.sleep(self.retry.delay(attempt))
-                    attempt += 1
-                    continue
-                raise connection_error(call, self.base_url, exc) from exc
+                await self._driver.move(step)
+            except TransportError as exc:
+                exchange.failed(exc)
+        return exchange.result
 
     async def aclose(self) -> None:
-        """Close the connection pool (unless it was passed in as ``http``)."""
-        if self._owns:
-            await self._http.aclose()
+        """Close the connections (not an ``http`` client passed in)."""
+        if isinstance(self._driver, AsyncHttpx):
+            await self._driver.aclose()
+        else:
+            self._driver.close()
 
     async def __aenter__(self) -> AsyncRemoteHDF5Facade:
         return self
@@ -163,10 +88,7 @@ class AsyncRemoteHDF5Facade(ClientCore):
         self, file_path: PathLike, group: str = "/xpcs/qmap", *, layout: str | None = None
     ) -> QMapSchema:
         """Read a q-map (see ``HDF5Facade.read_qmap``)."""
-        result: QMapSchema = await self._send(
-            calls.read_qmap(file_path, group, self.validate, layout)
-        )
-        return result
+        return await self._run(calls.read_qmap(file_path, group, self.validate, layout))
 
     async def read_g2_data(
         self,
@@ -177,37 +99,27 @@ class AsyncRemoteHDF5Facade(ClientCore):
         layout: str | None = None,
     ) -> G2Data:
         """Read G2, optionally one q bin (see ``HDF5Facade.read_g2_data``)."""
-        result: G2Data = await self._send(
-            calls.read_g2_data(file_path, q_idx, group, self.validate, layout)
-        )
-        return result
+        return await self._run(calls.read_g2_data(file_path, q_idx, group, self.validate, layout))
 
     async def read_c2(
         self, file_path: PathLike, q_idx: int, max_size: int | None = None
     ) -> npt.NDArray[np.float32]:
         """A two-time map of an APS 8-ID-I file (see ``HDF5Facade.read_c2``)."""
-        result: npt.NDArray[np.float32] = await self._send(
-            calls.read_c2(file_path, q_idx, max_size)
-        )
-        return result
+        return await self._run(calls.read_c2(file_path, q_idx, max_size))
 
     async def read_geometry_metadata(
         self, file_path: PathLike, group: str = "/xpcs/metadata", *, layout: str | None = None
     ) -> GeometryMetadata:
         """Read geometry (see ``HDF5Facade.read_geometry_metadata``)."""
-        result: GeometryMetadata = await self._send(
+        return await self._run(
             calls.read_geometry_metadata(file_path, group, self.validate, layout)
         )
-        return result
 
     async def read_mask(
         self, file_path: PathLike, group: str = "/simplemask/mask", version: int | None = None
     ) -> MaskSchema:
         """Read a mask version (see ``HDF5Facade.read_mask``)."""
-        result: MaskSchema = await self._send(
-            calls.read_mask(file_path, group, version, self.validate)
-        )
-        return result
+        return await self._run(calls.read_mask(file_path, group, version, self.validate))
 
     async def read_partition(
         self,
@@ -216,28 +128,19 @@ class AsyncRemoteHDF5Facade(ClientCore):
         version: int | None = None,
     ) -> PartitionSchema:
         """Read a partition version (see ``HDF5Facade.read_partition``)."""
-        result: PartitionSchema = await self._send(
-            calls.read_partition(file_path, group, version, self.validate)
-        )
-        return result
+        return await self._run(calls.read_partition(file_path, group, version, self.validate))
 
     async def list_mask_versions(
         self, file_path: PathLike, group: str = "/simplemask/mask"
     ) -> list[VersionRecord]:
         """The versions of a mask group, oldest first."""
-        result: list[VersionRecord] = await self._send(
-            calls.list_versions("mask", file_path, group)
-        )
-        return result
+        return await self._run(calls.list_versions("mask", file_path, group))
 
     async def list_partition_versions(
         self, file_path: PathLike, group: str = "/simplemask/partition"
     ) -> list[VersionRecord]:
         """The versions of a partition group, oldest first."""
-        result: list[VersionRecord] = await self._send(
-            calls.list_versions("partition", file_path, group)
-        )
-        return result
+        return await self._run(calls.list_versions("partition", file_path, group))
 
     async def write_mask(
         self,
@@ -250,16 +153,9 @@ class AsyncRemoteHDF5Facade(ClientCore):
         writer: str | None = None,
         idempotency_key: str | None = None,
     ) -> VersionRecord:
-        """Write a new mask version (see ``HDF5Facade.write_mask``).
-
-        Each call carries an idempotency key (``idempotency_key``, else a fresh random one),
-        so a resend after a dropped connection returns the version the first attempt stored
-        instead of storing a second one; the write is retried like a read.
-        """
-        record: VersionRecord = await self._send(
-            calls.write(
-                "mask",
-                MaskSchema,
+        """``RemoteHDF5Facade.write_mask`` for asyncio."""
+        return await self._run(
+            calls.write_mask(
                 file_path,
                 mask_schema,
                 group,
@@ -269,7 +165,6 @@ class AsyncRemoteHDF5Facade(ClientCore):
                 idempotency_key,
             )
         )
-        return record
 
     async def write_partition(
         self,
@@ -282,12 +177,9 @@ class AsyncRemoteHDF5Facade(ClientCore):
         writer: str | None = None,
         idempotency_key: str | None = None,
     ) -> VersionRecord:
-        """Write a new partition version (see ``HDF5Facade.write_partition``); one
-        idempotency key per call, as in ``write_mask``."""
-        record: VersionRecord = await self._send(
-            calls.write(
-                "partition",
-                PartitionSchema,
+        """``RemoteHDF5Facade.write_partition`` for asyncio."""
+        return await self._run(
+            calls.write_partition(
                 file_path,
                 partition_schema,
                 group,
@@ -297,16 +189,14 @@ class AsyncRemoteHDF5Facade(ClientCore):
                 idempotency_key,
             )
         )
-        return record
 
     async def get_pool_stats(self) -> dict[str, Any]:
         """The server pool's statistics."""
-        result: dict[str, Any] = await self._send(calls.pool_stats())
-        return result
+        return await self._run(calls.pool_stats())
 
     async def clear_pool(self) -> None:
         """Close every handle in the server's pool (needs an admin key when keys are set)."""
-        await self._send(calls.pool_clear())
+        await self._run(calls.pool_clear())
 
     # ------------------------------------------------------------------ many files
 
@@ -319,10 +209,9 @@ class AsyncRemoteHDF5Facade(ClientCore):
         layout: str | None = None,
     ) -> list[G2Data | Exception]:
         """G2 of many files in one round trip (see ``HDF5Facade.read_g2_data_many``)."""
-        result: list[G2Data | Exception] = await self._send(
+        return await self._run(
             calls.read_g2_data_many(file_paths, q_idx, group, self.validate, layout)
         )
-        return result
 
     async def read_qmap_many(
         self,
@@ -332,79 +221,49 @@ class AsyncRemoteHDF5Facade(ClientCore):
         layout: str | None = None,
     ) -> list[QMapSchema | Exception]:
         """The q-maps of many files in one round trip (see ``HDF5Facade.read_qmap_many``)."""
-        result: list[QMapSchema | Exception] = await self._send(
-            calls.read_qmap_many(file_paths, group, self.validate, layout)
-        )
-        return result
+        return await self._run(calls.read_qmap_many(file_paths, group, self.validate, layout))
 
     # ------------------------------------------------------------------ viewer reads
 
     async def read_saxs_2d(self, file_path: PathLike, layout: str | None = None) -> Saxs2DData:
         """The SAXS 2-D image (see ``HDF5Facade.read_saxs_2d``)."""
-        result: Saxs2DData = await self._send(
-            viewer_calls.read_saxs_2d(file_path, self.validate, layout)
-        )
-        return result
+        return await self._run(viewer_calls.read_saxs_2d(file_path, self.validate, layout))
 
     async def read_saxs_1d(self, file_path: PathLike, layout: str | None = None) -> Saxs1DData:
         """The SAXS 1-D curve and segments (see ``HDF5Facade.read_saxs_1d``)."""
-        result: Saxs1DData = await self._send(
-            viewer_calls.read_saxs_1d(file_path, self.validate, layout)
-        )
-        return result
+        return await self._run(viewer_calls.read_saxs_1d(file_path, self.validate, layout))
 
     async def read_intensity_time(
         self, file_path: PathLike, layout: str | None = None
     ) -> IntensityTimeData:
         """Intensity vs time (see ``HDF5Facade.read_intensity_time``)."""
-        result: IntensityTimeData = await self._send(
-            viewer_calls.read_intensity_time(file_path, self.validate, layout)
-        )
-        return result
+        return await self._run(viewer_calls.read_intensity_time(file_path, self.validate, layout))
 
     async def read_twotime_g2(
         self, file_path: PathLike, q_idx: int | None = None, layout: str | None = None
     ) -> G2Data:
         """G2 of the two-time result (see ``HDF5Facade.read_twotime_g2``)."""
-        result: G2Data = await self._send(
+        return await self._run(
             viewer_calls.read_twotime_g2(file_path, q_idx, self.validate, layout)
         )
-        return result
 
     async def read_metadata(self, file_path: PathLike, layout: str | None = None) -> dict[str, Any]:
         """The flat metadata dict (see ``HDF5Facade.read_metadata``)."""
-        result: dict[str, Any] = await self._send(viewer_calls.read_metadata(file_path, layout))
-        return result
+        return await self._run(viewer_calls.read_metadata(file_path, layout))
 
     async def list_files(self, prefix: str | None = None) -> list[dict[str, Any]]:
-        """HDF5 files under the server's data root (or its folder ``prefix``): dicts with
-        path, size and mtime, sorted by path."""
-        result: list[dict[str, Any]] = await self._send(viewer_calls.list_files(prefix))
-        return result
+        """``RemoteHDF5Facade.list_files`` for asyncio."""
+        return await self._run(viewer_calls.list_files(prefix))
 
     async def read_tree(self, file_path: PathLike) -> dict[str, Any]:
-        """Every group and dataset of a file (h5grove ``/meta`` form, children at every
-        level): names, kinds, shapes, dtypes, chunks, filters, attributes.
-
-        Raises:
-            FileNotFoundError, PermissionError: as every read.
-            PayloadTooLargeError: the file holds too many entities to list at once.
-        """
-        result: dict[str, Any] = await self._send(viewer_calls.read_tree(file_path))
-        return result
+        """``RemoteHDF5Facade.read_tree`` for asyncio."""
+        return await self._run(viewer_calls.read_tree(file_path))
 
     async def read_dataset(
         self, file_path: PathLike, path: str, selection: str | None = None
     ) -> Any:
-        """The values of any dataset, or of ``selection`` (NumPy slicing text such as
-        ``"0:10,::2"``): an array with the stored dtype (strings as a list).
-
-        Raises:
-            KeyError: no such dataset. ValueError: a malformed selection (HTTP 422).
-            PayloadTooLargeError: the selection is above the server's size limit.
-            FileNotFoundError, PermissionError: as every read.
-        """
-        return await self._send(viewer_calls.read_dataset(file_path, path, selection))
+        """``RemoteHDF5Facade.read_dataset`` for asyncio."""
+        return await self._run(viewer_calls.read_dataset(file_path, path, selection))
 
     # ------------------------------------------------------------------ events
 

@@ -1,20 +1,21 @@
-"""What each facade method sends and how its answer is decoded, shared by the sync and async
-clients so both speak exactly the same protocol."""
+"""What each facade method sends (path, parameters, body; arguments checked as the local
+facade checks them) and how the decoded message becomes its result. No HTTP and no I/O: see
+``transport`` for how the client package is split."""
 
 from __future__ import annotations
 
-import json
 import operator
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
+import numpy.typing as npt
 
 from xpcs_io import wire
-from xpcs_io.errors import ServerError, WireFormatError, exception_from_problem
+from xpcs_io.errors import ServerError, exception_from_problem
 from xpcs_io.schemas import (
     G2Data,
     GeometryMetadata,
@@ -24,17 +25,21 @@ from xpcs_io.schemas import (
     Schema,
 )
 
-__all__ = ["Call", "decode_error", "schema_decoder"]
+__all__ = ["Call", "schema_decoder"]
+
+T = TypeVar("T")
+S = TypeVar("S", bound=Schema)
 
 
 @dataclass(frozen=True)
-class Call:
-    """One HTTP exchange: request parts, whether it may be retried, and the decoder."""
+class Call(Generic[T]):
+    """One HTTP exchange: request parts, whether it may be retried, and the decoder of the
+    message into the method's result."""
 
     method: str
     path: str
     params: dict[str, Any]
-    decode: Callable[[Any], Any]
+    decode: Callable[[Any], T]
     body: list[bytes | memoryview] | None = None
     idempotent: bool = True
     cacheable: bool = False
@@ -66,13 +71,13 @@ def _int_or_none(value: Any, name: str) -> int | None:
         raise TypeError(f"{name} must be an integer, got {type(value).__name__}") from None
 
 
-def schema_decoder(cls: type[Schema], validate: bool) -> Callable[[Any], Any]:
+def schema_decoder(cls: type[S], validate: bool) -> Callable[[Any], S]:
     """Build ``cls`` from a decoded message. The server has already validated it when asked
     to, so the client does not pay the checks a second time."""
 
     del validate  # the server honoured it; see the docstring
 
-    def decode(data: Any) -> Any:
+    def decode(data: Any) -> S:
         if not isinstance(data, dict):
             raise ServerError(f"expected a {cls.__name__} map, got {type(data).__name__}")
         return cls.from_dict(data, validate=False)
@@ -80,10 +85,22 @@ def schema_decoder(cls: type[Schema], validate: bool) -> Callable[[Any], Any]:
     return decode
 
 
-def _read(path: str, cls: type[Schema], validate: bool, **params: Any) -> Call:
+def _params(validate: bool = True, **given: Any) -> dict[str, Any]:
+    """Query parameters: each checked as its name says (file_path, group, layout, q_idx,
+    version), None left out, ``validate=false`` when asked."""
+    params: dict[str, Any] = {}
+    for name, value in given.items():
+        if value is None:
+            continue
+        check = _CHECKS.get(name)
+        params[name] = check(value) if check is not None else value
     if not validate:
         params["validate"] = "false"
-    params = {k: v for k, v in params.items() if v is not None}
+    return params
+
+
+def _read(path: str, cls: type[S], validate: bool, **params: Any) -> Call[S]:
+    params = _params(validate, **params)
     return Call("GET", path, params, schema_decoder(cls, validate), cacheable=True)
 
 
@@ -96,18 +113,34 @@ def _layout(layout: Any) -> str | None:
     return layout  # type: ignore[no-any-return]
 
 
-def read_qmap(file_path: Any, group: Any, validate: bool, layout: Any = None) -> Call:
-    return _read(
-        "/v1/qmap",
-        QMapSchema,
-        validate,
-        file_path=_file(file_path),
-        group=_group(group),
-        layout=_layout(layout),
-    )
+def _q_index(q_idx: Any) -> int | None:
+    q = _int_or_none(q_idx, "q_idx")
+    if q is not None and q < 0:
+        raise IndexError(f"q_idx {q} out of range: negative indices are not allowed")
+    return q
 
 
-def read_c2(file_path: Any, q_idx: Any, max_size: Any) -> Call:
+def _version(version: Any) -> int | None:
+    v = _int_or_none(version, "version")
+    if v is not None and v < 1:
+        raise KeyError(f"version {v} not found (versions start at 1)")
+    return v
+
+
+_CHECKS: dict[str, Callable[[Any], Any]] = {
+    "file_path": _file,
+    "group": _group,
+    "layout": _layout,
+    "q_idx": _q_index,
+    "version": _version,
+}
+
+
+def read_qmap(file_path: Any, group: Any, validate: bool, layout: Any = None) -> Call[QMapSchema]:
+    return _read("/v1/qmap", QMapSchema, validate, file_path=file_path, group=group, layout=layout)
+
+
+def read_c2(file_path: Any, q_idx: Any, max_size: Any) -> Call[npt.NDArray[np.float32]]:
     q = _int_or_none(q_idx, "q_idx")
     if q is None:
         raise TypeError("q_idx must be an integer, got None")
@@ -127,56 +160,31 @@ def read_c2(file_path: Any, q_idx: Any, max_size: Any) -> Call:
 
 def read_g2_data(
     file_path: Any, q_idx: Any, group: Any, validate: bool, layout: Any = None
-) -> Call:
-    q = _int_or_none(q_idx, "q_idx")
-    if q is not None and q < 0:
-        raise IndexError(f"q_idx {q} out of range: negative indices are not allowed")
-    return _read(
-        "/v1/g2",
-        G2Data,
-        validate,
-        file_path=_file(file_path),
-        q_idx=q,
-        group=_group(group),
-        layout=_layout(layout),
-    )
+) -> Call[G2Data]:
+    params = {"file_path": file_path, "q_idx": q_idx, "group": group, "layout": layout}
+    return _read("/v1/g2", G2Data, validate, **params)
 
 
-def read_geometry_metadata(file_path: Any, group: Any, validate: bool, layout: Any = None) -> Call:
-    return _read(
-        "/v1/geometry",
-        GeometryMetadata,
-        validate,
-        file_path=_file(file_path),
-        group=_group(group),
-        layout=_layout(layout),
-    )
+def read_geometry_metadata(
+    file_path: Any, group: Any, validate: bool, layout: Any = None
+) -> Call[GeometryMetadata]:
+    params = {"file_path": file_path, "group": group, "layout": layout}
+    return _read("/v1/geometry", GeometryMetadata, validate, **params)
 
 
-def read_mask(file_path: Any, group: Any, version: Any, validate: bool) -> Call:
-    v = _int_or_none(version, "version")
-    if v is not None and v < 1:
-        raise KeyError(f"version {v} of {group} not found (versions start at 1)")
-    return _read(
-        "/v1/mask", MaskSchema, validate, file_path=_file(file_path), group=_group(group), version=v
-    )
+def read_mask(file_path: Any, group: Any, version: Any, validate: bool) -> Call[MaskSchema]:
+    params = {"file_path": file_path, "group": group, "version": version}
+    return _read("/v1/mask", MaskSchema, validate, **params)
 
 
-def read_partition(file_path: Any, group: Any, version: Any, validate: bool) -> Call:
-    v = _int_or_none(version, "version")
-    if v is not None and v < 1:
-        raise KeyError(f"version {v} of {group} not found (versions start at 1)")
-    return _read(
-        "/v1/partition",
-        PartitionSchema,
-        validate,
-        file_path=_file(file_path),
-        group=_group(group),
-        version=v,
-    )
+def read_partition(
+    file_path: Any, group: Any, version: Any, validate: bool
+) -> Call[PartitionSchema]:
+    params = {"file_path": file_path, "group": group, "version": version}
+    return _read("/v1/partition", PartitionSchema, validate, **params)
 
 
-def list_versions(kind: str, file_path: Any, group: Any) -> Call:
+def list_versions(kind: str, file_path: Any, group: Any) -> Call[list[dict[str, Any]]]:
     return Call(  # not cached: a list is small, and callers expect to own it
         "GET", f"/v1/{kind}/versions", {"file_path": _file(file_path), "group": _group(group)}, list
     )
@@ -204,7 +212,7 @@ def write(
     compression_opts: Any,
     writer: Any,
     idempotency_key: Any = None,
-) -> Call:
+) -> Call[dict[str, Any]]:
     if not isinstance(schema, cls):
         raise TypeError(f"{kind}_schema must be a {cls.__name__}, got {type(schema).__name__}")
     schema.validate()  # same ValueError/TypeError as locally, before any byte is sent
@@ -242,59 +250,26 @@ def write(
     )
 
 
-def pool_stats() -> Call:
+def write_mask(
+    file_path: Any, schema: Any, group: Any, compression: Any, opts: Any, writer: Any, key: Any
+) -> Call[dict[str, Any]]:
+    return write("mask", MaskSchema, file_path, schema, group, compression, opts, writer, key)
+
+
+def write_partition(
+    file_path: Any, schema: Any, group: Any, compression: Any, opts: Any, writer: Any, key: Any
+) -> Call[dict[str, Any]]:
+    return write(
+        "partition", PartitionSchema, file_path, schema, group, compression, opts, writer, key
+    )
+
+
+def pool_stats() -> Call[dict[str, Any]]:
     return Call("GET", "/v1/pool/stats", {}, dict)
 
 
-def pool_clear() -> Call:
+def pool_clear() -> Call[None]:
     return Call("POST", "/v1/pool/clear", {}, lambda _: None, idempotent=False)
-
-
-def decode_error(status: int, content_type: str, body: bytes) -> BaseException:
-    """The exception a non-2xx response stands for (problem+json names the class)."""
-    name = detail = field_name = None
-    if "json" in content_type:
-        try:
-            problem = json.loads(body)
-        except (ValueError, RecursionError):  # malformed, or nested to exhaust the stack
-            problem = None
-        if isinstance(problem, dict):
-            name = problem.get("error")
-            detail = problem.get("detail")
-            field_name = problem.get("field")
-    if detail is None:
-        text = body[:500].decode("utf-8", errors="replace").strip()
-        detail = f"HTTP {status}" + (f": {text}" if text else "")
-    exc = exception_from_problem(
-        name if isinstance(name, str) else None,
-        str(detail),
-        status=status,
-        field=field_name if isinstance(field_name, str) else None,
-    )
-    if isinstance(exc, ServerError):
-        exc.status = status
-    return exc
-
-
-#: What compressed arrays of one answer may decode to (the default limit on a body's size).
-MAX_DECODED_BYTES = 4 << 30
-
-
-def decode_body(content_type: str, body: bytes | bytearray | memoryview) -> Any:
-    """Decode a success body (msgpack, or JSON if a proxy or server sent that).
-
-    Raises:
-        WireFormatError: the bytes are not valid msgpack / JSON, or nest too deeply.
-    """
-    if "json" in content_type:
-        try:
-            return json.loads(bytes(body))
-        except (ValueError, RecursionError) as exc:
-            raise WireFormatError(f"the body is not valid JSON ({str(exc)[:200]})") from None
-    if not body:
-        return None
-    # The client asks for compressed arrays itself; what they decode to is bounded like a body.
-    return wire.unpack(body, codecs=True, max_decoded=MAX_DECODED_BYTES)
 
 
 def posix(path: str | Path) -> str:
@@ -302,14 +277,14 @@ def posix(path: str | Path) -> str:
     return _file(path)
 
 
-def read_many(path: str, cls: type[Schema], file_paths: Any, validate: bool, **params: Any) -> Call:
+def read_many(
+    path: str, cls: type[S], file_paths: Any, validate: bool, **params: Any
+) -> Call[list[S | Exception]]:
     """A many-file read: one item per file, the result or the exception it stands for."""
     if isinstance(file_paths, str | bytes | PurePath) or not isinstance(file_paths, list | tuple):
         raise TypeError(f"file_paths must be a list of paths, got {type(file_paths).__name__}")
     paths = [_file(p) for p in file_paths]
-    if not validate:
-        params["validate"] = "false"
-    params = {k: v for k, v in params.items() if v is not None}
+    params = _params(validate, **params)
 
     def decode(data: Any) -> list[Any]:
         if not isinstance(data, list) or len(data) != len(paths):
@@ -350,27 +325,13 @@ def read_many(path: str, cls: type[Schema], file_paths: Any, validate: bool, **p
 
 def read_g2_data_many(
     file_paths: Any, q_idx: Any, group: Any, validate: bool, layout: Any = None
-) -> Call:
-    q = _int_or_none(q_idx, "q_idx")
-    if q is not None and q < 0:
-        raise IndexError(f"q_idx {q} out of range: negative indices are not allowed")
-    return read_many(
-        "/v1/g2/many",
-        G2Data,
-        file_paths,
-        validate,
-        q_idx=q,
-        group=_group(group),
-        layout=_layout(layout),
-    )
+) -> Call[list[G2Data | Exception]]:
+    params = {"q_idx": q_idx, "group": group, "layout": layout}
+    return read_many("/v1/g2/many", G2Data, file_paths, validate, **params)
 
 
-def read_qmap_many(file_paths: Any, group: Any, validate: bool, layout: Any = None) -> Call:
-    return read_many(
-        "/v1/qmap/many",
-        QMapSchema,
-        file_paths,
-        validate,
-        group=_group(group),
-        layout=_layout(layout),
-    )
+def read_qmap_many(
+    file_paths: Any, group: Any, validate: bool, layout: Any = None
+) -> Call[list[QMapSchema | Exception]]:
+    params = {"group": group, "layout": layout}
+    return read_many("/v1/qmap/many", QMapSchema, file_paths, validate, **params)

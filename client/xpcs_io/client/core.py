@@ -1,122 +1,209 @@
-"""What the blocking and the asyncio clients share: configuration, headers, the response
-cache and turning a finished response into a result or an exception."""
+"""The sans-I/O core of both clients: everything about one call between a facade method and
+the bytes, with no socket and no event loop.
+
+``ClientCore.exchange(call)`` is a generator the drivers run: it yields an ``Attempt`` (a
+``Request`` to send and the ``ResponseReader`` to fill; a driver that fails throws a
+``TransportError`` back in) or a float (seconds to wait before trying again), and returns
+the call's result or raises the exception the answer stands for. Request headers, the
+conditional request of the result cache, array compression, retries, error mapping and
+decoding live here once; ``sync`` and ``aio`` only move bytes (see ``transport`` for the
+package's split).
+
+Retries: only transient failures are tried again, up to ``RetryPolicy.attempts`` times with
+jittered exponential backoff: a connection refused (for every call: nothing was sent), a
+connection reset, closed or timed out before a complete answer, and 502/504 (for idempotent
+calls: reads, and writes carrying an idempotency key), 503 (reads only: a write's 503 is a
+lock another writer held past the server's timeout, waited for already). Everything else
+fails at once: answers that are not HTTP, TLS failures, bodies above ``max_response_bytes``,
+every 4xx and other 5xx.
+"""
 
 from __future__ import annotations
 
-import ipaddress
+import json
+import random
 import time
-from typing import Any
+from collections.abc import Generator
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+from urllib.parse import urlencode
 
-import httpx
-import numpy as np
-
-from xpcs_io import arraycodec
+from xpcs_io import arraycodec, wire
 from xpcs_io.client.cache import ResponseCache
 from xpcs_io.client.calls import Call
-from xpcs_io.client.transport import DEFAULT_MAX_RESPONSE_BYTES, RetryPolicy, finish
-from xpcs_io.schemas import Schema
+from xpcs_io.client.compression import AutoCompression, array_bytes, array_compression
+from xpcs_io.client.transport import (
+    DEFAULT_MAX_RESPONSE_BYTES,
+    Bar,
+    ContentEncodingError,
+    Origin,
+    Request,
+    Response,
+    ResponseReader,
+    TransportError,
+    decode_content,
+)
+from xpcs_io.errors import (
+    RemoteConnectionError,
+    ServerError,
+    WireFormatError,
+    exception_from_problem,
+)
 
-__all__ = ["ClientCore"]
+__all__ = ["Attempt", "ClientCore", "Exchange", "RetryPolicy", "decode_body", "decode_error"]
 
-# Bodies are consumed as httpcore receives them: asking httpx for fixed-size chunks would
-# re-buffer every byte through a BytesIO (a third copy of a 50 MB q-map).
+T = TypeVar("T")
+H = TypeVar("H")
+
 USER_AGENT = "xpcs-io-client/0.1"
 # Bars only for downloads that take noticeable time.
 PROGRESS_MIN_BYTES = 8 << 20
+#: What compressed arrays of one answer may decode to (the default limit on a body's size).
+MAX_DECODED_BYTES = 4 << 30
 
 
-def _is_loopback(base_url: str) -> bool:
-    host = httpx.URL(base_url).host
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+class RetryPolicy:
+    """Bounded exponential backoff: ``attempts`` tries, ``base`` seconds doubling up to
+    ``cap``, jittered."""
+
+    def __init__(self, attempts: int = 4, base: float = 0.05, cap: float = 1.0) -> None:
+        self.attempts = max(1, attempts)
+        self.base = base
+        self.cap = cap
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait before retry number ``attempt`` (0-based)."""
+        backoff: float = min(self.cap, self.base * 2.0**attempt)
+        return backoff * (0.5 + random.random() / 2)
+
+    def may_retry(
+        self, call: Call[Any], attempt: int, exc: TransportError | None, status: int | None
+    ) -> bool:
+        """Whether attempt number ``attempt`` (0-based) of ``call``, which failed with
+        ``exc`` or answered ``status``, is tried again (see the module docstring)."""
+        if attempt + 1 >= self.attempts:
+            return False
+        if exc is not None:
+            return exc.transient and (call.idempotent or not exc.sent)
+        if status in (502, 504):
+            return call.idempotent
+        return status == 503 and call.idempotent and call.method == "GET"
 
 
-def array_compression(compression: str, base_url: str) -> str | None:
-    """The ``XPCS-Array-Codec`` preset a client asks for, or None (raw arrays).
+@dataclass(frozen=True)
+class Attempt:
+    """One try of a call: the request to send and the reader its answer goes into."""
+
+    request: Request
+    reader: ResponseReader
+
+
+class Exchange(Generic[T]):
+    """One call as the steps a driver takes: iterate it for the next step (an ``Attempt``
+    to move, or seconds to wait), report a failed attempt with ``failed``; once the
+    iteration ends, ``result`` holds the call's result (exceptions come out of the
+    iteration)."""
+
+    def __init__(self, steps: Generator[Attempt | float, None, T]) -> None:
+        self._steps = steps
+        self._failure: TransportError | None = None
+        self.result: T
+
+    def __iter__(self) -> Exchange[T]:
+        return self
+
+    def __next__(self) -> Attempt | float:
+        failure, self._failure = self._failure, None
+        try:
+            return self._steps.send(None) if failure is None else self._steps.throw(failure)
+        except StopIteration as done:
+            self.result = done.value
+            raise StopIteration from None
+
+    def failed(self, exc: TransportError) -> None:
+        """The last attempt ended without a complete answer."""
+        self._failure = exc
+
+
+def decode_error(status: int, content_type: str, body: bytes) -> BaseException:
+    """The exception a non-2xx response stands for (problem+json names the class)."""
+    name = detail = field_name = None
+    if "json" in content_type:
+        try:
+            problem = json.loads(body)
+        except (ValueError, RecursionError):  # malformed, or nested to exhaust the stack
+            problem = None
+        if isinstance(problem, dict):
+            name = problem.get("error")
+            detail = problem.get("detail")
+            field_name = problem.get("field")
+    if detail is None:
+        text = body[:500].decode("utf-8", errors="replace").strip()
+        detail = f"HTTP {status}" + (f": {text}" if text else "")
+    exc = exception_from_problem(
+        name if isinstance(name, str) else None,
+        str(detail),
+        status=status,
+        field=field_name if isinstance(field_name, str) else None,
+    )
+    if isinstance(exc, ServerError):
+        exc.status = status
+    return exc
+
+
+def decode_body(content_type: str, body: bytes | bytearray | memoryview) -> Any:
+    """Decode a success body (msgpack, or JSON if a proxy or server sent that).
 
     Raises:
-        ValueError: ``compression`` is not "auto", "none" or a preset.
-        ImportError: a preset was named and blosc2 is not installed.
+        WireFormatError: the bytes are not valid msgpack / JSON, or nest too deeply.
     """
-    if compression == "none":
+    if "json" in content_type:
+        try:
+            return json.loads(bytes(body))
+        except (ValueError, RecursionError) as exc:
+            raise WireFormatError(f"the body is not valid JSON ({str(exc)[:200]})") from None
+    if not len(body):
         return None
-    if compression == "auto":
-        # On loopback nothing limits raw bytes but the copies: compressing only adds CPU.
-        if _is_loopback(base_url) or not arraycodec.available():
-            return None
-        return "blosc2-zstd"
-    if compression not in arraycodec.PRESETS:
-        names = ", ".join(["auto", "none", *arraycodec.PRESETS])
-        raise ValueError(f"compression must be one of {names}; got {compression!r}")
-    if not arraycodec.available():
-        raise ImportError(f"compression={compression!r} needs blosc2: pip install blosc2")
-    return compression
+    # The client asks for compressed arrays itself; what they decode to is bounded like a body.
+    return wire.unpack(body, codecs=True, max_decoded=MAX_DECODED_BYTES)
 
 
-def _nbytes(value: Any) -> int:
-    if isinstance(value, np.ndarray):
-        return int(value.nbytes)
-    if isinstance(value, Schema):
-        value = value.to_dict()
-    if isinstance(value, dict):
-        return sum(_nbytes(v) for v in value.values())
-    if isinstance(value, list | tuple):
-        return sum(_nbytes(v) for v in value)
-    return 0
+def finish(call: Call[T], status: int, content_type: str, body: Any) -> T:
+    """Decode a complete answer or raise the exception it stands for.
 
-
-class AutoCompression:
-    """``compression="auto"``: ask for compressed arrays only while that is faster here.
-
-    Whether compression pays depends on the link (and on whether the server has the
-    compressed answer cached), which a client cannot know in advance. So it measures: every
-    large answer (at least ``MIN_BYTES`` of arrays) gives seconds per array byte, request to
-    decoded result, kept as a running mean for "compressed" and for "raw". It asks for the
-    cheaper one, and for the other on every ``PROBE_EVERY``-th large read, so a changed link
-    is noticed. It starts with compression (the default off loopback).
+    Raises:
+        WireFormatError: a success body that is not a valid answer to ``call``.
+        Exception: the exception an error response names.
     """
-
-    MIN_BYTES = 1 << 20
-    PROBE_EVERY = 8
-
-    def __init__(self, preset: str) -> None:
-        self.preset = preset
-        self.cost: dict[bool, float | None] = {True: None, False: None}
-        self.large = 0
-
-    def wanted(self) -> bool:
-        """Whether the next request should ask for compressed arrays."""
-        on, off = self.cost[True], self.cost[False]
-        if on is None or off is None:
-            return on is None  # one large answer each way first: compressed, then raw
-        best = on <= off
-        return (not best) if self.large % self.PROBE_EVERY == 0 else best
-
-    def observe(self, compressed: bool, nbytes: int, seconds: float) -> None:
-        """Record one answer: whether compression was asked, array bytes, seconds taken."""
-        if nbytes < self.MIN_BYTES or seconds <= 0:
-            return
-        self.large += 1
-        cost = seconds / nbytes
-        old = self.cost[compressed]
-        self.cost[compressed] = cost if old is None else 0.5 * old + 0.5 * cost
+    if status >= 400:
+        raise decode_error(status, content_type, bytes(body))
+    try:
+        if status == 204:
+            return call.decode(None)
+        return call.decode(decode_body(content_type, memoryview(body)))
+    except WireFormatError:
+        raise
+    except Exception as exc:  # a hostile body may break any decoder (RecursionError too)
+        raise WireFormatError(
+            f"the answer to {call.method} {call.path} is not valid "
+            f"({type(exc).__name__}: {str(exc)[:200]})"
+        ) from exc
 
 
-class ClientCore:
-    """Configuration and per-call logic of a remote facade (no I/O here)."""
+class ClientCore(Generic[H]):
+    """Configuration and per-call logic of a remote facade (no I/O here); ``H`` is the
+    httpx client type a driver may be given."""
 
     def __init__(
         self,
-        base_url: str,
+        base_url: str = "http://127.0.0.1:8000",
         *,
-        api_key: str | None,
-        validate: bool,
-        retry: RetryPolicy | None,
-        cache_bytes: int,
+        api_key: str | None = None,
+        timeout: float = 60.0,
+        validate: bool = True,
+        http: H | None = None,
+        retry: RetryPolicy | None = None,
+        cache_bytes: int = 0,
         progress: bool = False,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         compression: str = "auto",
@@ -125,12 +212,18 @@ class ClientCore:
             raise TypeError("max_response_bytes must be an int")
         if max_response_bytes < 1:
             raise ValueError(f"max_response_bytes must be positive, got {max_response_bytes}")
+        self.origin = Origin.parse(base_url)
+        self.base_url = self.origin.url
         self.max_response_bytes = max_response_bytes
-        self.base_url = base_url.rstrip("/")
         self.validate = validate
         self.retry = retry or RetryPolicy()
         self.cache = ResponseCache(cache_bytes)
-        headers = {"accept": "application/msgpack", "user-agent": USER_AGENT}
+        self._timeout = timeout
+        headers = {
+            "accept": "application/msgpack",
+            "accept-encoding": "gzip",
+            "user-agent": USER_AGENT,
+        }
         if api_key:
             headers["authorization"] = f"Bearer {api_key}"
         preset = array_compression(compression, self.base_url)
@@ -147,23 +240,55 @@ class ClientCore:
                 raise ImportError(
                     "progress=True needs tqdm: pip install 'xpcs-io[progress]'"
                 ) from None
+        self._connect(http)
 
-    def progress_bar(self, call: Call, length: int | None) -> Any:
-        """A tqdm bar for a large download when ``progress`` is on, else None."""
-        if not self.progress or length is None or length < PROGRESS_MIN_BYTES:
-            return None
-        from tqdm.auto import tqdm
+    def _connect(self, http: H | None) -> None:
+        """Set up the driver (each client class does)."""
+        raise NotImplementedError
 
-        name = call.params.get("file_path", "")
-        return tqdm(
-            total=length, unit="B", unit_scale=True, leave=False, desc=f"{call.path} {name}"
-        )
+    # ------------------------------------------------------------------ one call
 
-    def build(
-        self, http: httpx.Client | httpx.AsyncClient, call: Call
-    ) -> tuple[httpx.Request, tuple[str, Any] | None]:
-        """The HTTP request for ``call`` (conditional when a cached answer exists) and the
-        cached (ETag, result) it is conditional on."""
+    def exchange(self, call: Call[T]) -> Exchange[T]:
+        """The steps of one call, for a driver to run (see the module docstring).
+
+        Raises:
+            RemoteConnectionError: no complete answer (after the retries allowed).
+            WireFormatError: an answer that does not decode.
+            Exception: the exception the server's problem+json names.
+        """
+        return Exchange(self._steps(call))
+
+    def _steps(self, call: Call[T]) -> Generator[Attempt | float, None, T]:
+        attempt = 0
+        resent_stale = False
+        while True:
+            step, cached = self._attempt(call)
+            started = time.perf_counter()
+            try:
+                yield step
+            except TransportError as exc:
+                if exc.stale and not resent_stale:
+                    resent_stale = True  # a kept-alive connection the server had closed
+                    continue
+                if self.retry.may_retry(call, attempt, exc, None):
+                    yield float(self.retry.delay(attempt))
+                    attempt += 1
+                    continue
+                err = RemoteConnectionError(
+                    f"{call.method} {self.base_url}{call.path} failed: {exc}"
+                )
+                raise err from exc
+            response = step.reader.response()
+            if self.retry.may_retry(call, attempt, None, response.status):
+                yield float(self.retry.delay(attempt))
+                attempt += 1
+                continue
+            return self._complete(call, step.request, response, cached, started)
+
+    def _connection_error(self, call: Call[Any], exc: TransportError) -> RemoteConnectionError:
+        return RemoteConnectionError(f"{call.method} {self.base_url}{call.path} failed: {exc}")
+
+    def _attempt(self, call: Call[Any]) -> tuple[Attempt, tuple[str, Any] | None]:
         headers = {**self._headers, **call.headers}
         if self.auto is not None and not self.auto.wanted():
             del headers[arraycodec.HEADER]
@@ -172,33 +297,58 @@ class ClientCore:
             cached = self.cache.lookup(self.cache.key(call.path, call.params))
             if cached is not None:
                 headers["if-none-match"] = cached[0]
-        request = http.build_request(
+        target = self.origin.prefix + call.path
+        if call.params:
+            target += "?" + urlencode(call.params)
+        url = f"{self.origin.scheme}://{self.origin.authority}{target}"
+        request = Request(call.method, url, target, headers, call.body or [])
+        reader = ResponseReader(
             call.method,
-            self.base_url + call.path,
-            params=call.params,
-            headers=headers,
-            content=b"".join(call.body) if call.body is not None else None,
+            self.max_response_bytes,
+            self._progress_bar(call) if self.progress else None,
         )
-        return request, cached
+        return Attempt(request, reader), cached
 
-    def complete(
-        self, call: Call, response: httpx.Response, body: Any, cached: tuple[str, Any] | None
-    ) -> Any:
-        """The result of a finished exchange.
+    def _progress_bar(self, call: Call[Any]) -> Any:
+        def bar(length: int | None) -> Bar | None:
+            if length is None or length < PROGRESS_MIN_BYTES:
+                return None
+            from tqdm.auto import tqdm
 
-        Raises:
-            Exception: the exception the server's problem+json names.
-        """
-        if response.status_code == 304 and cached is not None:
+            name = call.params.get("file_path", "")
+            desc = f"{call.path} {name}"
+            made: Bar = tqdm(total=length, unit="B", unit_scale=True, leave=False, desc=desc)
+            return made
+
+        return bar
+
+    def _complete(
+        self,
+        call: Call[T],
+        request: Request,
+        response: Response,
+        cached: tuple[str, Any] | None,
+        started: float,
+    ) -> T:
+        if response.status == 304 and cached is not None:
             self.cache.hit()
-            return cached[1]
-        start = time.perf_counter()
-        result = finish(call, response, body)
-        if self.auto is not None and response.status_code == 200:
-            asked = arraycodec.HEADER in response.request.headers
-            seconds = response.elapsed.total_seconds() + time.perf_counter() - start
-            self.auto.observe(asked, _nbytes(result), seconds)
+            hit: T = cached[1]
+            return hit
+        try:
+            body = decode_content(response.headers, response.body, self.max_response_bytes)
+        except ContentEncodingError as exc:
+            msg = f"the answer to {call.method} {call.path} cannot be decoded: {exc}"
+            raise WireFormatError(msg) from exc
+        except TransportError as exc:  # inflates past max_response_bytes
+            raise RemoteConnectionError(
+                f"{call.method} {self.base_url}{call.path} failed: {exc}"
+            ) from exc
+        result = finish(call, response.status, response.headers.get("content-type", ""), body)
+        if self.auto is not None and response.status == 200:
+            asked = arraycodec.HEADER in request.headers
+            self.auto.observe(asked, array_bytes(result), time.perf_counter() - started)
         if call.cacheable and self.cache.max_bytes > 0:
             key = self.cache.key(call.path, call.params)
-            return self.cache.store(key, response.headers.get("etag"), result)
+            stored: T = self.cache.store(key, response.headers.get("etag"), result)
+            return stored
         return result

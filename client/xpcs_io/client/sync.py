@@ -1,11 +1,13 @@
-"""``RemoteHDF5Facade``: the ``HDF5Facade`` API over HTTP, blocking."""
+"""``RemoteHDF5Facade``: the ``HDF5Facade`` API over HTTP, blocking. Each method hands its
+``Call`` to the core; ``_run`` drives the core's exchange with blocking I/O (the only code
+here besides the methods)."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Generator, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import numpy as np
@@ -15,15 +17,8 @@ from xpcs_io.api import PathLike, VersionRecord
 from xpcs_io.client import calls, viewer_calls
 from xpcs_io.client.calls import Call
 from xpcs_io.client.core import ClientCore
-from xpcs_io.client.fasthttp import FastHTTPTransport, usable_for
-from xpcs_io.client.transport import (
-    DEFAULT_MAX_RESPONSE_BYTES,
-    BodyBuffer,
-    RetryPolicy,
-    connection_error,
-    content_length,
-    undecodable,
-)
+from xpcs_io.client.drivers import Httpx, Sockets
+from xpcs_io.client.transport import TransportError
 from xpcs_io.client.watching import EventWatch
 from xpcs_io.events import Event
 from xpcs_io.schemas import (
@@ -39,19 +34,25 @@ from xpcs_io.schemas import (
 
 __all__ = ["RemoteHDF5Facade"]
 
+T = TypeVar("T")
 
-class RemoteHDF5Facade(ClientCore):
+
+class RemoteHDF5Facade(ClientCore[httpx.Client]):
     """The facade API served by an xpcs-io server: same methods, defaults, return types and
     exceptions as ``HDF5Facade``; file paths are relative to the server's data root.
 
     Args:
-        base_url: e.g. ``http://127.0.0.1:8000``.
+        base_url: e.g. ``http://127.0.0.1:8000`` (a trailing ``/`` or ``/v1`` is dropped;
+            ``ValueError`` when it does not start with ``http://`` or ``https://``).
         api_key: sent as ``Authorization: Bearer``.
-        timeout: seconds for connect/read/write (httpx semantics).
+        timeout: seconds any wait for the server may take (connect, send, each receive).
         validate: ask the server to validate (``False`` returns unchecked objects).
-        http: an existing ``httpx.Client`` to use (not closed by this object).
-        retry: retry policy for reads and writes (each write carries an idempotency key,
-            so a resent write never stores a second version).
+        http: an existing ``httpx.Client`` to send through (not closed by this object);
+            by default plain-http servers are reached on the client's own sockets, TLS
+            and proxies through httpx.
+        retry: retry policy for transient failures (see ``xpcs_io.client.core``; each
+            write carries an idempotency key, so a resent write never stores a second
+            version).
         cache_bytes: keep up to this many bytes of read results and revalidate them with
             the server's ETag (an unchanged file answers 304 and nothing is transferred).
             Cached arrays are read-only. 0 (the default) disables the cache.
@@ -68,82 +69,31 @@ class RemoteHDF5Facade(ClientCore):
     Network failures raise ``RemoteConnectionError`` (a ``ConnectionError``).
     """
 
-    def __init__(
-        self,
-        base_url: str = "http://127.0.0.1:8000",
-        *,
-        api_key: str | None = None,
-        timeout: float = 60.0,
-        validate: bool = True,
-        http: httpx.Client | None = None,
-        retry: RetryPolicy | None = None,
-        cache_bytes: int = 0,
-        progress: bool = False,
-        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
-        compression: str = "auto",
-    ) -> None:
-        super().__init__(
-            base_url,
-            api_key=api_key,
-            validate=validate,
-            retry=retry,
-            cache_bytes=cache_bytes,
-            progress=progress,
-            max_response_bytes=max_response_bytes,
-            compression=compression,
-        )
-        self._timeout = timeout
-        self._owns = http is None
-        if http is None:
-            # Plain-http servers get the lean transport that reads bodies into numpy memory.
-            transport = (
-                FastHTTPTransport(max_body=max_response_bytes)
-                if usable_for(self.base_url)
-                else None
-            )
-            http = httpx.Client(base_url=self.base_url, timeout=timeout, transport=transport)
-        self._http = http
+    def _connect(self, http: httpx.Client | None) -> None:
+        self._driver: Sockets | Httpx
+        if http is not None:
+            self._driver = Httpx(http, owned=False)
+        elif self.origin.plain_sockets():
+            self._driver = Sockets(self.origin, self._timeout)
+        else:
+            self._driver = Httpx(httpx.Client(timeout=self._timeout), owned=True)
 
-    # ------------------------------------------------------------------ plumbing
-
-    def _send(self, call: Call) -> Any:
-        attempt = 0
-        while True:
+    def _run(self, call: Call[T]) -> T:
+        """Drive the core's exchange of ``call`` with blocking I/O."""
+        exchange = self.exchange(call)
+        for step in exchange:
+            if isinstance(step, float):
+                time.sleep(step)
+                continue
             try:
-                request, cached = self.build(self._http, call)
-                response = self._http.send(request, stream=True)
-                try:
-                    if self.retry.may_retry(call, attempt, None, response.status_code):
-                        response.read()
-                        time.sleep(self.retry.delay(attempt))
-                        attempt += 1
-                        continue
-                    length = content_length(response)
-                    buf = BodyBuffer(length, self.max_response_bytes)
-                    bar = self.progress_bar(call, length)
-                    for chunk in response.iter_bytes():
-                        buf.add(chunk)
-                        if bar is not None:
-                            bar.update(len(chunk))
-                    if bar is not None:
-                        bar.close()
-                    body = buf.result()
-                finally:
-                    response.close()
-                return self.complete(call, response, body, cached)
-            except httpx.DecodingError as exc:  # a Content-Encoding the body does not match
-                raise undecodable(call, exc) from exc
-            except httpx.TransportError as exc:
-                if self.retry.may_retry(call, attempt, exc, None):
-                    time.sleep(self.retry.delay(attempt))
-                    attempt += 1
-                    continue
-                raise connection_error(call, self.base_url, exc) from exc
+                self._driver.move(step)
+            except TransportError as exc:
+                exchange.failed(exc)
+        return exchange.result
 
     def close(self) -> None:
-        """Close the connection pool (unless it was passed in as ``http``)."""
-        if self._owns:
-            self._http.close()
+        """Close the connections (not an ``http`` client passed in)."""
+        self._driver.close()
 
     def __enter__(self) -> RemoteHDF5Facade:
         return self
@@ -162,8 +112,7 @@ class RemoteHDF5Facade(ClientCore):
         self, file_path: PathLike, group: str = "/xpcs/qmap", *, layout: str | None = None
     ) -> QMapSchema:
         """Read a q-map (see ``HDF5Facade.read_qmap``)."""
-        result: QMapSchema = self._send(calls.read_qmap(file_path, group, self.validate, layout))
-        return result
+        return self._run(calls.read_qmap(file_path, group, self.validate, layout))
 
     def read_g2_data(
         self,
@@ -174,33 +123,25 @@ class RemoteHDF5Facade(ClientCore):
         layout: str | None = None,
     ) -> G2Data:
         """Read G2, optionally one q bin (see ``HDF5Facade.read_g2_data``)."""
-        result: G2Data = self._send(
-            calls.read_g2_data(file_path, q_idx, group, self.validate, layout)
-        )
-        return result
+        return self._run(calls.read_g2_data(file_path, q_idx, group, self.validate, layout))
 
     def read_c2(
         self, file_path: PathLike, q_idx: int, max_size: int | None = None
     ) -> npt.NDArray[np.float32]:
         """A two-time map of an APS 8-ID-I file (see ``HDF5Facade.read_c2``)."""
-        result: npt.NDArray[np.float32] = self._send(calls.read_c2(file_path, q_idx, max_size))
-        return result
+        return self._run(calls.read_c2(file_path, q_idx, max_size))
 
     def read_geometry_metadata(
         self, file_path: PathLike, group: str = "/xpcs/metadata", *, layout: str | None = None
     ) -> GeometryMetadata:
         """Read geometry (see ``HDF5Facade.read_geometry_metadata``)."""
-        result: GeometryMetadata = self._send(
-            calls.read_geometry_metadata(file_path, group, self.validate, layout)
-        )
-        return result
+        return self._run(calls.read_geometry_metadata(file_path, group, self.validate, layout))
 
     def read_mask(
         self, file_path: PathLike, group: str = "/simplemask/mask", version: int | None = None
     ) -> MaskSchema:
         """Read a mask version (see ``HDF5Facade.read_mask``)."""
-        result: MaskSchema = self._send(calls.read_mask(file_path, group, version, self.validate))
-        return result
+        return self._run(calls.read_mask(file_path, group, version, self.validate))
 
     def read_partition(
         self,
@@ -209,24 +150,19 @@ class RemoteHDF5Facade(ClientCore):
         version: int | None = None,
     ) -> PartitionSchema:
         """Read a partition version (see ``HDF5Facade.read_partition``)."""
-        result: PartitionSchema = self._send(
-            calls.read_partition(file_path, group, version, self.validate)
-        )
-        return result
+        return self._run(calls.read_partition(file_path, group, version, self.validate))
 
     def list_mask_versions(
         self, file_path: PathLike, group: str = "/simplemask/mask"
     ) -> list[VersionRecord]:
         """The versions of a mask group, oldest first."""
-        result: list[VersionRecord] = self._send(calls.list_versions("mask", file_path, group))
-        return result
+        return self._run(calls.list_versions("mask", file_path, group))
 
     def list_partition_versions(
         self, file_path: PathLike, group: str = "/simplemask/partition"
     ) -> list[VersionRecord]:
         """The versions of a partition group, oldest first."""
-        result: list[VersionRecord] = self._send(calls.list_versions("partition", file_path, group))
-        return result
+        return self._run(calls.list_versions("partition", file_path, group))
 
     def write_mask(
         self,
@@ -245,10 +181,8 @@ class RemoteHDF5Facade(ClientCore):
         so a resend after a dropped connection returns the version the first attempt stored
         instead of storing a second one; the write is retried like a read.
         """
-        record: VersionRecord = self._send(
-            calls.write(
-                "mask",
-                MaskSchema,
+        return self._run(
+            calls.write_mask(
                 file_path,
                 mask_schema,
                 group,
@@ -258,7 +192,6 @@ class RemoteHDF5Facade(ClientCore):
                 idempotency_key,
             )
         )
-        return record
 
     def write_partition(
         self,
@@ -273,10 +206,8 @@ class RemoteHDF5Facade(ClientCore):
     ) -> VersionRecord:
         """Write a new partition version (see ``HDF5Facade.write_partition``); one
         idempotency key per call, as in ``write_mask``."""
-        record: VersionRecord = self._send(
-            calls.write(
-                "partition",
-                PartitionSchema,
+        return self._run(
+            calls.write_partition(
                 file_path,
                 partition_schema,
                 group,
@@ -286,16 +217,14 @@ class RemoteHDF5Facade(ClientCore):
                 idempotency_key,
             )
         )
-        return record
 
     def get_pool_stats(self) -> dict[str, Any]:
         """The server pool's statistics."""
-        result: dict[str, Any] = self._send(calls.pool_stats())
-        return result
+        return self._run(calls.pool_stats())
 
     def clear_pool(self) -> None:
         """Close every handle in the server's pool (needs an admin key when keys are set)."""
-        self._send(calls.pool_clear())
+        self._run(calls.pool_clear())
 
     # ------------------------------------------------------------------ many files
 
@@ -309,10 +238,7 @@ class RemoteHDF5Facade(ClientCore):
     ) -> list[G2Data | Exception]:
         """G2 of many files in one round trip (see ``HDF5Facade.read_g2_data_many``): each
         item is the file's ``G2Data`` or the exception reading it raised."""
-        result: list[G2Data | Exception] = self._send(
-            calls.read_g2_data_many(file_paths, q_idx, group, self.validate, layout)
-        )
-        return result
+        return self._run(calls.read_g2_data_many(file_paths, q_idx, group, self.validate, layout))
 
     def read_qmap_many(
         self,
@@ -322,51 +248,38 @@ class RemoteHDF5Facade(ClientCore):
         layout: str | None = None,
     ) -> list[QMapSchema | Exception]:
         """The q-maps of many files in one round trip (see ``HDF5Facade.read_qmap_many``)."""
-        result: list[QMapSchema | Exception] = self._send(
-            calls.read_qmap_many(file_paths, group, self.validate, layout)
-        )
-        return result
+        return self._run(calls.read_qmap_many(file_paths, group, self.validate, layout))
 
     # ------------------------------------------------------------------ viewer reads
 
     def read_saxs_2d(self, file_path: PathLike, layout: str | None = None) -> Saxs2DData:
         """The SAXS 2-D image (see ``HDF5Facade.read_saxs_2d``)."""
-        result: Saxs2DData = self._send(viewer_calls.read_saxs_2d(file_path, self.validate, layout))
-        return result
+        return self._run(viewer_calls.read_saxs_2d(file_path, self.validate, layout))
 
     def read_saxs_1d(self, file_path: PathLike, layout: str | None = None) -> Saxs1DData:
         """The SAXS 1-D curve and segments (see ``HDF5Facade.read_saxs_1d``)."""
-        result: Saxs1DData = self._send(viewer_calls.read_saxs_1d(file_path, self.validate, layout))
-        return result
+        return self._run(viewer_calls.read_saxs_1d(file_path, self.validate, layout))
 
     def read_intensity_time(
         self, file_path: PathLike, layout: str | None = None
     ) -> IntensityTimeData:
         """Intensity vs time (see ``HDF5Facade.read_intensity_time``)."""
-        result: IntensityTimeData = self._send(
-            viewer_calls.read_intensity_time(file_path, self.validate, layout)
-        )
-        return result
+        return self._run(viewer_calls.read_intensity_time(file_path, self.validate, layout))
 
     def read_twotime_g2(
         self, file_path: PathLike, q_idx: int | None = None, layout: str | None = None
     ) -> G2Data:
         """G2 of the two-time result (see ``HDF5Facade.read_twotime_g2``)."""
-        result: G2Data = self._send(
-            viewer_calls.read_twotime_g2(file_path, q_idx, self.validate, layout)
-        )
-        return result
+        return self._run(viewer_calls.read_twotime_g2(file_path, q_idx, self.validate, layout))
 
     def read_metadata(self, file_path: PathLike, layout: str | None = None) -> dict[str, Any]:
         """The flat metadata dict (see ``HDF5Facade.read_metadata``)."""
-        result: dict[str, Any] = self._send(viewer_calls.read_metadata(file_path, layout))
-        return result
+        return self._run(viewer_calls.read_metadata(file_path, layout))
 
     def list_files(self, prefix: str | None = None) -> list[dict[str, Any]]:
         """HDF5 files under the server's data root (or its folder ``prefix``): dicts with
         path, size and mtime, sorted by path."""
-        result: list[dict[str, Any]] = self._send(viewer_calls.list_files(prefix))
-        return result
+        return self._run(viewer_calls.list_files(prefix))
 
     def read_tree(self, file_path: PathLike) -> dict[str, Any]:
         """Every group and dataset of a file (h5grove ``/meta`` form, children at every
@@ -376,8 +289,7 @@ class RemoteHDF5Facade(ClientCore):
             FileNotFoundError, PermissionError: as every read.
             PayloadTooLargeError: the file holds too many entities to list at once.
         """
-        result: dict[str, Any] = self._send(viewer_calls.read_tree(file_path))
-        return result
+        return self._run(viewer_calls.read_tree(file_path))
 
     def read_dataset(self, file_path: PathLike, path: str, selection: str | None = None) -> Any:
         """The values of any dataset, or of ``selection`` (NumPy slicing text such as
@@ -388,7 +300,7 @@ class RemoteHDF5Facade(ClientCore):
             PayloadTooLargeError: the selection is above the server's size limit.
             FileNotFoundError, PermissionError: as every read.
         """
-        return self._send(viewer_calls.read_dataset(file_path, path, selection))
+        return self._run(viewer_calls.read_dataset(file_path, path, selection))
 
     # ------------------------------------------------------------------ events
 

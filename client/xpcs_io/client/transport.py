@@ -1,60 +1,197 @@
-"""Sending a ``Call`` with httpx: retries for reads, zero-copy body reading, error mapping.
+"""HTTP/1.1 as bytes, without I/O: the request a call becomes and the response parser both
+drivers feed.
 
-The response body is read straight into one preallocated writable buffer sized by
-Content-Length; decoded arrays are views into it, so a 50 MB q-map is copied once (socket to
-buffer) on the client.
+How the client package is split:
 
-A server can be broken or hostile: a Content-Length that is negative, not a number or larger
-than ``max_response_bytes``, a body that runs past its length, a chunked or close-delimited
-body that never ends, or bytes that do not decode. Framing and size problems become
-``RemoteConnectionError`` (nothing larger than the cap is ever allocated); a complete body
-that does not decode as the expected answer becomes ``WireFormatError``.
+- ``calls`` / ``viewer_calls``: what each facade method sends (path, parameters, body) and how
+  the decoded message becomes its result. No HTTP, no I/O.
+- ``core``: everything about one call between facade and bytes: headers, the result cache,
+  array compression, retries, an answer turned into a result or an exception. No I/O.
+- ``transport`` (this module): requests to bytes and bytes to responses, framing and size
+  limits. No policy, no I/O.
+- ``sync`` / ``aio``: the two drivers. They only move bytes between sockets (or an httpx
+  client) and the objects of this module.
+
+``ResponseReader`` hands out the buffer the next bytes must land in (``buffer()``) and is told
+how many did (``received(n)``; 0 means the peer closed). A Content-Length body is received
+straight into one preallocated numpy buffer, which becomes the decoded arrays' memory: a 67 MB
+q-map is copied once, socket to buffer. Nothing larger than the reader's ``limit`` is ever
+allocated: a Content-Length above it, a chunked or close-delimited body growing past it, a
+gzip body inflating past it are refused as they are seen.
 """
 
 from __future__ import annotations
 
-import random
-import time
-from typing import Any
+import os
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
 
-from xpcs_io.client.calls import Call, decode_body, decode_error
-from xpcs_io.errors import RemoteConnectionError, WireFormatError
-
 __all__ = [
     "DEFAULT_MAX_RESPONSE_BYTES",
-    "BodyBuffer",
+    "Dechunker",
+    "Origin",
+    "ProtocolError",
+    "Request",
+    "Response",
+    "ResponseReader",
     "ResponseTooLargeError",
-    "RetryPolicy",
-    "check_length",
-    "connection_error",
-    "content_length",
-    "finish",
+    "TransportError",
+    "chunk_size",
+    "decode_content",
     "parse_length",
-    "undecodable",
 ]
 
 #: The largest response body a client accepts unless told otherwise: 4 GiB (an Eiger 16M
 #: q-map with its masks is about 0.5 GB).
 DEFAULT_MAX_RESPONSE_BYTES = 4 << 30
 
+_HEAD_BUFFER = 64 * 1024  # also the largest response head accepted
+_SCRATCH = 256 * 1024  # chunked and close-delimited bodies are received through this
+_MAX_CHUNK_LINE = 1024
+_PROXY_VARS = ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
 
-class ResponseTooLargeError(httpx.RemoteProtocolError):
-    """A response body larger than the client's ``max_response_bytes`` (never retried)."""
+
+class TransportError(httpx.TransportError):
+    """An exchange that ended below HTTP semantics (no complete, well-formed answer); an
+    ``httpx.TransportError`` so code that inspects a ``RemoteConnectionError``'s cause keeps
+    working whichever driver ran.
+
+    ``sent``: the request may have reached the server (False: it certainly did not, so even
+    a write may be resent). ``transient``: trying again may succeed (a refused, reset or
+    timed-out connection; False for answers that are not HTTP, TLS failures, sizes above the
+    limit). ``stale``: a kept-alive connection the server had closed before any byte of an
+    answer (resent once at once, on a fresh connection).
+    """
+
+    def __init__(
+        self, message: str, *, sent: bool = True, transient: bool = True, stale: bool = False
+    ) -> None:
+        super().__init__(message)
+        self.sent = sent
+        self.transient = transient
+        self.stale = stale
+
+
+class ProtocolError(TransportError):
+    """The server's bytes are not an HTTP/1.1 answer this parser accepts (never retried:
+    the same server would send the same bytes)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, transient=False)
+
+
+class ResponseTooLargeError(ProtocolError):
+    """A response body larger than the client's ``max_response_bytes``."""
+
+
+class ContentEncodingError(ProtocolError):
+    """A body whose Content-Encoding is unknown or does not match its bytes."""
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a client's requests go: scheme, host, port and path prefix of its base URL."""
+
+    scheme: str
+    host: str
+    port: int
+    prefix: str
+
+    @staticmethod
+    def parse(base_url: str) -> Origin:
+        """The origin of ``base_url``; a trailing slash and a trailing ``/v1`` are dropped
+        (the calls' paths start with ``/v1``).
+
+        Raises:
+            ValueError: no scheme, a scheme other than http and https, or no host.
+        """
+        if not isinstance(base_url, str):
+            raise TypeError(f"base_url must be a string, got {type(base_url).__name__}")
+        parts = urlsplit(base_url.strip())
+        if parts.scheme not in ("http", "https") or "://" not in base_url:
+            raise ValueError(f"base_url must start with http:// or https://, got {base_url!r:.80}")
+        try:
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+        except ValueError as exc:
+            raise ValueError(f"base_url has a bad port: {base_url!r:.80}") from exc
+        if not parts.hostname:
+            raise ValueError(f"base_url names no host: {base_url!r:.80}")
+        prefix = parts.path.rstrip("/")
+        prefix = prefix.removesuffix("/v1")
+        return Origin(parts.scheme, parts.hostname, port, prefix.rstrip("/"))
+
+    @property
+    def url(self) -> str:
+        """The base URL, normalised (no trailing slash, no ``/v1``)."""
+        return f"{self.scheme}://{self.authority}{self.prefix}"
+
+    @property
+    def authority(self) -> str:
+        """The Host header: host, and port unless it is the scheme's default."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        default = 443 if self.scheme == "https" else 80
+        return host if self.port == default else f"{host}:{self.port}"
+
+    def plain_sockets(self) -> bool:
+        """Whether the client's own sockets can serve this origin: plain http and no proxy
+        configured (TLS and proxies go through httpx)."""
+        return self.scheme == "http" and not any(os.environ.get(v) for v in _PROXY_VARS)
+
+
+@dataclass(frozen=True)
+class Request:
+    """One HTTP request: ``target`` is the origin-form path and query, ``url`` the absolute
+    URL of the same resource."""
+
+    method: str
+    url: str
+    target: str
+    headers: dict[str, str]
+    body: list[bytes | memoryview] = field(default_factory=list)
+
+    def content(self) -> bytes:
+        """The whole body as one bytes object."""
+        return b"".join(self.body)
+
+    def encode(self, authority: str) -> list[bytes | memoryview]:
+        """The request as bytes to send in order: the head (with Host and Content-Length),
+        then the body; a small body is joined to the head (one packet)."""
+        size = sum(len(c) for c in self.body)
+        lines = [f"{self.method} {self.target} HTTP/1.1", f"host: {authority}"]
+        lines += [f"{name}: {value}" for name, value in self.headers.items()]
+        if self.body or self.method in ("POST", "PUT", "PATCH"):
+            lines.append(f"content-length: {size}")
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        if size < 65536:
+            return [b"".join([head, *self.body])]
+        return [head, *self.body]
+
+
+@dataclass
+class Response:
+    """A complete answer: status, headers (names in lower case) and the whole body."""
+
+    status: int
+    headers: dict[str, str]
+    body: Any  # a uint8 numpy array or bytes
 
 
 def parse_length(value: bytes | str) -> int:
     """A Content-Length value as an int.
 
     Raises:
-        httpx.RemoteProtocolError: not a plain non-negative decimal number.
+        ProtocolError: not a plain non-negative decimal number.
     """
     text = value.decode("latin-1") if isinstance(value, bytes) else value
     text = text.strip()
     if not (text.isascii() and text.isdigit()) or len(text) > 20:
-        raise httpx.RemoteProtocolError(f"bad Content-Length {text[:40]!r}")
+        raise ProtocolError(f"bad Content-Length {text[:40]!r}")
     return int(text)
 
 
@@ -70,146 +207,313 @@ def check_length(n: int, limit: int) -> None:
         )
 
 
-_RETRY_STATUS = 503
-
-
-class RetryPolicy:
-    """Bounded exponential backoff: ``attempts`` tries, ``base`` seconds doubling, jittered."""
-
-    def __init__(self, attempts: int = 4, base: float = 0.05, cap: float = 1.0) -> None:
-        self.attempts = max(1, attempts)
-        self.base = base
-        self.cap = cap
-
-    def delay(self, attempt: int) -> float:
-        """Seconds to wait before retry number ``attempt`` (0-based)."""
-        backoff: float = min(self.cap, self.base * 2.0**attempt)
-        return backoff * (0.5 + random.random() / 2)
-
-    def may_retry(
-        self, call: Call, attempt: int, exc: BaseException | None, status: int | None
-    ) -> bool:
-        """Idempotent calls (reads, and writes carrying an idempotency key) retry on
-        transport errors; others only when the connection was never made (the server cannot
-        have acted on them). Reads also retry on 503; a write's 503 is answered at once (a
-        lock another writer held past the server's timeout would only be waited for again)."""
-        if attempt + 1 >= self.attempts:
-            return False
-        if isinstance(exc, ResponseTooLargeError):
-            return False  # the same answer would come again
-        if exc is not None:
-            return call.idempotent or isinstance(exc, httpx.ConnectError)
-        return call.idempotent and call.method == "GET" and status == _RETRY_STATUS
-
-
-class BodyBuffer:
-    """Collects a response body into one writable buffer, preallocated when the length is
-    known (a fresh ``np.empty`` avoids the page faults of growing a ``bytearray``), never
-    larger than ``limit`` bytes.
+def chunk_size(line: bytes) -> int:
+    """The size on a chunk-size line of a chunked body (extensions after ';' ignored).
 
     Raises:
-        ResponseTooLargeError: ``length`` > ``limit``.
+        ProtocolError: not a hexadecimal number of at most 16 digits.
+    """
+    text = line.split(b";", 1)[0].strip()
+    if not text or len(text) > 16 or text.strip(b"0123456789abcdefABCDEF"):
+        raise ProtocolError(f"bad chunk size {line[:40]!r}")
+    return int(text, 16)
+
+
+class Dechunker:
+    """Decodes a chunked HTTP body as its bytes arrive: ``feed`` each piece; it returns True
+    once the last chunk was read, then ``body`` is the payload. Every byte is parsed once and
+    consumed input is dropped in large steps, so a multi-MB answer of many small chunks costs
+    linear time."""
+
+    __slots__ = ("body", "buf", "done", "limit", "pos")
+
+    def __init__(self, limit: int = DEFAULT_MAX_RESPONSE_BYTES) -> None:
+        self.buf = bytearray()
+        self.pos = 0
+        self.body = bytearray()
+        self.done = False
+        self.limit = limit
+
+    def feed(self, data: bytes | bytearray | memoryview) -> bool:
+        """Add ``data``; True when the body is complete (trailers are not read).
+
+        Raises:
+            ProtocolError: a malformed chunk-size line.
+            ResponseTooLargeError: the body grows past ``limit``.
+        """
+        buf = self.buf
+        buf += data
+        while not self.done:
+            line_end = buf.find(b"\r\n", self.pos)
+            if line_end < 0:
+                if len(buf) - self.pos > _MAX_CHUNK_LINE:
+                    raise ProtocolError("chunk-size line too long")
+                break
+            size = chunk_size(bytes(buf[self.pos : line_end]))
+            check_length(len(self.body) + size, self.limit)
+            start = line_end + 2
+            if len(buf) < start + size + 2:
+                break  # the last chunk, too, waits for its CRLF: none may be left unread
+            if size == 0:
+                self.done = True
+                break
+            self.body += buf[start : start + size]
+            self.pos = start + size + 2
+        if self.pos > 1 << 20 or self.pos == len(buf):
+            del buf[: self.pos]
+            self.pos = 0
+        return self.done
+
+
+class Bar(Protocol):
+    """What a progress bar offers the reader (tqdm does)."""
+
+    def update(self, n: int) -> Any: ...  # pragma: no cover
+
+    def close(self) -> Any: ...  # pragma: no cover
+
+
+class ResponseReader:
+    """Parses one HTTP/1.1 response from the bytes a driver receives into ``buffer()``.
+
+    ``progress(length)`` is asked for a bar once the head is read (length None when the body
+    is not Content-Length framed). ``done`` turns true once the response is complete; then
+    ``response()`` gives it.
+
+    Raises (from ``received``/``feed``/``start``):
+        TransportError: the peer closed before any byte of an answer (``stale``), or
+            within the body.
+        ProtocolError: a malformed head, chunk or length.
+        ResponseTooLargeError: a body above ``limit`` bytes.
     """
 
-    def __init__(self, length: int | None, limit: int = DEFAULT_MAX_RESPONSE_BYTES) -> None:
-        if length is not None:
-            check_length(length, limit)
-        self.length = length
+    def __init__(
+        self,
+        method: str,
+        limit: int = DEFAULT_MAX_RESPONSE_BYTES,
+        progress: Callable[[int | None], Bar | None] | None = None,
+    ) -> None:
+        self.method = method
         self.limit = limit
-        self.n = 0
-        self.data: bytearray | np.ndarray[Any, Any] = (
-            bytearray() if length is None else np.empty(length, dtype=np.uint8)
+        self.progress = progress
+        self.done = False
+        self.status = 0
+        self.headers: dict[str, str] = {}
+        self.keep_alive = False
+        self._head = bytearray(_HEAD_BUFFER)
+        self._filled = 0
+        self._framing = ""  # "", then "none", "length", "chunked" or "close"
+        self._body: Any = None
+        self._view: memoryview | None = None
+        self._got = 0
+        self._scratch: memoryview | None = None
+        self._dechunk: Dechunker | None = None
+        self._bar: Bar | None = None
+
+    # ------------------------------------------------------------------ what drivers call
+
+    @property
+    def started(self) -> bool:
+        """Whether any byte of the answer has arrived."""
+        return self._filled > 0
+
+    def buffer(self) -> memoryview:
+        """Where the next received bytes must be written (never empty while not done)."""
+        if not self._framing:
+            return memoryview(self._head)[self._filled :]
+        if self._framing == "length":
+            assert self._view is not None
+            return self._view[self._got :]
+        if self._scratch is None:
+            self._scratch = memoryview(bytearray(_SCRATCH))
+        return self._scratch
+
+    def received(self, n: int) -> None:
+        """``n`` bytes were written into the last ``buffer()``; 0: the peer closed."""
+        if not self._framing:
+            self._head_received(n)
+        elif self.done:
+            if n:
+                raise ProtocolError("response body longer than its Content-Length")
+        elif n == 0:
+            self._eof()
+        elif self._framing == "length":
+            self._got += n
+            self._advance(n)
+            if self._got == len(self._body):
+                self._finish()
+        else:
+            assert self._scratch is not None
+            self._more(self._scratch[:n])
+
+    def feed(self, data: bytes | memoryview) -> None:
+        """Add body bytes that arrived as an object (a driver that cannot receive into a
+        buffer): copies them into ``buffer()``.
+
+        Raises:
+            ProtocolError: more bytes than Content-Length announced.
+        """
+        view = memoryview(data)
+        while len(view):
+            if self.done:
+                raise ProtocolError("response body longer than its Content-Length")
+            target = self.buffer()
+            n = min(len(target), len(view))
+            target[:n] = view[:n]
+            self.received(n)
+            view = view[n:]
+
+    def start(self, status: int, headers: dict[str, str]) -> None:
+        """Take a head parsed elsewhere (an httpx response); the raw body follows by ``feed``
+        and ``received(0)`` at its end."""
+        self.status = status
+        self.headers = headers
+        length = headers.get("content-length")
+        self._begin_body("length" if length is not None else "close", length, memoryview(b""))
+
+    def response(self) -> Response:
+        """The complete response."""
+        assert self.done
+        body = self._body
+        if isinstance(body, bytearray):
+            body = np.frombuffer(body, dtype=np.uint8)
+        return Response(self.status, self.headers, body)
+
+    # ------------------------------------------------------------------ the head
+
+    def _head_received(self, n: int) -> None:
+        if n == 0:
+            if self._filled == 0:
+                msg = "the server closed the connection without answering"
+                raise TransportError(msg, stale=True)
+            raise ProtocolError("the answer ended inside its head")
+        start = max(0, self._filled - 3)
+        self._filled += n
+        end = self._head.find(b"\r\n\r\n", start, self._filled)
+        if end < 0:
+            if self._filled == len(self._head):
+                raise ProtocolError("response head too large")
+            return
+        self._parse_head(bytes(self._head[:end]))
+        rest = memoryview(self._head)[end + 4 : self._filled]
+        self._begin_body(self._framing_of(), self.headers.get("content-length"), rest)
+
+    def _parse_head(self, head: bytes) -> None:
+        lines = head.split(b"\r\n")
+        try:
+            version, status_text = lines[0].split(b" ", 2)[:2]
+            if not (len(status_text) == 3 and status_text.isdigit()):
+                raise ValueError(status_text)
+            status = int(status_text)
+        except ValueError:
+            raise ProtocolError(f"bad status line {lines[0][:80]!r}") from None
+        if not 200 <= status <= 599 or not version.startswith(b"HTTP/1."):
+            raise ProtocolError(f"unexpected status line {lines[0][:80]!r}")
+        headers: dict[str, str] = {}
+        for line in lines[1:]:
+            name, sep, value = line.partition(b":")
+            if not sep or not name.strip():
+                raise ProtocolError(f"bad header line {line[:80]!r}")
+            key = name.strip().lower().decode("latin-1")
+            text = value.strip().decode("latin-1")
+            headers[key] = f"{headers[key]}, {text}" if key in headers else text
+        self.status = status
+        self.headers = headers
+        self.keep_alive = (
+            version == b"HTTP/1.1" and headers.get("connection", "").lower() != "close"
         )
 
-    def add(self, chunk: bytes) -> None:
-        """Append ``chunk``.
+    def _framing_of(self) -> str:
+        if self.method == "HEAD" or self.status in (204, 304):
+            return "none"
+        if self.headers.get("transfer-encoding", "").lower() == "chunked":
+            return "chunked"
+        if "content-length" in self.headers:
+            return "length"
+        return "close"
 
-        Raises:
-            httpx.RemoteProtocolError: more bytes than Content-Length announced.
-            ResponseTooLargeError: more bytes than ``limit``.
-        """
-        if isinstance(self.data, bytearray):
-            check_length(len(self.data) + len(chunk), self.limit)
-            self.data += chunk
-            return
-        if (
-            self.n == 0
-            and isinstance(chunk, memoryview)
-            and not chunk.readonly
-            and chunk.nbytes == self.data.shape[0]
-        ):
-            # The whole body in one writable buffer (the fast transport read straight into
-            # it): adopt it instead of copying.
-            self.data = np.frombuffer(chunk, dtype=np.uint8)
-            self.n = chunk.nbytes
-            return
-        end = self.n + len(chunk)
-        if end > self.data.shape[0]:
-            raise httpx.RemoteProtocolError("response body longer than its Content-Length")
-        self.data[self.n : end] = np.frombuffer(chunk, dtype=np.uint8)
-        self.n = end
+    # ------------------------------------------------------------------ the body
 
-    def result(self) -> bytearray | np.ndarray[Any, Any]:
-        """The complete body.
+    def _begin_body(self, framing: str, length_text: str | None, rest: memoryview) -> None:
+        self._framing = framing
+        length = None
+        if framing == "length":
+            assert length_text is not None
+            length = parse_length(length_text)
+            check_length(length, self.limit)
+            self._body = np.empty(length, dtype=np.uint8)
+            self._view = self._body.data
+        elif framing == "chunked":
+            self._dechunk = Dechunker(self.limit)
+        elif framing == "close":
+            self.keep_alive = False
+            self._body = bytearray()
+        else:
+            self._body = b""
+        if self.progress is not None:
+            self._bar = self.progress(length)
+        if framing == "none" or (framing == "length" and length == 0):
+            self.keep_alive = self.keep_alive and not len(rest)
+            self._finish()
+        elif len(rest):
+            if framing == "length":
+                assert self._view is not None
+                assert length is not None
+                if len(rest) > length:
+                    self.keep_alive = False  # bytes after the body: never reuse this socket
+                    rest = rest[:length]
+                self._view[: len(rest)] = rest
+                self.received(len(rest))
+            else:
+                self._more(rest)
 
-        Raises:
-            httpx.RemoteProtocolError: fewer bytes than Content-Length announced.
-        """
-        if self.length is not None and self.n != self.length:
-            raise httpx.RemoteProtocolError(
-                f"response body ended after {self.n} of {self.length} bytes"
-            )
-        return self.data
+    def _more(self, data: memoryview) -> None:
+        if self._dechunk is not None:
+            if self._dechunk.feed(data):
+                self._body = self._dechunk.body
+                self._finish()
+        else:
+            check_length(len(self._body) + len(data), self.limit)
+            self._body += data
+        self._advance(len(data))
+
+    def _eof(self) -> None:
+        # A connection lost mid-body: the answer may come whole on a second try.
+        if self._framing == "length":
+            raise TransportError(f"the body ended after {self._got} of {len(self._body)} bytes")
+        if self._framing == "chunked":
+            raise TransportError("the chunked body ended early")
+        self._finish()
+
+    def _advance(self, n: int) -> None:
+        if self._bar is not None:
+            self._bar.update(n)
+
+    def _finish(self) -> None:
+        self.done = True
+        if self._bar is not None:
+            self._bar.close()
 
 
-def content_length(response: httpx.Response) -> int | None:
-    """Content-Length when the body is not content-encoded, else None."""
-    if response.headers.get("content-encoding", "identity") != "identity":
-        return None
-    value = response.headers.get("content-length")
-    if value is None:
-        return None
-    try:
-        return parse_length(value)
-    except httpx.RemoteProtocolError:
-        return None  # framing was the transport's business; count what arrives
-
-
-def finish(call: Call, response: httpx.Response, body: Any) -> Any:
-    """Decode a complete response or raise the exception it stands for.
+def decode_content(headers: dict[str, str], body: Any, limit: int) -> Any:
+    """The body with its Content-Encoding (gzip or deflate) undone, at most ``limit`` bytes.
 
     Raises:
-        WireFormatError: a success body that is not a valid answer to ``call``.
-        Exception: the exception an error response names.
+        ContentEncodingError: an unknown encoding, or bytes that do not decode.
+        ResponseTooLargeError: the decoded body would pass ``limit``.
     """
-    ctype = response.headers.get("content-type", "")
-    if response.status_code >= 400:
-        raise decode_error(response.status_code, ctype, bytes(body))
+    coding = headers.get("content-encoding", "identity").strip().lower()
+    if coding in ("identity", ""):
+        return body
+    if coding not in ("gzip", "x-gzip", "deflate"):
+        raise ContentEncodingError(f"the body's Content-Encoding {coding!r:.40} is not known")
+    wbits = 47 if coding != "deflate" else 15  # 47: gzip or zlib header, auto-detected
+    inflater = zlib.decompressobj(wbits)
     try:
-        if response.status_code == 204:
-            return call.decode(None)
-        return call.decode(decode_body(ctype, memoryview(body)))
-    except WireFormatError:
-        raise
-    except Exception as exc:  # a hostile body may break any decoder (RecursionError too)
-        raise WireFormatError(
-            f"the answer to {call.method} {call.path} is not valid "
-            f"({type(exc).__name__}: {str(exc)[:200]})"
-        ) from exc
-
-
-def undecodable(call: Call, exc: BaseException) -> WireFormatError:
-    """The error for a body that cannot be decoded at all (its Content-Encoding is false)."""
-    return WireFormatError(f"the answer to {call.method} {call.path} cannot be decoded: {exc}")
-
-
-def connection_error(call: Call, base_url: str, exc: BaseException) -> RemoteConnectionError:
-    """The one client error type for network failures, keeping the cause."""
-    err = RemoteConnectionError(f"{call.method} {base_url}{call.path} failed: {exc!r}")
-    err.__cause__ = exc
-    return err
-
-
-def sleep(seconds: float) -> None:
-    """Wait before a retry (sync)."""
-    time.sleep(seconds)
+        out = inflater.decompress(memoryview(body), limit + 1)
+    except zlib.error as exc:
+        raise ContentEncodingError(f"the body is not valid {coding}: {exc}") from None
+    check_length(len(out), limit)
+    if not inflater.eof:
+        raise ContentEncodingError(f"the {coding} body is cut short")
+    return np.frombuffer(bytearray(out), dtype=np.uint8)

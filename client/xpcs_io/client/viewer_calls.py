@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from xpcs_io.client.calls import Call, _file, _int_or_none, _layout, _read
+from xpcs_io.client.calls import Call, _file, _int_or_none, _params, _read, schema_decoder
 from xpcs_io.errors import ServerError
 from xpcs_io.schemas import G2Data, IntensityTimeData, Saxs1DData, Saxs2DData
 
@@ -21,37 +21,27 @@ __all__ = [
 ]
 
 
-def read_saxs_2d(file_path: Any, validate: bool, layout: Any = None) -> Call:
-    return _read(
-        "/v1/saxs2d", Saxs2DData, validate, file_path=_file(file_path), layout=_layout(layout)
-    )
+def read_saxs_2d(file_path: Any, validate: bool, layout: Any = None) -> Call[Saxs2DData]:
+    return _read("/v1/saxs2d", Saxs2DData, validate, file_path=file_path, layout=layout)
 
 
-def read_saxs_1d(file_path: Any, validate: bool, layout: Any = None) -> Call:
-    return _read(
-        "/v1/saxs1d", Saxs1DData, validate, file_path=_file(file_path), layout=_layout(layout)
-    )
+def read_saxs_1d(file_path: Any, validate: bool, layout: Any = None) -> Call[Saxs1DData]:
+    return _read("/v1/saxs1d", Saxs1DData, validate, file_path=file_path, layout=layout)
 
 
-def read_intensity_time(file_path: Any, validate: bool, layout: Any = None) -> Call:
-    return _read(
-        "/v1/intensity-time",
-        IntensityTimeData,
-        validate,
-        file_path=_file(file_path),
-        layout=_layout(layout),
-    )
+def read_intensity_time(
+    file_path: Any, validate: bool, layout: Any = None
+) -> Call[IntensityTimeData]:
+    params = {"file_path": file_path, "layout": layout}
+    return _read("/v1/intensity-time", IntensityTimeData, validate, **params)
 
 
-def read_twotime_g2(file_path: Any, q_idx: Any, validate: bool, layout: Any = None) -> Call:
-    return _read(
-        "/v1/g2/twotime",
-        G2Data,
-        validate,
-        file_path=_file(file_path),
-        q_idx=_int_or_none(q_idx, "q_idx"),
-        layout=_layout(layout),
-    )
+def read_twotime_g2(file_path: Any, q_idx: Any, validate: bool, layout: Any = None) -> Call[G2Data]:
+    params = _params(validate, file_path=file_path, layout=layout)
+    q = _int_or_none(q_idx, "q_idx")  # any integer: the server names the bins it has
+    if q is not None:
+        params["q_idx"] = q
+    return Call("GET", "/v1/g2/twotime", params, schema_decoder(G2Data, validate), cacheable=True)
 
 
 def _mapping(data: Any) -> dict[str, Any]:
@@ -66,24 +56,23 @@ def _listing(data: Any) -> list[Any]:
     return data
 
 
-def read_metadata(file_path: Any, layout: Any = None) -> Call:
-    params = {"file_path": _file(file_path), "layout": _layout(layout)}
-    params = {k: v for k, v in params.items() if v is not None}
+def read_metadata(file_path: Any, layout: Any = None) -> Call[dict[str, Any]]:
+    params = _params(file_path=file_path, layout=layout)
     return Call("GET", "/v1/metadata", params, _mapping, cacheable=True)
 
 
-def list_files(prefix: Any = None) -> Call:
+def list_files(prefix: Any = None) -> Call[list[dict[str, Any]]]:
     if prefix is not None and not isinstance(prefix, str):
         raise TypeError(f"prefix must be a string, got {type(prefix).__name__}")
     params = {} if prefix is None else {"prefix": prefix}
     return Call("GET", "/v1/files", params, _listing)
 
 
-def read_tree(file_path: Any) -> Call:
+def read_tree(file_path: Any) -> Call[dict[str, Any]]:
     return Call("GET", "/v1/tree", {"file_path": _file(file_path)}, _mapping, cacheable=True)
 
 
-def read_dataset(file_path: Any, path: Any, selection: Any = None) -> Call:
+def read_dataset(file_path: Any, path: Any, selection: Any = None) -> Call[Any]:
     if not isinstance(path, str):
         raise TypeError(f"path must be a string, got {type(path).__name__}")
     if selection is not None and not isinstance(selection, str):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from xpcs_io.client.calls import decode_error
+from xpcs_io.client.core import decode_error
 from xpcs_io.events import Event, EventStreamParser
 
 __all__ = ["EventWatch"]
