@@ -19,7 +19,7 @@ import h5py
 import numpy as np
 
 from bench.common import MB, Config
-from xpcs_io.demo import DemoSpec, write_native_file
+from xpcs_io.tools.demo import DemoSpec, write_native_file
 
 MAIN = "read/eiger.hdf5"
 SMALL = "read/small.hdf5"

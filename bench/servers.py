@@ -124,7 +124,7 @@ def _tcp_ok(server: Server) -> bool:
 
 def ours_supports(setting: str) -> bool:
     """Whether ``xpcs-io serve`` has this setting (the service evolves; the bench adapts)."""
-    from xpcs_io.settings import Settings
+    from xpcs_io.server.settings import Settings
 
     return setting in Settings.model_fields
 
@@ -138,7 +138,7 @@ def start_ours(
 ) -> Server:
     """``xpcs-io serve`` with its defaults, plus ``args`` flags and ``env`` settings."""
     port = free_port()
-    cmd = [sys.executable, "-m", "xpcs_io.cli", "serve", "--root", str(root)]
+    cmd = [sys.executable, "-m", "xpcs_io.tools.cli", "serve", "--root", str(root)]
     cmd += ["--port", str(port), "--log-level", "warning", *args]
     tmp = logdir / f"{name}-tmp"  # e.g. the state folder of --workers
     tmp.mkdir(exist_ok=True)

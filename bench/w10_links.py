@@ -48,7 +48,7 @@ def _start(env: Env, link: netns.Link) -> dict[str, str]:
     root, logdir, host = env.files.root, env.logdir, link.server_ip
     prefix = link.prefix(link.server_ns)
     py = sys.executable
-    ours = [py, "-m", "xpcs_io.cli", "serve", "--root", str(root), "--host", host]
+    ours = [py, "-m", "xpcs_io.tools.cli", "serve", "--root", str(root), "--host", host]
     ours += ["--log-level", "warning", "--allow-anonymous"]
     cmds: dict[str, tuple[list[str], int, dict[str, str]]] = {
         "ours": ([*ours, "--port", "18001"], 18001, {}),

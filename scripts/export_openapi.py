@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from xpcs_io.server import create_app
-from xpcs_io.settings import Settings
+from xpcs_io.server.settings import Settings
 
 OUT = Path(__file__).resolve().parent.parent / "openapi" / "openapi.json"
 

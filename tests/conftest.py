@@ -23,9 +23,9 @@ import pytest
 
 from xpcs_io.api import FacadeAPI
 from xpcs_io.client import AsyncRemoteHDF5Facade, RemoteHDF5Facade
-from xpcs_io.demo import DemoSpec, write_native_file
 from xpcs_io.facade import HDF5Facade
 from xpcs_io.pool import HDF5ConnectionPool
+from xpcs_io.tools.demo import DemoSpec, write_native_file
 
 from .clientsupport import RawServer
 
@@ -135,7 +135,7 @@ def start_server(
     cmd = [
         sys.executable,
         "-m",
-        "xpcs_io.cli",
+        "xpcs_io.tools.cli",
         "serve",
         "--root",
         str(root),

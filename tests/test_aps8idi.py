@@ -13,11 +13,11 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from xpcs_io.demo import write_native_file
-from xpcs_io.demo_aps8idi import write_aps8idi_file
 from xpcs_io.errors import HDF5ValidationError
 from xpcs_io.h5access import Locator
 from xpcs_io.layouts import aps8idi
+from xpcs_io.tools.demo import write_native_file
+from xpcs_io.tools.demo_aps8idi import write_aps8idi_file
 
 QMAP = "/xpcs/qmap"
 SHAPE = (128, 160)

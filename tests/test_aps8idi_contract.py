@@ -11,10 +11,10 @@ import h5py
 import numpy as np
 import pytest
 
-from xpcs_io.demo_aps8idi import write_aps8idi_file
 from xpcs_io.h5access import Locator
 from xpcs_io.layouts import aps8idi
 from xpcs_io.schemas import GeometryMetadata, MaskSchema, PartitionSchema
+from xpcs_io.tools.demo_aps8idi import write_aps8idi_file
 
 from .conftest import CONTRACT_SIDES, Side, open_side
 

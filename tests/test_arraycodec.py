@@ -16,8 +16,8 @@ from tests.conftest import Server
 from xpcs_io import arraycodec, wire
 from xpcs_io.client import RemoteHDF5Facade
 from xpcs_io.client.compression import AutoCompression, array_compression
-from xpcs_io.demo import DemoSpec, write_native_file
 from xpcs_io.errors import SchemaError
+from xpcs_io.tools.demo import DemoSpec, write_native_file
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "wire-format.md"
 MAPS = ("sqmap", "dqmap", "phis", "mask", "partition_map")

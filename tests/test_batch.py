@@ -15,10 +15,10 @@ import pytest
 
 from tests.conftest import Server, Side
 from xpcs_io.client import AsyncRemoteHDF5Facade, RemoteHDF5Facade
-from xpcs_io.demo import DemoSpec, write_native_file
 from xpcs_io.errors import HDF5ValidationError
 from xpcs_io.facade import HDF5Facade
 from xpcs_io.schemas import G2Data, QMapSchema
+from xpcs_io.tools.demo import DemoSpec, write_native_file
 
 
 def _repeats(workdir: Path, n: int) -> list[Path]:

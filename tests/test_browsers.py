@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from xpcs_io import wire
-from xpcs_io.demo import DemoSpec, write_native_file
 from xpcs_io.server.browsers import BrowserGuardMiddleware, host_name
+from xpcs_io.tools.demo import DemoSpec, write_native_file
 
 from .conftest import Server
 from .reliability.support import mask_body, serving

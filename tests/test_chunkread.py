@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from xpcs_io.chunkread import MIN_BYTES, read_whole
-from xpcs_io.demo import DemoSpec, write_native_file
 from xpcs_io.facade import HDF5Facade
+from xpcs_io.tools.demo import DemoSpec, write_native_file
 
 SHAPE = (1100, 530)  # > MIN_BYTES as float32; edge chunks are partial with the chunks below
 

@@ -11,17 +11,20 @@ import h5py
 import numpy as np
 import pytest
 
-from xpcs_io.demo import DemoSpec, write_native_file
 from xpcs_io.facade import HDF5Facade
 from xpcs_io.pool import HDF5ConnectionPool
 from xpcs_io.schemas import MaskSchema
+from xpcs_io.tools.demo import DemoSpec, write_native_file
 
 from .conftest import start_server
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "xpcs_io.cli", *args], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "xpcs_io.tools.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
@@ -30,6 +33,15 @@ def test_help_lists_commands() -> None:
     assert r.returncode == 0
     for command in ("serve", "demo", "validate", "inspect"):
         assert command in r.stdout
+
+
+@pytest.mark.parametrize("module", ["xpcs_io.tools.cli", "xpcs_io.cli"])
+def test_old_and_new_module_paths_run_the_command(module: str) -> None:
+    r = subprocess.run(
+        [sys.executable, "-m", module, "--version"], capture_output=True, text=True, timeout=120
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("xpcs-io ")
 
 
 def test_validate_reports_each_group(tmp_path: Path) -> None:
@@ -116,7 +128,7 @@ def test_a_client_only_install_is_told_what_to_install(tmp_path: Path) -> None:
     # A client-only installation: the server's packages cannot be imported.
     code = (
         "import sys; sys.modules['fastapi'] = sys.modules['h5py'] = None\n"
-        "from xpcs_io.cli import main\n"
+        "from xpcs_io.tools.cli import main\n"
         f"sys.exit(main(['serve', '--root', {str(tmp_path)!r}]))"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
@@ -131,7 +143,7 @@ def test_inspect_into_a_closed_pipe_stops_quietly(tmp_path: Path) -> None:
         for i in range(3000):  # far more output than a pipe buffers
             f.create_dataset(f"group/d{i:05d}", data=np.arange(4))
     with subprocess.Popen(
-        [sys.executable, "-m", "xpcs_io.cli", "inspect", str(path)],
+        [sys.executable, "-m", "xpcs_io.tools.cli", "inspect", str(path)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     ) as proc:

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from xpcs_io.client import RemoteHDF5Facade
-from xpcs_io.demo import DemoSpec, write_native_file
 from xpcs_io.facade import HDF5Facade
+from xpcs_io.tools.demo import DemoSpec, write_native_file
 
 from .conftest import Server
 

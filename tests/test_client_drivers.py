@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from xpcs_io.client import AsyncRemoteHDF5Facade, RemoteHDF5Facade, RetryPolicy
-from xpcs_io.demo import DemoSpec, write_native_file
 from xpcs_io.schemas import MaskSchema
+from xpcs_io.tools.demo import DemoSpec, write_native_file
 
 from .clientsupport import CLIENTS, RawServer, answer, run
 from .conftest import Server

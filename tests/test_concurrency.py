@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from xpcs_io.client import AsyncRemoteHDF5Facade, RemoteHDF5Facade
-from xpcs_io.demo import DemoSpec, write_native_file
 from xpcs_io.schemas import GeometryMetadata, MaskSchema
+from xpcs_io.tools.demo import DemoSpec, write_native_file
 
 from .conftest import Server
 

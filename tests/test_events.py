@@ -17,9 +17,9 @@ import pytest
 
 from tests.conftest import Server, start_server
 from xpcs_io.client import AsyncRemoteHDF5Facade, RemoteHDF5Facade
-from xpcs_io.demo import DemoSpec, write_native_file
 from xpcs_io.events import Event, EventStreamParser
 from xpcs_io.schemas import MaskSchema
+from xpcs_io.tools.demo import DemoSpec, write_native_file
 
 
 @pytest.fixture
@@ -128,6 +128,7 @@ def test_prefix_filter_and_no_hidden_files(watched: Server) -> None:
 def test_reconnect_with_last_event_id_replays_missed_events(watched: Server) -> None:
     with RemoteHDF5Facade(watched.url) as client:
         it = client.watch()
+        next(e for e in it if e.type == "stream.opened")  # listening: the file comes next
         with h5py.File(watched.root / "run1" / "first.h5", "w") as f:
             f["x"] = 1
         first = next(e for e in it if e.type == "file.created")

@@ -11,9 +11,9 @@ import h5py
 import numpy as np
 import pytest
 
-from xpcs_io.demo import DemoSpec, write_native_file
 from xpcs_io.errors import HDF5ValidationError
 from xpcs_io.schemas import G2Data, GeometryMetadata, MaskSchema, PartitionSchema, QMapSchema
+from xpcs_io.tools.demo import DemoSpec, write_native_file
 
 from .conftest import CONTRACT_SIDES, Side, open_side
 

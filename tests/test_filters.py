@@ -15,10 +15,10 @@ import hdf5plugin
 import numpy as np
 import pytest
 
-from xpcs_io.demo import DemoSpec, write_native_file
-from xpcs_io.demo_aps8idi import write_aps8idi_file
-from xpcs_io.demo_legacy8idi import write_eigen_file
 from xpcs_io.filters import FILTERS, available_filters
+from xpcs_io.tools.demo import DemoSpec, write_native_file
+from xpcs_io.tools.demo_aps8idi import write_aps8idi_file
+from xpcs_io.tools.demo_legacy8idi import write_eigen_file
 
 from .conftest import Side
 
@@ -199,7 +199,7 @@ def test_fresh_process_reads_every_filter(filtered: dict[tuple[str, str], Path])
 def test_cli_validates_a_filtered_file(filtered: dict[tuple[str, str], Path]) -> None:
     path = filtered["bitshuffle-lz4", "aps8idi"]
     r = subprocess.run(
-        [sys.executable, "-m", "xpcs_io.cli", "validate", str(path)],
+        [sys.executable, "-m", "xpcs_io.tools.cli", "validate", str(path)],
         capture_output=True,
         text=True,
         timeout=120,

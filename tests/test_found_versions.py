@@ -17,8 +17,8 @@ import h5py
 import numpy as np
 import pytest
 
-from xpcs_io.demo_aps8idi import write_aps8idi_file
 from xpcs_io.schemas import GeometryMetadata, MaskSchema, PartitionSchema
+from xpcs_io.tools.demo_aps8idi import write_aps8idi_file
 
 from .conftest import Side
 

@@ -17,10 +17,10 @@ import tifffile
 from PIL import Image
 
 from xpcs_io.client import RemoteHDF5Facade
-from xpcs_io.demo_aps8idi import write_aps8idi_file
 from xpcs_io.errors import DatasetTooLargeError, PayloadTooLargeError
 from xpcs_io.facade import HDF5Facade
 from xpcs_io.h5browse import data
+from xpcs_io.tools.demo_aps8idi import write_aps8idi_file
 
 from .conftest import Server
 

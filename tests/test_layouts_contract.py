@@ -15,17 +15,17 @@ import numpy.typing as npt
 import pytest
 
 from xpcs_io.client import calls
-from xpcs_io.demo_aps8idi import write_aps8idi_file, write_pysimplemask_file
-from xpcs_io.demo_legacy8idi import (
+from xpcs_io.errors import HDF5ValidationError
+from xpcs_io.facade import LAYOUTS
+from xpcs_io.layouts import registry
+from xpcs_io.tools.demo_aps8idi import write_aps8idi_file, write_pysimplemask_file
+from xpcs_io.tools.demo_legacy8idi import (
     LegacyTruth,
     write_boost_file,
     write_eigen_file,
     write_hadoop_file,
     write_matlab_file,
 )
-from xpcs_io.errors import HDF5ValidationError
-from xpcs_io.facade import LAYOUTS
-from xpcs_io.layouts import registry
 
 from .conftest import CONTRACT_SIDES, Server, Side, open_side
 

@@ -13,16 +13,16 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from xpcs_io.demo_legacy8idi import (
+from xpcs_io.errors import HDF5ValidationError
+from xpcs_io.facade import HDF5Facade
+from xpcs_io.pool import HDF5ConnectionPool
+from xpcs_io.tools.demo_legacy8idi import (
     LegacyTruth,
     write_boost_file,
     write_eigen_file,
     write_hadoop_file,
     write_matlab_file,
 )
-from xpcs_io.errors import HDF5ValidationError
-from xpcs_io.facade import HDF5Facade
-from xpcs_io.pool import HDF5ConnectionPool
 
 DET = "/measurement/instrument/detector"
 ACQ = "/measurement/instrument/acquisition"

@@ -17,13 +17,13 @@ import pytest
 
 from xpcs_io.atomic import edit_atomically
 from xpcs_io.client import RemoteHDF5Facade
-from xpcs_io.demo import DemoSpec, write_native_file
 from xpcs_io.errors import LockFileError
 from xpcs_io.facade import HDF5Facade
 from xpcs_io.locking import LockPolicy, lock_path_for, read_superblock
 from xpcs_io.paths import PathChangedError, open_beneath, open_dir_beneath
 from xpcs_io.pool import HDF5ConnectionPool
 from xpcs_io.schemas import MaskSchema
+from xpcs_io.tools.demo import DemoSpec, write_native_file
 
 from .conftest import start_server
 

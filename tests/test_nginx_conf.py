@@ -73,7 +73,7 @@ class NameServer:
 
 def _replica(root: Path, host: str, port: int, log: Path) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("XPCS_IO_")}
-    cmd = [sys.executable, "-m", "xpcs_io.cli", "serve", "--root", str(root)]
+    cmd = [sys.executable, "-m", "xpcs_io.tools.cli", "serve", "--root", str(root)]
     cmd += ["--host", host, "--port", str(port), "--log-level", "warning"]
     with log.open("ab") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)

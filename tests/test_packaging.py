@@ -122,6 +122,54 @@ def test_server_side_does_load_h5py() -> None:
     assert "h5py" in _top_level(_fresh_import("xpcs_io.pool")["loaded"])
 
 
+# ---------------------------------------------------------------- the HDF5 core's layer
+
+# Modules kept at their old paths for scripts; each only re-exports from ``xpcs_io.tools``.
+COMPAT_SHIMS = ("xpcs_io.cli", "xpcs_io.demo", "xpcs_io.demo_aps8idi")
+OUTER_LAYERS = ("xpcs_io.server", "xpcs_io.tools")
+
+
+def _core_modules() -> list[str]:
+    """Every service-side module below ``xpcs_io`` outside the server and the tools."""
+    names = []
+    for path in ROOTS[1].rglob("*.py"):
+        parts = path.relative_to(ROOTS[1]).with_suffix("").parts
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        name = ".".join(("xpcs_io", *parts))
+        if name in COMPAT_SHIMS or name.startswith(OUTER_LAYERS):
+            continue
+        names.append(name)
+    return sorted(names)
+
+
+def test_core_modules_import_no_web_or_tools_code() -> None:
+    core = _core_modules()
+    assert {"xpcs_io.pool", "xpcs_io.facade", "xpcs_io.layouts.registry"} <= set(core)
+    loaded = _fresh_import(*core)["loaded"]
+    assert isinstance(loaded, list)
+    assert set(core) <= set(loaded)
+    outer = sorted(
+        m
+        for m in loaded
+        if str(m).split(".")[0] in ("fastapi", "starlette", "uvicorn")
+        or str(m).startswith(OUTER_LAYERS)
+    )
+    assert outer == []
+
+
+def test_compat_shims_reexport_the_tools() -> None:
+    from xpcs_io import cli, demo, demo_aps8idi
+    from xpcs_io.tools import cli as tools_cli
+    from xpcs_io.tools import demo as tools_demo
+    from xpcs_io.tools import demo_aps8idi as tools_aps8idi
+
+    assert demo.write_native_file is tools_demo.write_native_file
+    assert demo.DemoSpec is tools_demo.DemoSpec
+    assert demo_aps8idi.write_aps8idi_file is tools_aps8idi.write_aps8idi_file
+    assert cli.main is tools_cli.main
+
+
 # ---------------------------------------------------------------- one namespace package
 
 

@@ -17,11 +17,11 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from xpcs_io.demo import DemoSpec, write_native_file
 from xpcs_io.errors import FileBusyError, HDF5ValidationError
 from xpcs_io.facade import HDF5Facade
 from xpcs_io.pool import HDF5ConnectionPool, get_default_pool
 from xpcs_io.schemas import GeometryMetadata, MaskSchema
+from xpcs_io.tools.demo import DemoSpec, write_native_file
 
 Array = npt.NDArray[Any]
 SUBPROCESS_TIMEOUT = 30.0

@@ -29,10 +29,10 @@ from websockets.sync.client import ClientConnection, connect
 
 from xpcs_io import wire
 from xpcs_io.client import RemoteHDF5Facade
-from xpcs_io.demo import DemoSpec, write_native_file
 from xpcs_io.facade import HDF5Facade
 from xpcs_io.pool import HDF5ConnectionPool
 from xpcs_io.schemas import MaskSchema
+from xpcs_io.tools.demo import DemoSpec, write_native_file
 
 from .conftest import Server, start_server
 

@@ -15,8 +15,8 @@ import pytest
 import tifffile
 from PIL import Image
 
-from xpcs_io.demo_aps8idi import write_aps8idi_file
-from xpcs_io.demo_legacy8idi import write_boost_file
+from xpcs_io.tools.demo_aps8idi import write_aps8idi_file
+from xpcs_io.tools.demo_legacy8idi import write_boost_file
 
 from .conftest import Server
 from .test_quicklook import _browser, _canvas, _open, shared_browser  # noqa: F401

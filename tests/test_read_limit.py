@@ -12,8 +12,6 @@ import httpx
 import numpy as np
 import pytest
 
-from xpcs_io.demo import DemoSpec, write_native_file
-from xpcs_io.demo_aps8idi import write_aps8idi_file
 from xpcs_io.errors import DatasetTooLargeError, HDF5ValidationError, status_for
 from xpcs_io.facade import HDF5Facade
 from xpcs_io.h5access import (
@@ -25,6 +23,8 @@ from xpcs_io.h5access import (
     set_read_limit,
 )
 from xpcs_io.schemas import MaskSchema
+from xpcs_io.tools.demo import DemoSpec, write_native_file
+from xpcs_io.tools.demo_aps8idi import write_aps8idi_file
 
 from .conftest import Side
 from .reliability.support import geometry, rss_bytes, serving

@@ -21,7 +21,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from xpcs_io.demo import DemoSpec, write_native_file
 from xpcs_io.errors import HDF5ValidationError, SchemaError, SchemaTypeError
 from xpcs_io.facade import HDF5Facade
 from xpcs_io.pool import HDF5ConnectionPool
@@ -34,6 +33,7 @@ from xpcs_io.schemas import (
     QMapSchema,
     Schema,
 )
+from xpcs_io.tools.demo import DemoSpec, write_native_file
 
 Array = npt.NDArray[Any]
 SHAPE = (6, 5)

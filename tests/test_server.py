@@ -23,11 +23,11 @@ from xpcs_io.client import (
     RemoteHDF5Facade,
     RetryPolicy,
 )
-from xpcs_io.demo import DemoSpec, write_native_file
 from xpcs_io.errors import HDF5ValidationError, PayloadTooLargeError, SchemaError, WireFormatError
 from xpcs_io.schemas import GeometryMetadata, MaskSchema
 from xpcs_io.server import create_app
-from xpcs_io.settings import Settings
+from xpcs_io.server.settings import Settings
+from xpcs_io.tools.demo import DemoSpec, write_native_file
 
 from .conftest import Server, free_port, start_server
 
@@ -452,7 +452,7 @@ def test_reads_retry_until_the_server_is_up(data_root: Path, tmp_path: Path) -> 
             [
                 sys.executable,
                 "-m",
-                "xpcs_io.cli",
+                "xpcs_io.tools.cli",
                 "serve",
                 "--root",
                 str(tmp_path),

@@ -23,12 +23,12 @@ import pytest
 
 from xpcs_io.atomic import edit_atomically
 from xpcs_io.client import RemoteHDF5Facade
-from xpcs_io.demo import DemoSpec, write_native_file
 from xpcs_io.errors import FileBusyError, FileMarkedOpenError, HDF5ValidationError
 from xpcs_io.facade import HDF5Facade
 from xpcs_io.locking import LockPolicy
 from xpcs_io.pool import HDF5ConnectionPool
 from xpcs_io.schemas import MaskSchema
+from xpcs_io.tools.demo import DemoSpec, write_native_file
 
 from .conftest import Server, start_server
 

@@ -10,13 +10,13 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from xpcs_io.demo_aps8idi import write_pysimplemask_file
-from xpcs_io.demo_legacy8idi import write_boost_file, write_eigen_file
+from xpcs_io.tools.demo_aps8idi import write_pysimplemask_file
+from xpcs_io.tools.demo_legacy8idi import write_boost_file, write_eigen_file
 
 
 def validate(path: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "xpcs_io.cli", "validate", str(path)],
+        [sys.executable, "-m", "xpcs_io.tools.cli", "validate", str(path)],
         capture_output=True,
         text=True,
         timeout=120,
@@ -72,7 +72,7 @@ def test_inspect_names_layout_and_plugin_filters(tmp_path: Path) -> None:
             "/xpcs/dqmap", data=truth.labels.astype(np.uint32), chunks=True, **hdf5plugin.Zstd()
         )
     r = subprocess.run(
-        [sys.executable, "-m", "xpcs_io.cli", "inspect", str(path)],
+        [sys.executable, "-m", "xpcs_io.tools.cli", "inspect", str(path)],
         capture_output=True,
         text=True,
         timeout=120,

@@ -14,16 +14,16 @@ import numpy.typing as npt
 import pytest
 
 from xpcs_io.client import AsyncRemoteHDF5Facade
-from xpcs_io.demo import DemoSpec, write_native_file
-from xpcs_io.demo_aps8idi import write_aps8idi_file
-from xpcs_io.demo_legacy8idi import (
+from xpcs_io.errors import HDF5ValidationError
+from xpcs_io.schemas import G2Data, IntensityTimeData, Saxs1DData, Saxs2DData
+from xpcs_io.tools.demo import DemoSpec, write_native_file
+from xpcs_io.tools.demo_aps8idi import write_aps8idi_file
+from xpcs_io.tools.demo_legacy8idi import (
     write_boost_file,
     write_eigen_file,
     write_hadoop_file,
     write_matlab_file,
 )
-from xpcs_io.errors import HDF5ValidationError
-from xpcs_io.schemas import G2Data, IntensityTimeData, Saxs1DData, Saxs2DData
 
 from .conftest import Server, Side
 

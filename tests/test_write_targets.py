@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from xpcs_io.api import FacadeAPI
-from xpcs_io.demo import DemoSpec, write_native_file
 from xpcs_io.facade import HDF5Facade
 from xpcs_io.pool import HDF5ConnectionPool
 from xpcs_io.schemas import GeometryMetadata, MaskSchema, PartitionSchema
+from xpcs_io.tools.demo import DemoSpec, write_native_file
 
 from .conftest import Side
 

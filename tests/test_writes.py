@@ -26,12 +26,12 @@ import numpy.typing as npt
 import pytest
 
 from xpcs_io.atomic import TMP_MARK
-from xpcs_io.demo import DemoSpec, write_native_file
 from xpcs_io.errors import WriteLockTimeout
 from xpcs_io.facade import HDF5Facade
 from xpcs_io.locking import FileWriteLock, lock_path_for
 from xpcs_io.pool import HDF5ConnectionPool
 from xpcs_io.schemas import GeometryMetadata, MaskSchema
+from xpcs_io.tools.demo import DemoSpec, write_native_file
 
 Array = npt.NDArray[Any]
 SHAPE = (24, 20)

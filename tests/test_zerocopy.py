@@ -268,7 +268,7 @@ def test_two_workers_send_from_the_file(cold_root: Path, tmp_path: Path) -> None
 def test_without_the_extension_the_file_bytes_are_read_and_sent(cold_root: Path) -> None:
     """In process (no uvicorn, so no sendfile): the plan's bytes go out as body messages."""
     from xpcs_io.server.app import create_app
-    from xpcs_io.settings import Settings
+    from xpcs_io.server.settings import Settings
 
     app = create_app(Settings(data_root=cold_root, allowed_hosts="app", cache_bytes=0))
     expected = _expected_body(cold_root, "rows.h5")

@@ -52,7 +52,7 @@ from xpcs_io.errors import (
 )
 from xpcs_io.filters import FILTERS as _FILTERS  # noqa: F401  (registers HDF5 filter plugins)
 from xpcs_io.locking import FileWriteLock, LockPolicy, read_superblock
-from xpcs_io.paths import PathChangedError, open_dir_beneath, realpath
+from xpcs_io.paths import PathChangedError, inside_root, open_dir_beneath, realpath
 from xpcs_io.pool import FileIdentity
 
 __all__ = ["TMP_MARK", "edit_atomically"]
@@ -217,7 +217,7 @@ def edit_atomically(
     deadline = time.monotonic() + lock_timeout
     target = Path(realpath(path))
     name = display or Path(path).name
-    if root is not None and target != root and root not in target.parents:
+    if root is not None and not inside_root(root, target):
         raise PermissionError("access denied: path leads outside the data root")
     dir_fd = _open_folder(root, target, name)
     try:

@@ -28,7 +28,7 @@ from xpcs_io.chunkread import read_whole
 from xpcs_io.errors import DatasetTooLargeError, HDF5ValidationError
 from xpcs_io.filters import FILTERS as _FILTERS  # noqa: F401  (registers HDF5 filter plugins)
 from xpcs_io.locking import LockPolicy
-from xpcs_io.paths import realpath
+from xpcs_io.paths import inside_root, realpath
 from xpcs_io.pool import FileIdentity, open_hdf5
 
 __all__ = [
@@ -157,8 +157,7 @@ def read_dataset(ds: h5py.Dataset, selection: Any = (), *, display: str, path: s
 
 def is_inside(path: str | os.PathLike[str], root: Path) -> bool:
     """True when ``path`` (symlinks resolved) is ``root`` or lies below it."""
-    real = Path(realpath(path))
-    return real == root or root in real.parents
+    return inside_root(root, Path(realpath(path)))
 
 
 def decode_str(value: Any) -> str:

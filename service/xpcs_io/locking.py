@@ -111,11 +111,12 @@ class LockPolicy:
                 os.strerror(exc.errno or 0),
             )
 
-    def writer_present(self, fd: int, what: str) -> bool:
+    def writer_present(self, fd: int, what: str, st: os.stat_result | None = None) -> bool:
         """Whether a program holds HDF5's exclusive lock on the file open as ``fd`` (a writer
         using HDF5's file locking). Takes and drops a shared ``flock`` on ``fd``, which must
-        be a descriptor of the caller's own that holds no lock."""
-        st = os.fstat(fd)
+        be a descriptor of the caller's own that holds no lock. ``st``: the caller's
+        ``fstat`` of ``fd``, if it has one."""
+        st = st or os.fstat(fd)
         if not self.enabled(st.st_dev):
             return False
         try:
@@ -166,14 +167,15 @@ class Superblock(NamedTuple):
 _SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 
-def read_superblock(fd: int) -> Superblock | None:
+def read_superblock(fd: int, size: int | None = None) -> Superblock | None:
     """The superblock of the HDF5 file open as ``fd``, searched where HDF5 searches (offset
     0, then 512, 1024, ... for files with a user block); ``None`` when it is not HDF5.
+    ``size``: the file's size, when the caller already has it.
 
     Only superblock versions 2 and 3 keep status flags; HDF5 writes them only in version 3
     (files made with ``libver="latest"`` or for SWMR), so older files always read 0.
     """
-    size = os.fstat(fd).st_size
+    size = os.fstat(fd).st_size if size is None else size
     offset = 0
     while offset + 16 <= size:
         head = os.pread(fd, 24, offset)

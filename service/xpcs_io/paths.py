@@ -24,6 +24,7 @@ __all__ = [
     "MAX_PATH_BYTES",
     "PathChangedError",
     "display_path",
+    "inside_root",
     "open_beneath",
     "open_dir_beneath",
     "realpath",
@@ -48,6 +49,13 @@ def realpath(path: str | os.PathLike[str]) -> str:
         except OSError:
             continue
     raise FileNotFoundError(f"No such file: {os.fspath(path)} (the path kept changing)")
+
+
+def inside_root(root: Path, path: Path) -> bool:
+    """Whether ``path`` is ``root`` or lies below it, compared component by component: the
+    one check of "inside the data root". Both must be resolved (symlink-free): a resolved
+    path below the resolved root cannot lead out of it."""
+    return path == root or root in path.parents
 
 
 def _refuse(why: str) -> PermissionError:
@@ -92,7 +100,7 @@ def resolve_under_root(root: Path, user_path: str | os.PathLike[str]) -> tuple[P
         if len(part.encode("utf-8")) > MAX_COMPONENT_BYTES:
             raise _refuse("path component too long")
     real = Path(realpath(root.joinpath(*parts)))
-    if real != root and root not in real.parents:
+    if not inside_root(root, real):
         raise _refuse("path leads outside the data root")
     return real, "/".join(parts)
 
@@ -118,11 +126,9 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 def _relative_parts(root: Path | None, real: Path) -> tuple[str, list[str]]:
     if root is None:
         return str(real.anchor or "/"), list(real.parts[1:])
-    try:
-        rel = real.relative_to(root)
-    except ValueError:
-        raise _refuse("path leads outside the data root") from None
-    return str(root), list(rel.parts)
+    if not inside_root(root, real):
+        raise _refuse("path leads outside the data root")
+    return str(root), list(real.relative_to(root).parts)
 
 
 def _is_link(name: str, dir_fd: int) -> bool:

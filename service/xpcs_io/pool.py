@@ -179,9 +179,9 @@ def check_descriptor(fd: int, name: str, policy: LockPolicy) -> tuple[os.stat_re
     if not stat.S_ISREG(st.st_mode):
         # A FIFO or device would block open(2) inside HDF5.
         raise HDF5ValidationError(f"{name} is not a regular file", file=name)
-    if policy.writer_present(fd, name):
+    if policy.writer_present(fd, name, st):
         raise FileBusyError(f"{name} is open for writing by another program; retry later")
-    sb = read_superblock(fd)
+    sb = read_superblock(fd, st.st_size)
     if sb is not None and sb.open_for_write:
         if not sb.swmr:
             raise _marked_open(name)
@@ -382,14 +382,16 @@ class HDF5ConnectionPool:
         display: str | None = None,
         *,
         root: Path | None = None,
+        resolved: bool = False,
     ) -> Iterator[Checkout]:
         """``checkout`` yielding a ``Checkout``: the handle, the identity of the file it
-        reads and whether it reads in SWMR mode.
+        reads and whether it reads in SWMR mode. ``resolved``: ``path`` is already absolute
+        and symlink-free (it is not resolved again).
 
         Raises:
             See ``checkout``.
         """
-        key = realpath(path)
+        key = os.fspath(path) if resolved else realpath(path)
         entry = self._acquire(key, display or os.fspath(path), root)
         try:
             yield Checkout(entry.handle, entry.identity, entry.swmr)
@@ -576,8 +578,3 @@ def get_default_pool() -> HDF5ConnectionPool:
         if _default_pool is None:
             _default_pool = HDF5ConnectionPool()
         return _default_pool
-
-
-def resolve(path: str | os.PathLike[str]) -> Path:
-    """The absolute, symlink-free path of ``path``."""
-    return Path(realpath(path))

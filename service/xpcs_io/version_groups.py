@@ -32,6 +32,7 @@ from typing import Any
 import h5py
 
 from xpcs_io.h5access import Locator
+from xpcs_io.paths import inside_root
 
 __all__ = [
     "KIND_MEMBERS",
@@ -117,7 +118,7 @@ def _outside(holder: str, target: str, root: Path | None) -> bool:
     base = Path(os.path.dirname(os.path.realpath(holder)))
     candidate = Path(target) if os.path.isabs(target) else base / target
     real = Path(os.path.realpath(candidate))
-    return not (real == root or root in real.parents)
+    return not inside_root(root, real)
 
 
 def _refuse_external(holder: str, target: str, where: str, root: Path | None, display: str) -> None:

@@ -9,13 +9,12 @@ it unchecked), and the layout detected per file or forced with ``layout=``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import AbstractContextManager
 from typing import Any, TypeVar
 
 from xpcs_io.api import PathLike
 from xpcs_io.h5access import Locator
 from xpcs_io.layouts import registry, viewer
-from xpcs_io.pool import FileIdentity
+from xpcs_io.reading import Reading
 from xpcs_io.schemas import G2Data, IntensityTimeData, Saxs1DData, Saxs2DData, Schema
 
 __all__ = ["ViewerReads"]
@@ -23,12 +22,8 @@ __all__ = ["ViewerReads"]
 S = TypeVar("S", bound=Schema)
 
 
-class ViewerReads:
+class ViewerReads(Reading):
     """Mixin of ``HDF5Facade``: the reads a viewer needs besides q-map, G2 and geometry."""
-
-    # Provided by HDF5Facade.
-    _read: Callable[..., Any]
-    _open: Callable[[PathLike], AbstractContextManager[tuple[Locator, FileIdentity]]]
 
     def _viewer_read(
         self, file_path: PathLike, kind: str, reader: Callable[[Locator], S], *extra: Any

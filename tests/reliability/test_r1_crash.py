@@ -29,7 +29,7 @@ import pytest
 from xpcs_io import wire
 from xpcs_io.atomic import TMP_MARK
 from xpcs_io.client import RemoteHDF5Facade
-from xpcs_io.demo import DemoSpec, write_native_file
+from xpcs_io.tools.demo import DemoSpec, write_native_file
 
 from ..conftest import Server, start_server
 from .support import SOAK, Figure, mask_body, scale, sha256_of, stop

@@ -26,8 +26,8 @@ import pytest
 
 from xpcs_io import wire
 from xpcs_io.client import RemoteHDF5Facade, RetryPolicy
-from xpcs_io.demo import DemoSpec, write_native_file
 from xpcs_io.errors import ServerError
+from xpcs_io.tools.demo import DemoSpec, write_native_file
 
 from .support import Figure, mask_body, percentile, scale, server_5xx, serving, sha256_of
 

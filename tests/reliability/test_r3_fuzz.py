@@ -31,8 +31,6 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import content_type_conformance, status_code_conformance
 
 from xpcs_io import wire
-from xpcs_io.demo import DemoSpec, write_native_file
-from xpcs_io.demo_aps8idi import write_aps8idi_file
 from xpcs_io.errors import SchemaError, WireFormatError, status_for
 from xpcs_io.paths import resolve_under_root
 from xpcs_io.schemas import (
@@ -43,6 +41,8 @@ from xpcs_io.schemas import (
     QMapSchema,
     Schema,
 )
+from xpcs_io.tools.demo import DemoSpec, write_native_file
+from xpcs_io.tools.demo_aps8idi import write_aps8idi_file
 
 from ..conftest import Server
 from .support import SOAK, Figure, scale, serving

@@ -20,8 +20,8 @@ import httpx
 import pytest
 
 from xpcs_io.client import RemoteHDF5Facade
-from xpcs_io.demo import DemoSpec, write_native_file
 from xpcs_io.errors import HDF5ValidationError, ServerError
+from xpcs_io.tools.demo import DemoSpec, write_native_file
 
 from ..conftest import Server
 from .support import Figure, scale, serving, sha256_of

@@ -23,13 +23,13 @@ from fastapi import FastAPI
 from starlette.routing import Mount
 
 from xpcs_io import wire
-from xpcs_io.demo import DemoSpec, write_native_file
-from xpcs_io.demo_aps8idi import write_aps8idi_file
 from xpcs_io.facade import HDF5Facade
 from xpcs_io.pool import HDF5ConnectionPool
 from xpcs_io.schemas import MaskSchema, PartitionSchema
 from xpcs_io.server import create_app
-from xpcs_io.settings import Settings
+from xpcs_io.server.settings import Settings
+from xpcs_io.tools.demo import DemoSpec, write_native_file
+from xpcs_io.tools.demo_aps8idi import write_aps8idi_file
 
 from ..conftest import Server
 from .support import Figure, geometry, serving

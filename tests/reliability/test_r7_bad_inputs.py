@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 
 from xpcs_io import wire
-from xpcs_io.demo import DemoSpec, write_native_file
+from xpcs_io.tools.demo import DemoSpec, write_native_file
 
 from ..conftest import Server
 from .support import Figure, geometry, log_errors, port_of, server_5xx, serving

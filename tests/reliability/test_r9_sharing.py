@@ -29,13 +29,13 @@ import httpx
 import numpy as np
 import pytest
 
-from xpcs_io.demo import DemoSpec, write_native_file
-from xpcs_io.demo_aps8idi import write_aps8idi_file
 from xpcs_io.errors import FileBusyError, status_for
 from xpcs_io.facade import HDF5Facade
 from xpcs_io.locking import lock_path_for
 from xpcs_io.pool import HDF5ConnectionPool
 from xpcs_io.schemas import MaskSchema
+from xpcs_io.tools.demo import DemoSpec, write_native_file
+from xpcs_io.tools.demo_aps8idi import write_aps8idi_file
 
 from ..conftest import free_port
 from .support import Figure, geometry, mask_body, scale, server_5xx, serving
@@ -463,7 +463,7 @@ FULL_DISK = """
 import hashlib, os, sys, subprocess, time
 import numpy as np
 import httpx
-from xpcs_io.demo import DemoSpec, write_native_file
+from xpcs_io.tools.demo import DemoSpec, write_native_file
 from xpcs_io.errors import InsufficientStorageError
 from xpcs_io.facade import HDF5Facade
 from xpcs_io.pool import HDF5ConnectionPool
@@ -481,7 +481,7 @@ try:
 except InsufficientStorageError as exc:
     print("local InsufficientStorageError", exc)
 port = int(sys.argv[2])
-srv = subprocess.Popen([sys.executable, "-m", "xpcs_io.cli", "serve", "--root", mnt, "--port", str(port), "--log-level", "warning"])
+srv = subprocess.Popen([sys.executable, "-m", "xpcs_io.tools.cli", "serve", "--root", mnt, "--port", str(port), "--log-level", "warning"])
 try:
     for _ in range(300):
         try:

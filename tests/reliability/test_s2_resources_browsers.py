@@ -39,9 +39,9 @@ import numpy as np
 import pytest
 
 from xpcs_io import wire
-from xpcs_io.demo import DemoSpec, write_native_file
-from xpcs_io.demo_aps8idi import write_aps8idi_file
 from xpcs_io.errors import RemoteConnectionError, WireFormatError
+from xpcs_io.tools.demo import DemoSpec, write_native_file
+from xpcs_io.tools.demo_aps8idi import write_aps8idi_file
 
 from ..conftest import Server, free_port
 from ..test_client_hostile import CLIENTS, ERRORS, MALFORMED, Hostile
@@ -87,7 +87,7 @@ def _limited(
     """``serving`` under a resource limit: ``prefix`` is e.g. ``prlimit --nofile=1024 --``;
     the server is the process prlimit execs into, so its pid is the server's."""
     port = free_port()
-    cmd = [*prefix, sys.executable, "-m", "xpcs_io.cli", "serve", "--root", str(root)]
+    cmd = [*prefix, sys.executable, "-m", "xpcs_io.tools.cli", "serve", "--root", str(root)]
     cmd += ["--port", str(port), "--log-level", "warning"]
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("XPCS_IO_")}
     full_env.update(env or {})

@@ -32,8 +32,8 @@ import numpy.typing as npt
 
 from xpcs_io import wire
 from xpcs_io.client import RemoteHDF5Facade
-from xpcs_io.demo import DemoSpec, write_native_file
 from xpcs_io.schemas import GeometryMetadata, MaskSchema, PartitionSchema
+from xpcs_io.tools.demo import DemoSpec, write_native_file
 
 from ..test_found_versions import GEO, reference_write_mask, reference_write_partition
 from ..test_found_versions import SHAPE as FOUND_SHAPE

@@ -6,42 +6,40 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from fastapi import Depends, FastAPI, Request
-from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi import Depends, FastAPI
 from fastapi.staticfiles import StaticFiles
-from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
 
 from xpcs_io.facade import HDF5Facade
 from xpcs_io.h5access import set_read_limit
 from xpcs_io.locking import LockPolicy
-from xpcs_io.logs import configure_logging
 from xpcs_io.paths import display_path
 from xpcs_io.pool import HDF5ConnectionPool
-from xpcs_io.server import h5grove_api, viewer_routes
+from xpcs_io.server import h5grove_api, service_routes, viewer_routes
 from xpcs_io.server.browsers import BrowserGuardMiddleware
 from xpcs_io.server.docs_pages import DOCS_ASSETS
 from xpcs_io.server.events import EventHub
 from xpcs_io.server.fileplans import PlanStore
 from xpcs_io.server.limits import BodyBudget, ResourceGuardMiddleware
+from xpcs_io.server.logs import configure_logging
 from xpcs_io.server.middleware import BodyLimitMiddleware, RequestIdMiddleware
-from xpcs_io.server.observability import Metrics, ObservabilityMiddleware, render
-from xpcs_io.server.problems import install_handlers, problem
+from xpcs_io.server.observability import Metrics, ObservabilityMiddleware
+from xpcs_io.server.problems import install_handlers
 from xpcs_io.server.results import ResultCache
 from xpcs_io.server.routes import router
+from xpcs_io.server.service_routes import STATIC, VERSION
+from xpcs_io.server.settings import Settings, is_loopback
 from xpcs_io.server.strict import check_request
 from xpcs_io.server.watcher import RootWatcher
 from xpcs_io.server.workers import WorkerGroup
 from xpcs_io.server.zerocopy import SendfileMiddleware
-from xpcs_io.settings import Settings, is_loopback
 
 __all__ = ["VERSION", "create_app"]
 
-VERSION = "0.1.0"
 log = logging.getLogger("xpcs_io.server")
 
 
@@ -53,22 +51,11 @@ def _check_security(settings: Settings, keys: Mapping[str, str]) -> None:
         )
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """Build the xpcs-io FastAPI application.
-
-    Raises:
-        ValueError: the settings are unsafe (no keys on a public address) or invalid.
-        FileNotFoundError: the data root does not exist.
-    """
-    settings = settings or Settings()
-    if settings.state_dir is not None:
-        configure_logging(settings.log_level)  # a worker process spawned by `serve --workers`
-    keys = settings.keys()
-    _check_security(settings, keys)
-    root = Path(os.path.realpath(settings.data_root))
-    if not root.is_dir():
-        raise FileNotFoundError(f"data root {settings.data_root} is not a directory")
-    set_read_limit(settings.max_read_bytes)  # one limit per process, for every layout
+def _lifespan(
+    settings: Settings, root: Path
+) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """The app's lifespan: it opens the pool and the facades on it, the result cache, the
+    worker group and the watcher of the root, and closes every handle at shutdown."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -114,6 +101,28 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             pool.shutdown()
             log.info("pool shut down: every handle closed")
 
+    return lifespan
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the xpcs-io FastAPI application.
+
+    Raises:
+        ValueError: the settings are unsafe (no keys on a public address) or invalid.
+        FileNotFoundError: the data root does not exist.
+    """
+    settings = settings or Settings()
+    if settings.state_dir is not None:
+        configure_logging(settings.log_level)  # a worker process spawned by `serve --workers`
+    keys = settings.keys()
+    _check_security(settings, keys)
+    root = Path(os.path.realpath(settings.data_root))
+    if not root.is_dir():
+        raise FileNotFoundError(f"data root {settings.data_root} is not a directory")
+    set_read_limit(settings.max_read_bytes)  # one limit per process, for every layout
+
+    lifespan = _lifespan(settings, root)
+
     app = FastAPI(
         title="xpcs-io",
         version=VERSION,
@@ -156,72 +165,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(viewer_routes.router, dependencies=strict)
     app.include_router(h5grove_api.router)
     app.mount("/docs-assets", StaticFiles(directory=DOCS_ASSETS), name="docs-assets")
-
-    static = Path(__file__).with_name("static")
-    app.mount("/static", StaticFiles(directory=static), name="static")
-
-    @app.get("/", include_in_schema=False)
-    def quicklook() -> FileResponse:
-        return FileResponse(static / "index.html", media_type="text/html")
-
-    @app.get("/docs", include_in_schema=False)
-    def docs() -> HTMLResponse:
-        return get_swagger_ui_html(
-            openapi_url="/openapi.json",
-            title="xpcs-io API",
-            swagger_js_url="/docs-assets/swagger-ui-bundle.js",
-            swagger_css_url="/docs-assets/swagger-ui.css",
-            swagger_favicon_url="/docs-assets/favicon.png",
-        )
-
-    @app.get("/redoc", include_in_schema=False)
-    def redoc() -> HTMLResponse:
-        page = get_redoc_html(
-            openapi_url="/openapi.json",
-            title="xpcs-io API",
-            redoc_js_url="/docs-assets/redoc.standalone.js",
-            redoc_favicon_url="/docs-assets/favicon.png",
-            with_google_fonts=False,
-        )
-        # ReDoc's footer logo comes from its vendor's CDN: keep the page offline.
-        page.headers["content-security-policy"] = "img-src 'self' data:"
-        return page
-
-    @app.get(
-        "/metrics",
-        summary="Prometheus metrics",
-        operation_id="service-metrics",
-        tags=["service"],
-        response_class=Response,
-        responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}},
-    )
-    def prometheus() -> Response:
-        """Request latency by route, bytes sent, write durations, pool counters and handles."""
-        return Response(render(metrics), media_type="text/plain; version=0.0.4; charset=utf-8")
-
-    @app.get("/health", summary="Liveness", operation_id="service-health", tags=["service"])
-    def health() -> dict[str, str]:
-        """Answers while the process serves requests."""
-        return {"status": "ok", "version": VERSION}
-
-    @app.get(
-        "/ready",
-        summary="Readiness",
-        operation_id="service-ready",
-        tags=["service"],
-        responses={503: {"description": "Data root unreadable or pool shut down."}},
-    )
-    def ready(request: Request) -> Response:
-        """Ready when the data root is readable and the pool accepts checkouts."""
-        pool: HDF5ConnectionPool | None = getattr(request.app.state, "pool", None)
-        problems = []
-        if not os.access(root, os.R_OK | os.X_OK):
-            problems.append("data root not readable")
-        if pool is None or pool.closed:
-            problems.append("pool not running")
-        if problems:
-            return problem(request, 503, "; ".join(problems))
-        return JSONResponse({"status": "ready", "pool_size": len(pool)})  # type: ignore[arg-type]
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.include_router(service_routes.router)
 
     budget = BodyBudget(settings.max_inflight_body_bytes)
     app.state.body_budget = budget

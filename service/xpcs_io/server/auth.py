@@ -6,23 +6,18 @@ is open (allowed only on loopback unless ``allow_anonymous``)."""
 from __future__ import annotations
 
 import hmac
-from typing import Annotated, Any
+from collections.abc import Mapping
+from typing import Any
 
 from fastapi import Depends, Request
 
-from xpcs_io.settings import SCOPES, Scope
+from xpcs_io.server.deps import get_api_keys
+from xpcs_io.server.problems import KeyRequiredError
+from xpcs_io.server.settings import SCOPES, Scope
 
-__all__ = ["AuthError", "Authenticated", "require"]
+__all__ = ["require"]
 
 _RANK = {scope: i for i, scope in enumerate(SCOPES)}
-
-
-class AuthError(PermissionError):
-    """A missing (401) or insufficient (403) credential."""
-
-    def __init__(self, message: str, status: int) -> None:
-        super().__init__(message)
-        self.http_status = status
 
 
 def _presented(request: Request) -> str | None:
@@ -32,7 +27,7 @@ def _presented(request: Request) -> str | None:
     return request.headers.get("x-api-key") or None
 
 
-def _scope_of(keys: dict[str, Scope], presented: str) -> Scope | None:
+def _scope_of(keys: Mapping[str, Scope], presented: str) -> Scope | None:
     found: Scope | None = None
     given = presented.encode()
     for key, scope in keys.items():
@@ -46,25 +41,23 @@ def require(needed: Scope) -> Any:
     """A dependency that lets the request through only with a key of ``needed`` or above.
 
     Raises:
-        AuthError: no key (401), an unknown key (401) or a key of a lower scope (403).
+        KeyRequiredError: no key, or an unknown key (401).
+        PermissionError: a key of a lower scope (403).
     """
 
     async def check(request: Request) -> Scope | None:
-        keys: dict[str, Scope] = request.app.state.api_keys
+        keys = get_api_keys(request)
         if not keys:
             return None
         presented = _presented(request)
         if presented is None:
-            raise AuthError("an API key is required (Authorization: Bearer KEY)", 401)
+            raise KeyRequiredError("an API key is required (Authorization: Bearer KEY)")
         scope = _scope_of(keys, presented)
         if scope is None:
-            raise AuthError("the API key is not valid", 401)
+            raise KeyRequiredError("the API key is not valid")
         if _RANK[scope] < _RANK[needed]:
-            raise AuthError(f"this operation needs a key with the '{needed}' scope", 403)
+            raise PermissionError(f"this operation needs a key with the '{needed}' scope")
         request.state.auth_scope = scope
         return scope
 
     return Depends(check)
-
-
-Authenticated = Annotated[Scope | None, require("read")]

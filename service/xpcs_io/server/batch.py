@@ -24,6 +24,7 @@ from xpcs_io.facade import HDF5Facade
 from xpcs_io.schemas import Schema
 from xpcs_io.server.auth import require
 from xpcs_io.server.common import Layout, Validate, facade_for, group_query, seen_by, send
+from xpcs_io.server.deps import get_results, get_settings
 from xpcs_io.server.limits import read_body
 from xpcs_io.server.openapi_docs import BODY_ERRORS
 from xpcs_io.server.problems import problem_fields
@@ -103,7 +104,7 @@ async def _items(
     facade: HDF5Facade,
     key: tuple[Hashable, ...],
 ) -> AsyncIterator[dict[str, Any]]:
-    results = request.app.state.results
+    results = get_results(request)
     done: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=2 * _CONCURRENCY)
     slots = asyncio.Semaphore(_CONCURRENCY)
 
@@ -180,7 +181,7 @@ async def _many(
     validate: bool,
     key: tuple[Hashable, ...],
 ) -> Response:
-    paths = await _file_paths(request, request.app.state.settings.batch_max_files)
+    paths = await _file_paths(request, get_settings(request).batch_max_files)
     return await _answer(request, paths, read, validate, key)
 
 

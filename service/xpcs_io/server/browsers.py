@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from xpcs_io.server.middleware import send_problem
+from xpcs_io.server.problems import UnsupportedMediaTypeError, send_problem
 
 __all__ = ["WRITE_MEDIA_TYPES", "BrowserGuardMiddleware", "host_name"]
 
@@ -110,10 +110,10 @@ class BrowserGuardMiddleware:
             await send_problem(
                 scope,
                 send,
-                403,
-                f"this server (no API keys) does not answer for Host {host_name(host)!r}: use "
-                "127.0.0.1 or localhost, or start it with --allowed-host NAME",
-                error="PermissionError",
+                PermissionError(
+                    f"this server (no API keys) does not answer for Host {host_name(host)!r}: use "
+                    "127.0.0.1 or localhost, or start it with --allowed-host NAME"
+                ),
             )
             return
         origin = headers.get(b"origin")
@@ -121,9 +121,9 @@ class BrowserGuardMiddleware:
             await send_problem(
                 scope,
                 send,
-                403,
-                "requests from other web sites are refused by a server without API keys",
-                error="PermissionError",
+                PermissionError(
+                    "requests from other web sites are refused by a server without API keys"
+                ),
             )
             return
         if scope["method"] not in _SAFE_METHODS:
@@ -131,9 +131,9 @@ class BrowserGuardMiddleware:
                 await send_problem(
                     scope,
                     send,
-                    403,
-                    "writes from other web sites are refused by a server without API keys",
-                    error="PermissionError",
+                    PermissionError(
+                        "writes from other web sites are refused by a server without API keys"
+                    ),
                 )
                 return
             ctype = headers.get(b"content-type", b"").decode("latin-1")
@@ -145,10 +145,10 @@ class BrowserGuardMiddleware:
                 await send_problem(
                     scope,
                     send,
-                    415,
-                    f"a {scope['method']} needs Content-Type application/msgpack or "
-                    f"application/json (got {media or 'none'!r})",
-                    error="ValueError",
+                    UnsupportedMediaTypeError(
+                        f"a {scope['method']} needs Content-Type application/msgpack or "
+                        f"application/json (got {media or 'none'!r})"
+                    ),
                 )
                 return
         await self.app(scope, receive, send)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Callable
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 from fastapi import Query, Request
 from fastapi.concurrency import run_in_threadpool
@@ -14,9 +14,12 @@ from starlette.background import BackgroundTask
 from starlette.responses import Response
 
 from xpcs_io import arraycodec
+from xpcs_io.api import PathLike
+from xpcs_io.checkout import FileCheckout
 from xpcs_io.facade import HDF5Facade
 from xpcs_io.pool import DataIdentity
 from xpcs_io.schemas import Schema
+from xpcs_io.server.deps import get_facade, get_facades, get_results, get_settings
 from xpcs_io.server.fileplans import PlanStore, open_version
 from xpcs_io.server.planresponse import PlanResponse
 from xpcs_io.server.responses import encode, wants_json
@@ -76,9 +79,7 @@ def group_query(what: str) -> Any:
 
 def facade_for(request: Request, validate: bool = True) -> HDF5Facade:
     """The app's facade that validates, or the one that does not."""
-    state = request.app.state
-    facade: HDF5Facade = state.facade if validate else state.facade_unchecked
-    return facade
+    return get_facades(request).pick(validate)
 
 
 def send(
@@ -93,7 +94,7 @@ def send(
         content,
         status_code=status_code,
         headers=headers,
-        json_limit=request.app.state.settings.json_max_elements,
+        json_limit=get_settings(request).json_max_elements,
     )
 
 
@@ -119,24 +120,38 @@ def _matches(header: str | None, etag: str) -> bool:
     return etag in tags or "*" in tags
 
 
-async def read_result(request: Request, file_path: str, produce: Callable[[], Any]) -> Response:
+async def read_result(
+    request: Request, file_path: str, produce: Callable[[PathLike], Any]
+) -> Response:
     """Answer a read: 304 when the client's ETag still names this file state and request
-    (no HDF5 work at all); else the shared result cache, which runs ``produce`` in the thread
+    (no HDF5 read at all); else the shared result cache, which runs ``produce`` in the thread
     pool on a miss (once for concurrent identical requests); then encode and tag.
 
-    The identity behind the ETag and the cache key covers the file and every file its reads
-    reached through links. The result is tagged and kept only when the read used that very
-    file version and nothing changed meanwhile; a read that raced a change (a write, a
+    One checkout per request: the path is resolved once and the pooled handle borrowed once
+    (``HDF5Facade.check_out``); ``produce`` is given that checkout in place of the path, so
+    it reads through that handle. The identity behind the ETag and the cache key is the
+    checkout's: the file the handle reads and every file its reads reached through links.
+    The result is tagged and kept only when the read used that very file version and
+    reached no link the identity does not name; a read that raced a change (a write, a
     linked file learnt on the first read) is answered as read, untagged and not kept, so an
     ETag never names other bytes than it was sent with. An SWMR file is the exception: SWMR
     keeps each read consistent while the writer appends, and its identity moves with every
     flush.
     """
-    state = request.app.state
-    facade: HDF5Facade = state.facade
-    real = facade.resolve(file_path)
-    # Resolving and stat-ing a few paths is a handful of system calls: fine on the loop.
-    identity = facade.file_identity(file_path)
+    facade = get_facade(request)
+    # Borrowing may open the file (HDF5 work) or wait for a replaced handle: not on the loop.
+    held = await run_in_threadpool(facade.check_out, file_path)
+    try:
+        return await _answer_read(request, held, produce)
+    finally:
+        held.release()  # a read still running through the handle gives it back when done
+
+
+async def _answer_read(
+    request: Request, held: FileCheckout, produce: Callable[[PathLike], Any]
+) -> Response:
+    facade, results = get_facade(request), get_results(request)
+    real, identity = held.real, held.identity
     headers = {
         "etag": _etag(request, identity),
         "cache-control": "no-cache",
@@ -145,10 +160,16 @@ async def read_result(request: Request, file_path: str, produce: Callable[[], An
     if _matches(request.headers.get("if-none-match"), headers["etag"]):
         return Response(status_code=304, headers=headers)
 
+    def read() -> tuple[Any, bool]:
+        # On a pool thread: the facade remembers per thread what its last read used.
+        # The facade takes its own checkout wherever it takes a path (``check_out``).
+        value = produce(cast(PathLike, held))
+        return value, facade.last_read_matches(identity)
+
     key = (real, identity, request_key(request))
-    read, learn = seen_by(produce, facade), None
-    plans: PlanStore | None = getattr(state, "plans", None)
-    if plans is not None and state.results.max_bytes <= 0 and not identity.swmr:
+    learn = None
+    plans: PlanStore | None = getattr(request.app.state, "plans", None)
+    if plans is not None and results.max_bytes <= 0 and not identity.swmr:
         # No result cache: the file's own bytes are sent where a learnt plan allows.
         plan = None if wants_json(request) else plans.get(key)
         fd = None if plan is None else open_version(real, identity.file, plans.policy)
@@ -156,7 +177,7 @@ async def read_result(request: Request, file_path: str, produce: Callable[[], An
             plans.done()
         elif plan is not None and fd is not None:
             try:  # counted like an answer held in memory: stalled readers stay bounded
-                release = state.results.hold(plan.nbytes)
+                release = results.hold(plan.nbytes)
             except BaseException:
                 os.close(fd)
                 plans.done()
@@ -164,16 +185,16 @@ async def read_result(request: Request, file_path: str, produce: Callable[[], An
             return PlanResponse(plan, fd, plans, _array_codec(request), headers, release)
         if not wants_json(request):
             read, learn = plans.learning(read, key, real, identity)
-    content, seen = await state.results.get(key, real, identity, read)
-    if not identity.swmr and (seen != identity.file or facade.file_identity(file_path) != identity):
-        state.results.drop_file(real, keep=None)
+    content, matched = await results.get(key, real, identity, read)
+    if not matched:
+        results.drop_file(real, keep=None)
         del headers["etag"]
     preset = _array_codec(request)
     if preset is not None:
         raw = content.to_dict() if isinstance(content, Schema) else content
         if "etag" in headers:
             # Kept compressed beside the raw result: a hot file is compressed once per preset.
-            content = await state.results.get(
+            content = await results.get(
                 (*key, preset), real, identity, lambda: arraycodec.compress_tree(raw, preset)
             )
         else:  # a read that raced a change is not kept, compressed or not

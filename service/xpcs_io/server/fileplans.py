@@ -169,28 +169,29 @@ class PlanStore:
 
     def learning(
         self,
-        produce: Callable[[], tuple[Any, Any]],
+        produce: Callable[[], tuple[Any, bool]],
         key: Hashable,
         real: str,
         identity: DataIdentity,
-    ) -> tuple[Callable[[], tuple[Any, Any]], Callable[[], None]]:
-        """``produce`` (a read returning ``(result, file version read)``, run on a worker
-        thread) noting where its arrays came from, and the function that then learns the
-        plan of its result when the read used ``identity`` (run it after the answer is sent,
-        on a worker thread: it reads the file once more to check the plan)."""
-        noted: list[tuple[Any, Any, Provenance]] = []
+    ) -> tuple[Callable[[], tuple[Any, bool]], Callable[[], None]]:
+        """``produce`` (a read returning ``(result, whether it used the file version
+        identity names)``, run on a worker thread) noting where its arrays came from, and the
+        function that then learns the plan of its result when the read used ``identity``
+        (run it after the answer is sent, on a worker thread: it reads the file once more to
+        check the plan)."""
+        noted: list[tuple[Any, bool, Provenance]] = []
 
-        def run() -> tuple[Any, Any]:
+        def run() -> tuple[Any, bool]:
             with recording() as found:
-                value, seen = produce()
-            noted.append((value, seen, found))
-            return value, seen
+                value, matched = produce()
+            noted.append((value, matched, found))
+            return value, matched
 
         def learn() -> None:
             if not noted:
                 return
-            value, seen, found = noted.pop()
-            if seen == identity.file and not identity.swmr:
+            value, matched, found = noted.pop()
+            if matched and not identity.swmr:
                 self.learn(key, value, found, real, identity.file)
 
         return run, learn

@@ -25,14 +25,14 @@ from collections.abc import Callable
 from typing import Annotated, Any, Literal, TypeVar
 
 import numpy as np
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query
 from fastapi.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from xpcs_io.errors import PayloadTooLargeError
-from xpcs_io.facade import HDF5Facade
 from xpcs_io.h5browse import MAX_SELECTION_CHARS, attrs, data, meta, plain_value
 from xpcs_io.server.auth import require
+from xpcs_io.server.deps import FacadeDep, SettingsDep
 from xpcs_io.server.openapi_docs import ERRORS
 
 __all__ = ["router"]
@@ -49,11 +49,6 @@ def _json(content: Any) -> Response:
         json.dumps(content, separators=(",", ":"), default=plain_value, allow_nan=False),
         media_type="application/json",
     )
-
-
-def _facade(request: Request) -> HDF5Facade:
-    facade: HDF5Facade = request.app.state.facade
-    return facade
 
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -88,14 +83,14 @@ def _route(path: str) -> Callable[[F], F]:
 
 
 @_route("meta")
-async def get_meta(request: Request, file: HFile, path: HPath = "/") -> Response:
+async def get_meta(facade: FacadeDep, file: HFile, path: HPath = "/") -> Response:
     """h5grove ``/meta``: metadata of one entity (groups list their children)."""
-    return _json(await run_in_threadpool(meta, _facade(request), file, path))
+    return _json(await run_in_threadpool(meta, facade, file, path))
 
 
 @_route("attr")
 async def get_attr(
-    request: Request,
+    facade: FacadeDep,
     file: HFile,
     path: HPath = "/",
     attr_keys: Annotated[
@@ -103,12 +98,13 @@ async def get_attr(
     ] = None,
 ) -> Response:
     """h5grove ``/attr``: attribute values."""
-    return _json(await run_in_threadpool(attrs, _facade(request), file, path, attr_keys))
+    return _json(await run_in_threadpool(attrs, facade, file, path, attr_keys))
 
 
 @_route("data")
 async def get_data(
-    request: Request,
+    facade: FacadeDep,
+    settings: SettingsDep,
     file: HFile,
     path: HPath = "/",
     selection: Annotated[
@@ -127,9 +123,8 @@ async def get_data(
 ) -> Response:
     """h5grove ``/data``: dataset values (json nested lists with NaN as null, bin raw
     little-endian bytes, npy)."""
-    settings = request.app.state.settings
     max_elements = settings.json_max_elements if format == "json" else None
-    values = await run_in_threadpool(data, _facade(request), file, path, selection, max_elements)
+    values = await run_in_threadpool(data, facade, file, path, selection, max_elements)
     arr = np.asarray(values)
     if dtype == "safe" and arr.dtype.kind in "iuf" and arr.dtype.byteorder == ">":
         arr = arr.astype(arr.dtype.newbyteorder("<"))

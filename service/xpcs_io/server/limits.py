@@ -23,8 +23,8 @@ import time
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from xpcs_io.errors import PayloadTooLargeError, RequestTimeoutError
-from xpcs_io.server.middleware import send_problem
+from xpcs_io.errors import PayloadTooLargeError, RequestTimeoutError, ServerBusyError
+from xpcs_io.server.problems import send_problem
 
 __all__ = ["BodyBudget", "ResourceGuardMiddleware", "read_body"]
 
@@ -82,11 +82,10 @@ class ResourceGuardMiddleware:
             await send_problem(
                 scope,
                 send,
-                503,
-                f"the server holds too many request bodies right now ({self.budget.used:,} of "
-                f"{self.budget.limit:,} bytes): retry shortly",
-                error="ServerBusyError",
-                headers=[(b"retry-after", b"1")],
+                ServerBusyError(
+                    "the server holds too many request bodies right now "
+                    f"({self.budget.used:,} of {self.budget.limit:,} bytes): retry shortly"
+                ),
             )
             return
         deadline = time.monotonic() + self.body_timeout + (declared or 0) / _MIN_RATE

@@ -6,17 +6,15 @@ buffer streamed responses and cost a task per request.
 
 from __future__ import annotations
 
-import json
 import re
 import secrets
-from http import HTTPStatus
-from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from xpcs_io.errors import PayloadTooLargeError
+from xpcs_io.server.problems import send_problem
 
-__all__ = ["BodyLimitMiddleware", "RequestIdMiddleware", "send_problem"]
+__all__ = ["BodyLimitMiddleware", "RequestIdMiddleware"]
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
@@ -91,43 +89,4 @@ class BodyLimitMiddleware:
 
 async def _reject(scope: Scope, send: Send, limit: int) -> None:
     detail = f"request body exceeds the limit of {limit:,} bytes"
-    await send_problem(scope, send, 413, detail, error="PayloadTooLargeError")
-
-
-async def send_problem(
-    scope: Scope,
-    send: Send,
-    status: int,
-    detail: str,
-    *,
-    error: str | None = None,
-    headers: list[tuple[bytes, bytes]] | None = None,
-) -> None:
-    """Answer ``status`` with a problem+json body from the ASGI layer (before any route ran)
-    and close the connection: the request body, if any, is left unread."""
-    state: dict[str, Any] = scope.get("state", {})
-    phrase = HTTPStatus(status).phrase
-    body: dict[str, Any] = {
-        "type": f"urn:xpcs-io:problem:{error or HTTPStatus(status).name.lower()}",
-        "title": phrase,
-        "status": status,
-        "detail": detail,
-    }
-    if error:
-        body["error"] = error
-    if state.get("request_id"):
-        body["request_id"] = state["request_id"]
-    raw = json.dumps(body).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/problem+json"),
-                (b"content-length", str(len(raw)).encode()),
-                (b"connection", b"close"),
-                *(headers or []),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": raw})
+    await send_problem(scope, send, PayloadTooLargeError(detail))

@@ -21,7 +21,7 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from xpcs_io.settings import Settings
+from xpcs_io.server.settings import Settings
 
 __all__ = ["GuardedHttpProtocol", "connection_limit", "serve_options", "set_header_timeout"]
 

@@ -15,7 +15,6 @@ from fastapi.concurrency import run_in_threadpool
 from starlette.responses import Response, StreamingResponse
 
 from xpcs_io.errors import ServerError
-from xpcs_io.listing import list_hdf5_files
 from xpcs_io.schemas import MaskSchema, PartitionSchema
 from xpcs_io.server.auth import require
 from xpcs_io.server.batch import add_batch_routes
@@ -23,13 +22,24 @@ from xpcs_io.server.common import (
     FilePath,
     Layout,
     Validate,
-    facade_for,
     group_query,
     read_result,
     send,
 )
-from xpcs_io.server.events import EventHub, ServerEvent, sse_stream
-from xpcs_io.server.openapi_docs import ERRORS, ok
+from xpcs_io.server.deps import (
+    ApiKeysDep,
+    EventsDep,
+    FacadeDep,
+    FacadesDep,
+    ResultsDep,
+    RootDep,
+    SettingsDep,
+    WorkersDep,
+)
+from xpcs_io.server.events import ServerEvent, sse_stream
+from xpcs_io.server.listing import list_hdf5_files
+from xpcs_io.server.openapi_docs import ERRORS
+from xpcs_io.server.routing import read_route
 from xpcs_io.server.versioned import add_versioned_routes
 
 __all__ = ["router"]
@@ -40,16 +50,10 @@ router = APIRouter(prefix="/v1")
 # ---------------------------------------------------------------- reads
 
 
-@router.get(
-    "/qmap",
-    summary="Read a q-map",
-    operation_id="qmap-read",
-    tags=["qmap"],
-    dependencies=[require("read")],
-    responses={**ok("QMapSchema"), **ERRORS},
-)
+@read_route(router, "/qmap", "Read a q-map", "qmap-read", "qmap", "QMapSchema")
 async def read_qmap(
     request: Request,
+    facades: FacadesDep,
     file_path: FilePath,
     group: Annotated[str, group_query("q-map")] = "/xpcs/qmap",
     validate: Validate = True,
@@ -59,20 +63,14 @@ async def read_qmap(
     return await read_result(
         request,
         file_path,
-        lambda: facade_for(request, validate).read_qmap(file_path, group, layout=layout),
+        lambda f: facades.pick(validate).read_qmap(f, group, layout=layout),
     )
 
 
-@router.get(
-    "/g2",
-    summary="Read G2 correlations",
-    operation_id="g2-read",
-    tags=["g2"],
-    dependencies=[require("read")],
-    responses={**ok("G2Data"), **ERRORS},
-)
+@read_route(router, "/g2", "Read G2 correlations", "g2-read", "g2", "G2Data")
 async def read_g2_data(
     request: Request,
+    facades: FacadesDep,
     file_path: FilePath,
     q_idx: Annotated[
         int | None, Query(description="Read only this q bin (0-based, the second axis).")
@@ -85,20 +83,16 @@ async def read_g2_data(
     return await read_result(
         request,
         file_path,
-        lambda: facade_for(request, validate).read_g2_data(file_path, q_idx, group, layout=layout),
+        lambda f: facades.pick(validate).read_g2_data(f, q_idx, group, layout=layout),
     )
 
 
-@router.get(
-    "/geometry",
-    summary="Read detector geometry",
-    operation_id="geometry-read",
-    tags=["geometry"],
-    dependencies=[require("read")],
-    responses={**ok("GeometryMetadata"), **ERRORS},
+@read_route(
+    router, "/geometry", "Read detector geometry", "geometry-read", "geometry", "GeometryMetadata"
 )
 async def read_geometry_metadata(
     request: Request,
+    facades: FacadesDep,
     file_path: FilePath,
     group: Annotated[str, group_query("geometry")] = "/xpcs/metadata",
     validate: Validate = True,
@@ -108,22 +102,14 @@ async def read_geometry_metadata(
     return await read_result(
         request,
         file_path,
-        lambda: facade_for(request, validate).read_geometry_metadata(
-            file_path, group, layout=layout
-        ),
+        lambda f: facades.pick(validate).read_geometry_metadata(f, group, layout=layout),
     )
 
 
-@router.get(
-    "/c2",
-    summary="Read a two-time correlation map",
-    operation_id="c2-read",
-    tags=["g2"],
-    dependencies=[require("read")],
-    responses={**ok("C2Map"), **ERRORS},
-)
+@read_route(router, "/c2", "Read a two-time correlation map", "c2-read", "g2", "C2Map")
 async def read_c2(
     request: Request,
+    facade: FacadeDep,
     file_path: FilePath,
     q_idx: Annotated[int, Query(description="Dynamic q bin (0-based, as for G2).")],
     max_size: Annotated[
@@ -131,9 +117,7 @@ async def read_c2(
     ] = None,
 ) -> Response:
     """The symmetric two-time map of one q bin of an APS 8-ID-I file; only that map is read."""
-    return await read_result(
-        request, file_path, lambda: facade_for(request).read_c2(file_path, q_idx, max_size)
-    )
+    return await read_result(request, file_path, lambda f: facade.read_c2(f, q_idx, max_size))
 
 
 add_versioned_routes(router, "mask", MaskSchema)
@@ -144,42 +128,32 @@ add_batch_routes(router)
 # ---------------------------------------------------------------- files
 
 
-@router.get(
-    "/files",
-    summary="List HDF5 files under the data root",
-    operation_id="files-list",
-    tags=["files"],
-    dependencies=[require("read")],
-    responses={**ok("FileList"), **ERRORS},
+@read_route(
+    router, "/files", "List HDF5 files under the data root", "files-list", "files", "FileList"
 )
 def list_files(
     request: Request,
+    root: RootDep,
     prefix: Annotated[
         str | None, Query(description="Only files under this folder of the data root.")
     ] = None,
 ) -> Response:
     """HDF5 files (.h5, .hdf5, .hdf, .nxs) under the data root with size and modification time,
     sorted by path; symlinks leading outside the root are left out."""
-    return send(request, list_hdf5_files(request.app.state.root, prefix))
+    return send(request, list_hdf5_files(root, prefix))
 
 
 # ---------------------------------------------------------------- pool
 
 
-@router.get(
-    "/pool/stats",
-    summary="Connection pool statistics",
-    operation_id="pool-stats",
-    tags=["pool"],
-    dependencies=[require("read")],
-    responses={**ok("PoolStats"), **ERRORS},
-)
-def get_pool_stats(request: Request) -> Response:
+@read_route(router, "/pool/stats", "Connection pool statistics", "pool-stats", "pool", "PoolStats")
+def get_pool_stats(
+    request: Request, workers: WorkersDep, facade: FacadeDep, keys: ApiKeysDep
+) -> Response:
     """Hits, misses, opens, evictions, reopens on change, size; with an admin key (or on an
     open server) also the open files, named by their paths under the data root."""
-    group = request.app.state.workers
-    stats = group.stats() if group is not None else request.app.state.facade.get_pool_stats()
-    if request.app.state.api_keys and getattr(request.state, "auth_scope", None) != "admin":
+    stats = workers.stats() if workers is not None else facade.get_pool_stats()
+    if keys and getattr(request.state, "auth_scope", None) != "admin":
         stats.pop("open_files", None)
     return send(request, stats)
 
@@ -193,16 +167,17 @@ def get_pool_stats(request: Request) -> Response:
     dependencies=[require("admin")],
     responses={204: {"description": "The pool is empty."}, **ERRORS},
 )
-async def clear_pool(request: Request) -> Response:
+async def clear_pool(
+    workers: WorkersDep, facade: FacadeDep, results: ResultsDep, events: EventsDep
+) -> Response:
     """Close all pooled handles (in every worker process); later reads reopen what they
     need."""
-    group = request.app.state.workers
-    request.app.state.results.clear()
-    if group is None:
-        await run_in_threadpool(request.app.state.facade.clear_pool)
-    elif not await group.clear():
+    results.clear()
+    if workers is None:
+        await run_in_threadpool(facade.clear_pool)
+    elif not await workers.clear():
         raise ServerError("not every worker confirmed the clear in time", status=503)
-    request.app.state.events.publish("pool.cleared")
+    events.publish("pool.cleared")
     return Response(status_code=204)
 
 
@@ -244,7 +219,8 @@ def _event_filter(prefix: str | None, file_path: str | None) -> Callable[[Server
     },
 )
 async def events(
-    request: Request,
+    hub: EventsDep,
+    settings: SettingsDep,
     prefix: Annotated[
         str | None, Query(description="Only events of files under this folder.", max_length=4096)
     ] = None,
@@ -258,11 +234,9 @@ async def events(
     """A stream of what a viewer should react to, with heartbeats; reconnecting with
     ``Last-Event-ID`` replays the events missed in the meantime (retained for the last
     minutes)."""
-    hub: EventHub = request.app.state.events
     last: int | None = None
     if last_event_id is not None and last_event_id.strip().isdigit():
         last = int(last_event_id.strip())
-    settings = request.app.state.settings
     return StreamingResponse(
         sse_stream(hub, last, _event_filter(prefix, file_path), settings.events_heartbeat),
         media_type="text/event-stream",

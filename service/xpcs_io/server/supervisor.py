@@ -29,7 +29,7 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
-from xpcs_io.settings import Settings
+from xpcs_io.server.settings import Settings
 
 __all__ = ["BACKOFF_MAX", "BACKOFF_START", "STABLE_AFTER", "restart_delay", "serve_workers"]
 

@@ -24,11 +24,11 @@ from xpcs_io.server.common import (
     Validate,
     Version,
     Writer,
-    facade_for,
     group_query,
     read_result,
     send,
 )
+from xpcs_io.server.deps import FacadeDep, FacadesDep, MetricsDep, ResultsDep
 from xpcs_io.server.limits import read_body as _read_body
 from xpcs_io.server.openapi_docs import ERRORS, WRITE_ERRORS, body_doc, ok
 
@@ -83,20 +83,26 @@ def add_versioned_routes(router: APIRouter, kind: str, cls: type[Schema]) -> Non
 
     async def read(
         request: Request,
+        facades: FacadesDep,
         file_path: FilePath,
         group: Group = default,
         version: Version = None,
         validate: Validate = True,
     ) -> Response:
-        method = getattr(facade_for(request, validate), f"read_{kind}")
-        return await read_result(request, file_path, lambda: method(file_path, group, version))
+        method = getattr(facades.pick(validate), f"read_{kind}")
+        return await read_result(request, file_path, lambda f: method(f, group, version))
 
-    async def versions(request: Request, file_path: FilePath, group: Group = default) -> Response:
-        method = getattr(facade_for(request), f"list_{kind}_versions")
-        return await read_result(request, file_path, lambda: method(file_path, group))
+    async def versions(
+        request: Request, facade: FacadeDep, file_path: FilePath, group: Group = default
+    ) -> Response:
+        method = getattr(facade, f"list_{kind}_versions")
+        return await read_result(request, file_path, lambda f: method(f, group))
 
     async def write(
         request: Request,
+        facade: FacadeDep,
+        results: ResultsDep,
+        metrics: MetricsDep,
         file_path: FilePath,
         group: Group = default,
         compression: Compression = "gzip",
@@ -105,8 +111,7 @@ def add_versioned_routes(router: APIRouter, kind: str, cls: type[Schema]) -> Non
         idempotency_key: IdempotencyKey = None,
     ) -> Response:
         body = await _read_body(request)
-        state = request.app.state
-        method = getattr(state.facade, f"write_{kind}_version")
+        method = getattr(facade, f"write_{kind}_version")
 
         def work() -> dict[str, Any]:
             schema = _decode(body, request.headers.get("content-type", ""), cls)
@@ -128,8 +133,8 @@ def add_versioned_routes(router: APIRouter, kind: str, cls: type[Schema]) -> Non
             record = await run_in_threadpool(work)
         finally:
             # The file has a new identity now: its cached results can never be served again.
-            state.results.drop_file(state.facade.resolve(file_path))
-        state.metrics.write_duration.labels(kind).observe(time.perf_counter() - start)
+            results.drop_file(facade.resolve(file_path))
+        metrics.write_duration.labels(kind).observe(time.perf_counter() - start)
         return send(request, record, status_code=201)
 
     read.__doc__ = f"The newest {kind} written to the group, or the given version."

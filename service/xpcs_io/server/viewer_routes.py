@@ -17,12 +17,14 @@ from fastapi.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from xpcs_io import h5browse
+from xpcs_io.api import PathLike
 from xpcs_io.errors import PayloadTooLargeError
 from xpcs_io.facade import HDF5Facade
-from xpcs_io.server.auth import require
-from xpcs_io.server.common import FilePath, Layout, Validate, facade_for, read_result, send
+from xpcs_io.server.common import FilePath, Layout, Validate, read_result, send
+from xpcs_io.server.deps import FacadeDep, FacadesDep
 from xpcs_io.server.exports import export, wanted_format
 from xpcs_io.server.openapi_docs import ERRORS, ok
+from xpcs_io.server.routing import read_route
 
 __all__ = ["MAX_TREE_NODES", "router"]
 
@@ -56,101 +58,83 @@ def _responses(name: str) -> dict[int | str, dict[str, Any]]:
 
 
 async def _answer(
-    request: Request, file_path: str, produce: Callable[[], Any], fmt: str | None, name: str
+    request: Request,
+    file_path: str,
+    produce: Callable[[PathLike], Any],
+    fmt: str | None,
+    name: str,
 ) -> Response:
     chosen = wanted_format(request, fmt)
     if chosen is None:
         return await read_result(request, file_path, produce)
-    obj = await run_in_threadpool(produce)
+    obj = await run_in_threadpool(produce, file_path)
     return await run_in_threadpool(export, obj, chosen, name)
 
 
-@router.get(
+def _add_file_read(
+    path: str, summary: str, operation_id: str, tag: str, schema: str, method: str, doc: str
+) -> None:
+    """A read of one file's ``method`` (``file_path``, ``validate``, ``layout``, ``format``),
+    exported under the method's name without ``read_``."""
+
+    async def endpoint(
+        request: Request,
+        facades: FacadesDep,
+        file_path: FilePath,
+        validate: Validate = True,
+        layout: Layout = None,
+        format: ExportFormat = None,
+    ) -> Response:
+        read = getattr(facades.pick(validate), method)
+        name = method.removeprefix("read_")
+        return await _answer(request, file_path, lambda f: read(f, layout=layout), format, name)
+
+    endpoint.__name__ = endpoint.__qualname__ = method
+    endpoint.__doc__ = doc
+    read_route(router, path, summary, operation_id, tag, responses=_responses(schema))(endpoint)
+
+
+_add_file_read(
     "/saxs2d",
-    summary="Read the SAXS 2-D image",
-    operation_id="saxs2d-read",
-    tags=["saxs"],
-    dependencies=[require("read")],
-    responses=_responses("Saxs2DData"),
+    "Read the SAXS 2-D image",
+    "saxs2d-read",
+    "saxs",
+    "Saxs2DData",
+    "read_saxs_2d",
+    "The time-averaged scattering image (H, W) as stored, with its unit.",
 )
-async def read_saxs_2d(
-    request: Request,
-    file_path: FilePath,
-    validate: Validate = True,
-    layout: Layout = None,
-    format: ExportFormat = None,
-) -> Response:
-    """The time-averaged scattering image (H, W) as stored, with its unit."""
-    return await _answer(
-        request,
-        file_path,
-        lambda: facade_for(request, validate).read_saxs_2d(file_path, layout=layout),
-        format,
-        "saxs_2d",
-    )
-
-
-@router.get(
+_add_file_read(
     "/saxs1d",
-    summary="Read the SAXS 1-D curve",
-    operation_id="saxs1d-read",
-    tags=["saxs"],
-    dependencies=[require("read")],
-    responses=_responses("Saxs1DData"),
+    "Read the SAXS 1-D curve",
+    "saxs1d-read",
+    "saxs",
+    "Saxs1DData",
+    "read_saxs_1d",
+    "q (A^-1), intensity and the stability segments of each static bin (phi where the\n"
+    "    partition has several sectors).",
 )
-async def read_saxs_1d(
-    request: Request,
-    file_path: FilePath,
-    validate: Validate = True,
-    layout: Layout = None,
-    format: ExportFormat = None,
-) -> Response:
-    """q (A^-1), intensity and the stability segments of each static bin (phi where the
-    partition has several sectors)."""
-    return await _answer(
-        request,
-        file_path,
-        lambda: facade_for(request, validate).read_saxs_1d(file_path, layout=layout),
-        format,
-        "saxs_1d",
-    )
-
-
-@router.get(
+_add_file_read(
     "/intensity-time",
-    summary="Read intensity vs time",
-    operation_id="intensity-time-read",
-    tags=["saxs"],
-    dependencies=[require("read")],
-    responses=_responses("IntensityTimeData"),
+    "Read intensity vs time",
+    "intensity-time-read",
+    "saxs",
+    "IntensityTimeData",
+    "read_intensity_time",
+    "Mean intensity per frame against time in seconds.",
 )
-async def read_intensity_time(
-    request: Request,
-    file_path: FilePath,
-    validate: Validate = True,
-    layout: Layout = None,
-    format: ExportFormat = None,
-) -> Response:
-    """Mean intensity per frame against time in seconds."""
-    return await _answer(
-        request,
-        file_path,
-        lambda: facade_for(request, validate).read_intensity_time(file_path, layout=layout),
-        format,
-        "intensity_time",
-    )
 
 
-@router.get(
+@read_route(
+    router,
     "/g2/twotime",
-    summary="Read G2 of the two-time result",
-    operation_id="g2-twotime-read",
-    tags=["g2"],
-    dependencies=[require("read")],
+    "Read G2 of the two-time result",
+    "g2-twotime-read",
+    "g2",
     responses=_responses("G2Data"),
 )
 async def read_twotime_g2(
     request: Request,
+    facades: FacadesDep,
     file_path: FilePath,
     q_idx: Annotated[
         int | None, Query(description="Only this dynamic q bin (0-based, as for C2).")
@@ -164,26 +148,26 @@ async def read_twotime_g2(
     return await _answer(
         request,
         file_path,
-        lambda: facade_for(request, validate).read_twotime_g2(file_path, q_idx, layout=layout),
+        lambda f: facades.pick(validate).read_twotime_g2(f, q_idx, layout=layout),
         format,
         "twotime_g2",
     )
 
 
-@router.get(
+@read_route(
+    router,
     "/metadata",
-    summary="Read the instrument, sample and analysis metadata",
-    operation_id="metadata-read",
-    tags=["files"],
-    dependencies=[require("read")],
-    responses={**ok("Metadata"), **ERRORS},
+    "Read the instrument, sample and analysis metadata",
+    "metadata-read",
+    "files",
+    "Metadata",
 )
-async def read_metadata(request: Request, file_path: FilePath, layout: Layout = None) -> Response:
+async def read_metadata(
+    request: Request, facade: FacadeDep, file_path: FilePath, layout: Layout = None
+) -> Response:
     """A flat map of the file's configuration: summary keys with units in their names, then
     every small dataset by HDF5 path, units alongside as '<path>@unit'."""
-    return await read_result(
-        request, file_path, lambda: facade_for(request).read_metadata(file_path, layout=layout)
-    )
+    return await read_result(request, file_path, lambda f: facade.read_metadata(f, layout=layout))
 
 
 def tree(facade: HDF5Facade, file_path: str) -> dict[str, Any]:
@@ -225,17 +209,12 @@ def tree(facade: HDF5Facade, file_path: str) -> dict[str, Any]:
         return walk("", loc.get("/"))
 
 
-@router.get(
-    "/tree",
-    summary="The tree of groups and datasets of a file",
-    operation_id="tree-read",
-    tags=["files"],
-    dependencies=[require("read")],
-    responses={**ok("Tree"), **ERRORS},
+@read_route(
+    router, "/tree", "The tree of groups and datasets of a file", "tree-read", "files", "Tree"
 )
-async def read_tree(request: Request, file_path: FilePath) -> Response:
+async def read_tree(request: Request, facade: FacadeDep, file_path: FilePath) -> Response:
     """Groups and datasets with shapes, dtypes, chunks, filters and attribute names."""
-    content = await run_in_threadpool(tree, request.app.state.facade, file_path)
+    content = await run_in_threadpool(tree, facade, file_path)
     return send(request, content)
 
 
@@ -247,16 +226,12 @@ def _dataset_values(facade: HDF5Facade, file_path: str, path: str, selection: st
     return arr
 
 
-@router.get(
-    "/dataset",
-    summary="Read any dataset, or a selection of it",
-    operation_id="dataset-read",
-    tags=["files"],
-    dependencies=[require("read")],
-    responses={**ok("C2Map"), **ERRORS},
+@read_route(
+    router, "/dataset", "Read any dataset, or a selection of it", "dataset-read", "files", "C2Map"
 )
 async def read_dataset(
     request: Request,
+    facade: FacadeDep,
     file_path: FilePath,
     path: Annotated[str, Query(description="HDF5 path of the dataset.", max_length=4096)],
     selection: Annotated[
@@ -269,7 +244,5 @@ async def read_dataset(
 ) -> Response:
     """The values of one dataset (dtype kept; strings as a list), checked against the size
     limit before reading."""
-    content = await run_in_threadpool(
-        _dataset_values, request.app.state.facade, file_path, path, selection
-    )
+    content = await run_in_threadpool(_dataset_values, facade, file_path, path, selection)
     return send(request, content)

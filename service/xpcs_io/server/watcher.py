@@ -27,8 +27,9 @@ from fastapi.concurrency import run_in_threadpool
 from watchfiles import Change, awatch
 
 from xpcs_io.facade import HDF5Facade
-from xpcs_io.listing import HDF5_SUFFIXES
+from xpcs_io.paths import inside_root
 from xpcs_io.server.events import EventHub
+from xpcs_io.server.listing import HDF5_SUFFIXES
 
 __all__ = ["RootWatcher"]
 
@@ -121,15 +122,12 @@ class RootWatcher:
     def _display(self, path: str) -> str | None:
         # The path as a client names it, only when it (and for a removed file, its folder)
         # lies inside the root: an event never names anything outside it.
-        try:
-            rel = Path(path).relative_to(self.root)
-        except ValueError:
+        if not inside_root(self.root, Path(path)):
             return None
         probe = path if os.path.lexists(path) else os.path.dirname(path)
-        real = Path(os.path.realpath(probe))
-        if real != self.root and self.root not in real.parents:
+        if not inside_root(self.root, Path(os.path.realpath(probe))):
             return None
-        return rel.as_posix()
+        return Path(path).relative_to(self.root).as_posix()
 
     async def _handle(self, changes: set[tuple[Change, str]]) -> None:
         final: dict[str, Change] = {}

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from xpcs_io.client import RemoteHDF5Facade
-from xpcs_io.demo import DemoSpec, write_native_file
 from xpcs_io.server.results import ResultCache, result_nbytes
+from xpcs_io.tools.demo import DemoSpec, write_native_file
 
 from .conftest import Server
 

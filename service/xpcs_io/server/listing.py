@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from xpcs_io.paths import resolve_under_root
+from xpcs_io.paths import inside_root, resolve_under_root
 
 __all__ = ["HDF5_SUFFIXES", "MAX_FILES", "list_hdf5_files"]
 
@@ -35,7 +35,7 @@ def list_hdf5_files(root: Path, prefix: str | None = None) -> list[dict[str, Any
                 continue
             path = Path(dirpath, name)
             real = Path(os.path.realpath(path))
-            if real != root and root not in real.parents:
+            if not inside_root(root, real):
                 continue  # a symlink pointing out of the root
             try:
                 st = real.stat()

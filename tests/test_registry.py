@@ -10,12 +10,12 @@ import h5py
 import numpy as np
 import pytest
 
-from xpcs_io.demo import DemoSpec, write_native_file
-from xpcs_io.demo_aps8idi import write_aps8idi_file, write_pysimplemask_file
 from xpcs_io.facade import LAYOUTS, HDF5Facade
 from xpcs_io.h5access import Locator
 from xpcs_io.layouts import aps8idi, registry
 from xpcs_io.pool import HDF5ConnectionPool
+from xpcs_io.tools.demo import DemoSpec, write_native_file
+from xpcs_io.tools.demo_aps8idi import write_aps8idi_file, write_pysimplemask_file
 
 QMAP = "/xpcs/qmap"
 

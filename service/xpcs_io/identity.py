@@ -1,0 +1,65 @@
+"""The facade's file identities: the path a caller names resolved under the root, the
+identity of a file and of the files its reads reach through links (what the service's ETags
+and result cache key on), and ``check_out``, which holds one file for several steps.
+"""
+
+from __future__ import annotations
+
+from xpcs_io.api import PathLike
+from xpcs_io.checkout import FileCheckout
+from xpcs_io.pool import DataIdentity, FileIdentity
+from xpcs_io.reading import Reading
+
+__all__ = ["Identities"]
+
+
+class Identities(Reading):
+    """Mixin of ``HDF5Facade``: ``resolve``, ``file_identity`` and ``check_out``."""
+
+    def resolve(self, file_path: PathLike) -> str:
+        """The absolute, symlink-free path ``file_path`` names (checked against the root).
+
+        Raises:
+            PermissionError: the path leads outside the facade's root.
+        """
+        return self._locate(file_path)[0]
+
+    def file_identity(self, file_path: PathLike) -> DataIdentity:
+        """The identity now of the file and of every file its reads were seen to reach
+        through external links and virtual datasets (device, inode, size, mtime, ctime
+        each): equal identities mean the reads return equal results, which is what the
+        service's ETags and result cache rely on.
+
+        Raises:
+            FileNotFoundError: the file does not exist.
+            PermissionError: the path leads outside the facade's root.
+            FileBusyError: another program is writing the file.
+            FileMarkedOpenError: a crashed writer left it marked open.
+            HDF5ValidationError: the path names a folder or a non-regular file.
+        """
+        real, display, _ = self._locate(file_path)
+        identity, swmr = self.pool.current(real, display, self.root)
+        return DataIdentity(identity, self._linked_identities(real), swmr)
+
+    def check_out(self, file_path: PathLike) -> FileCheckout:
+        """Resolve ``file_path`` once and borrow its pooled handle until ``release()``:
+        reads given the checkout in place of the path read through that handle, and its
+        ``identity`` is that of the file version they read (see ``file_identity``).
+
+        Raises:
+            See ``file_identity``; RuntimeError: the pool has been shut down.
+        """
+        real, display, _ = self._locate(file_path)
+        borrowed = self.pool.borrow(real, display, root=self.root, resolved=True)
+        return FileCheckout(
+            real, display, self.root, self.pool, borrowed, lambda: self._linked_identities(real)
+        )
+
+    def _linked_identities(self, real: str) -> tuple[tuple[str, FileIdentity | None], ...]:
+        linked: list[tuple[str, FileIdentity | None]] = []
+        for other in sorted(self.pool.linked_files.get(real, ())):
+            try:
+                linked.append((other, FileIdentity.of(other)))
+            except OSError:
+                linked.append((other, None))
+        return tuple(linked)

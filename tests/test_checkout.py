@@ -1,0 +1,205 @@
+"""One file checkout per request: a remote read resolves its path once, checks the file a
+bounded number of times, and tags its answer with the identity of the handle it read.
+
+The app runs in this process (its lifespan included) behind httpx's ASGI transport, so the
+system calls the read makes can be counted here; the reads themselves are real.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable, Coroutine, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, cast
+
+import httpx
+import numpy as np
+import pytest
+
+from xpcs_io.api import PathLike
+from xpcs_io.checkout import FileCheckout
+from xpcs_io.client import AsyncRemoteHDF5Facade
+from xpcs_io.facade import HDF5Facade
+from xpcs_io.pool import HDF5ConnectionPool
+from xpcs_io.server import create_app
+from xpcs_io.server.settings import Settings
+from xpcs_io.tools.demo import DemoSpec, write_native_file
+
+SPEC = DemoSpec(shape=(16, 12), n_delay=6, n_q=3)
+# stat calls on the file per read once its handle is pooled: one when it is checked out, one
+# after the read to see it did not change meanwhile (none more on a result-cache hit).
+MAX_STATS = 2
+
+
+class Calls:
+    """Counts, while active, path resolutions and stats that land on one file."""
+
+    def __init__(self, path: Path) -> None:
+        self.name = path.name
+        self.inode = os.stat(path).st_ino
+        self.resolves = 0
+        self.stats = 0
+
+    @contextmanager
+    def counting(self, monkeypatch: pytest.MonkeyPatch) -> Iterator[Calls]:
+        realpath, stat, fstat = os.path.realpath, os.stat, os.fstat
+
+        def counted_realpath(path: Any, *args: Any, **kwargs: Any) -> Any:
+            if os.fspath(path).endswith(self.name):
+                self.resolves += 1
+            return realpath(path, *args, **kwargs)
+
+        def counted_stat(path: Any, *args: Any, **kwargs: Any) -> os.stat_result:
+            result = stat(path, *args, **kwargs)
+            self.stats += result.st_ino == self.inode
+            return result
+
+        def counted_fstat(fd: int) -> os.stat_result:
+            result = fstat(fd)
+            self.stats += result.st_ino == self.inode
+            return result
+
+        self.resolves = self.stats = 0
+        with monkeypatch.context() as patch:
+            patch.setattr(os.path, "realpath", counted_realpath)
+            patch.setattr(os, "stat", counted_stat)
+            patch.setattr(os, "fstat", counted_fstat)
+            yield self
+
+
+Scenario = Callable[[AsyncRemoteHDF5Facade, httpx.AsyncClient], Coroutine[Any, Any, None]]
+
+
+def run_in_process(root: Path, scenario: Scenario) -> Any:
+    app = create_app(Settings(data_root=root, watch=False))
+
+    async def main() -> Any:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(
+                transport=transport, base_url="http://127.0.0.1:8000"
+            ) as http:
+                remote = AsyncRemoteHDF5Facade("http://127.0.0.1:8000", http=http)
+                await scenario(remote, http)
+                return app.state.pool.stats()
+
+    return asyncio.run(main())
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> Path:
+    write_native_file(tmp_path / "run.hdf5", SPEC)
+    return tmp_path / "run.hdf5"
+
+
+@pytest.mark.parametrize("read", ["qmap", "g2"])
+def test_a_remote_read_resolves_once_and_checks_the_file_a_bounded_number_of_times(
+    data: Path, read: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = Calls(data)
+    local = HDF5Facade(HDF5ConnectionPool(2))
+    seen: dict[str, Any] = {}
+
+    async def scenario(remote: AsyncRemoteHDF5Facade, http: httpx.AsyncClient) -> None:
+        async def one() -> Any:
+            if read == "qmap":
+                return await remote.read_qmap("run.hdf5")
+            return await remote.read_g2_data("run.hdf5", q_idx=1)
+
+        # The pool opens the file (opening is counted elsewhere); another query is another
+        # cache entry, so the client's first read below misses the result cache.
+        warm = await http.get(f"/v1/{read}", params={"file_path": "run.hdf5", "validate": "no"})
+        assert warm.status_code == 200
+        for label in ("miss", "hit"):
+            with calls.counting(monkeypatch):
+                seen[label] = await one()
+            seen[f"{label} counts"] = (calls.resolves, calls.stats)
+
+    run_in_process(data.parent, scenario)
+    for label in ("miss", "hit"):
+        resolves, stats = seen[f"{label} counts"]
+        assert resolves == 1, label
+        assert 1 <= stats <= MAX_STATS, (label, stats)
+    if read == "qmap":
+        expected = local.read_qmap(data)
+        np.testing.assert_array_equal(seen["miss"].sqmap, expected.sqmap)
+        np.testing.assert_array_equal(seen["hit"].dqmap, expected.dqmap)
+    else:
+        expected_g2 = local.read_g2_data(data, q_idx=1)
+        np.testing.assert_array_equal(seen["miss"].g2, expected_g2.g2)
+        np.testing.assert_array_equal(seen["hit"].g2, expected_g2.g2)
+    local.pool.shutdown()
+
+
+def test_the_etag_names_the_version_read_and_the_handle_goes_back(
+    data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = Calls(data)
+    answers: list[httpx.Response] = []
+
+    async def scenario(remote: AsyncRemoteHDF5Facade, http: httpx.AsyncClient) -> None:
+        first = await http.get("/v1/g2", params={"file_path": "run.hdf5"})
+        with calls.counting(monkeypatch):
+            again = await http.get(
+                "/v1/g2",
+                params={"file_path": "run.hdf5"},
+                headers={"if-none-match": first.headers["etag"]},
+            )
+        answers[:] = [first, again]
+
+    stats = run_in_process(data.parent, scenario)
+    first, again = answers
+    assert first.status_code == 200
+    assert again.status_code == 304
+    assert again.headers["etag"] == first.headers["etag"]
+    assert calls.resolves == 1
+    assert [f["in_use"] for f in stats["open_files"]] == [0]
+
+    # A new version is a new tag.
+    os.utime(data, ns=(1, 1))  # same bytes, another mtime: another identity
+
+    async def after(remote: AsyncRemoteHDF5Facade, http: httpx.AsyncClient) -> None:
+        answers.append(await http.get("/v1/g2", params={"file_path": "run.hdf5"}))
+
+    run_in_process(data.parent, after)
+    assert answers[-1].status_code == 200
+    assert answers[-1].headers["etag"] != first.headers["etag"]
+
+
+def test_a_checkout_reads_through_its_handle_and_only_for_its_facade(tmp_path: Path) -> None:
+    path = write_native_file(tmp_path / "a.hdf5", SPEC)
+    pool = HDF5ConnectionPool(2)
+    facade = HDF5Facade(pool, root=tmp_path)
+    with facade.check_out("a.hdf5") as held:
+        assert isinstance(held, FileCheckout)
+        assert held.identity == facade.file_identity("a.hdf5")
+        np.testing.assert_array_equal(
+            facade.read_qmap(cast(PathLike, held)).sqmap,
+            HDF5Facade(HDF5ConnectionPool(1)).read_qmap(path).sqmap,
+        )
+        assert facade.last_read_matches(held.identity)
+        assert pool.stats()["open_files"][0]["in_use"] == 1
+        # Another pool, or another root, is a path from outside: refused, not trusted.
+        other = HDF5Facade(HDF5ConnectionPool(1), root=tmp_path)
+        with pytest.raises(PermissionError):
+            other.read_qmap(cast(PathLike, held))
+    assert pool.stats()["open_files"][0]["in_use"] == 0
+    pool.shutdown()
+
+
+def test_a_read_still_running_keeps_the_handle_until_it_is_done(tmp_path: Path) -> None:
+    write_native_file(tmp_path / "a.hdf5", SPEC)
+    pool = HDF5ConnectionPool(2)
+    facade = HDF5Facade(pool, root=tmp_path)
+    held = facade.check_out("a.hdf5")
+    borrowed = held.use()
+    assert borrowed is not None
+    held.release()  # the holder is gone; the read is not
+    assert pool.stats()["open_files"][0]["in_use"] == 1
+    assert held.use() is None  # a read starting now borrows afresh
+    held.done()
+    assert pool.stats()["open_files"][0]["in_use"] == 0
+    assert facade.read_g2_data(cast(PathLike, held), q_idx=0).g2.shape == (SPEC.n_delay, 1)
+    pool.shutdown()
