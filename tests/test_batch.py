@@ -18,6 +18,7 @@ from xpcs_io.client import AsyncRemoteHDF5Facade, RemoteHDF5Facade
 from xpcs_io.errors import HDF5ValidationError
 from xpcs_io.facade import HDF5Facade
 from xpcs_io.schemas import G2Data, QMapSchema
+from xpcs_io.server.manysend import slices
 from xpcs_io.tools.demo import DemoSpec, write_native_file
 
 
@@ -167,3 +168,94 @@ def test_too_many_files_is_refused(tmp_path: Path) -> None:
             client.read_g2_data_many(["a", "b", "c", "d"])
     finally:
         srv.stop()
+
+
+def test_slices_keep_the_bytes_and_send_large_chunks_from_their_own_buffers() -> None:
+    big = np.arange(300_000, dtype="<f4")
+    chunks: list[bytes | memoryview] = [b"ab", b"", b"c" * 10, big.view(np.uint8).data, b"d"]
+    pieces = slices(chunks, target=1 << 20, own=1 << 16)
+    assert b"".join(pieces) == b"".join(chunks)
+    assert all(len(p) > 0 for p in pieces)
+    # small runs joined, the array (1.2 MB) cut into two views of its own memory
+    assert [len(p) for p in pieces] == [12, 1 << 20, big.nbytes - (1 << 20), 1]
+    assert all(isinstance(p, memoryview) and p.obj is not None for p in pieces[1:3])
+    tiny = slices([b"x" * 40] * 10, target=100, own=1000)
+    assert [len(p) for p in tiny] == [120, 120, 120, 40]
+
+
+@pytest.mark.parametrize("whole_bytes", ["67108864", "1"])
+def test_many_answer_whole_or_streamed_holds_the_same_items(
+    tmp_path: Path, whole_bytes: str
+) -> None:
+    """Sent whole (Content-Length) or streamed (chunked): every file's bytes as h5py reads
+    them, a missing, a corrupt and an outside file each their own error."""
+    from tests.conftest import start_server
+
+    root = tmp_path / "root"
+    root.mkdir()
+    paths, good = _mixed(root, root)
+    srv = start_server(root, tmp_path / "log", env={"XPCS_IO_BATCH_WHOLE_BYTES": whole_bytes})
+    try:
+        response = httpx.post(
+            f"{srv.url}/v1/g2/many",
+            content=msgpack.packb({"file_paths": paths}),
+            headers={"content-type": "application/msgpack"},
+            timeout=30,
+        )
+        assert response.status_code == 200
+        if whole_bytes == "1":
+            assert response.headers["transfer-encoding"] == "chunked"
+            assert "content-length" not in response.headers
+        else:
+            assert int(response.headers["content-length"]) == len(response.content)
+        by_index = {i["index"]: i for i in msgpack.unpackb(response.content)}
+        assert sorted(by_index) == list(range(6))
+        errors = {i: by_index[i]["error"]["error"] for i in (1, 3, 4)}
+        assert errors == {
+            1: "FileNotFoundError",
+            3: "HDF5ValidationError",
+            4: "PermissionError",
+        }
+        for index, path in ((0, good[0]), (2, good[1]), (5, good[2])):
+            result = by_index[index]["result"]
+            with h5py.File(path, "r") as f:
+                for name in ("g2", "g2_err", "delay_times"):
+                    sent = result[name]
+                    expected = f[f"/xpcs/g2/{name}"][()]
+                    assert sent["dtype"] == expected.dtype.str
+                    assert sent["data"] == expected.tobytes()
+        with RemoteHDF5Facade(srv.url) as client:
+            items = client.read_g2_data_many(paths)
+            assert [type(i).__name__ for i in items] == [
+                "G2Data",
+                "FileNotFoundError",
+                "G2Data",
+                "HDF5ValidationError",
+                "PermissionError",
+                "G2Data",
+            ]
+            last = items[5]
+            assert isinstance(last, G2Data)
+            with h5py.File(good[2], "r") as f:
+                np.testing.assert_array_equal(last.g2, f["/xpcs/g2/g2"][()])
+    finally:
+        srv.stop()
+
+
+def test_resolve_identity_is_resolve_and_file_identity(workdir: Path, data_root: Path) -> None:
+    """What a many-file read asks of each file, with the path resolved once, under a root
+    (symlinks followed inside it) and without one."""
+    target = _repeats(workdir, 1)[0]
+    link = workdir / "link.hdf5"
+    link.symlink_to(target.name)
+    rooted = HDF5Facade(root=data_root)
+    for path in (target, link):
+        rel = path.relative_to(data_root).as_posix()
+        assert rooted.resolve_identity(rel) == (rooted.resolve(rel), rooted.file_identity(rel))
+        assert rooted.resolve_identity(rel)[0] == str(target.resolve())
+    plain = HDF5Facade()
+    assert plain.resolve_identity(link) == (str(target.resolve()), plain.file_identity(target))
+    with pytest.raises(PermissionError):
+        rooted.resolve_identity("../outside.hdf5")
+    with pytest.raises(FileNotFoundError):
+        rooted.resolve_identity(workdir.relative_to(data_root).as_posix() + "/missing.hdf5")

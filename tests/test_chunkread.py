@@ -118,3 +118,56 @@ def test_a_damaged_chunk_is_an_error_not_a_wrong_array(tmp_path: Path) -> None:
         ds.id.write_direct_chunk((550, 0), b"not deflate at all", 0)
     with h5py.File(tmp_path / "f.h5", "r") as f, pytest.raises((OSError, zlib.error)):
         read_whole(f["d"])
+
+
+def test_user_block_interleaved_chunks_and_3d_equal_h5py(tmp_path: Path) -> None:
+    """Chunks read by offset: a file with a user block (HDF5 reads its chunks), two datasets
+    written chunk by chunk in turn (gaps between one dataset's chunks), and a 3-D dataset
+    with edge chunks in every dimension."""
+    data = _data("<f4")
+    with h5py.File(tmp_path / "ub.h5", "w", userblock_size=1024) as f:
+        f.create_dataset("d", data=data, chunks=(128, 128), compression="gzip")
+    with h5py.File(tmp_path / "gaps.h5", "w") as f:
+        a = f.create_dataset("a", shape=SHAPE, dtype="<f4", chunks=(275, 265), compression="gzip")
+        b = f.create_dataset("b", shape=SHAPE, dtype="<f4", chunks=(275, 265), compression="gzip")
+        for i in range(0, SHAPE[0], 275):
+            for j in range(0, SHAPE[1], 265):
+                block = np.ascontiguousarray(data[i : i + 275, j : j + 265])
+                a.id.write_direct_chunk((i, j), zlib.compress(block.tobytes()), 0)
+                b.id.write_direct_chunk((i, j), zlib.compress((-block).tobytes()), 0)
+        cube = np.arange(70 * 90 * 50, dtype=">i8").reshape(70, 90, 50)
+        f.create_dataset("c", data=cube, chunks=(16, 40, 17), compression="gzip", shuffle=True)
+    with h5py.File(tmp_path / "ub.h5", "r") as f:
+        got = read_whole(f["d"])
+        assert got is not None
+        np.testing.assert_array_equal(got, data)
+    with h5py.File(tmp_path / "gaps.h5", "r") as f:
+        starts = []
+        f["a"].id.chunk_iter(lambda info: starts.append(info.byte_offset))
+        ends = []
+        f["b"].id.chunk_iter(lambda info: ends.append(info.byte_offset))
+        assert min(ends) < max(starts)  # the two datasets' chunks interleave in the file
+        for name in ("a", "b", "c"):
+            got = read_whole(f[name])
+            assert got is not None
+            want = f[name][()]
+            assert got.dtype.str == want.dtype.str
+            assert got.flags.c_contiguous
+            np.testing.assert_array_equal(got, want)
+
+
+def test_a_truncated_file_is_an_error_not_a_short_array(tmp_path: Path) -> None:
+    data = _data("<f4")
+    path = tmp_path / "f.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("d", data=data, chunks=(128, 128), compression="gzip")
+    with h5py.File(path, "r") as f:
+        ends = []
+        f["d"].id.chunk_iter(lambda info: ends.append(info.byte_offset + info.size))
+    with h5py.File(path, "r") as f:
+        f["d"].id.get_num_chunks()  # the chunk index is read while the file is whole
+        # Cut the file inside the last chunk while it is open (HDF5 refuses to open it so).
+        with path.open("r+b") as fh:
+            fh.truncate(max(ends) - 10)
+        with pytest.raises(OSError, match=r"truncated|ends"):
+            read_whole(f["d"])

@@ -2,9 +2,13 @@
 
 h5py runs one HDF5 call at a time per process, and ``ds[()]`` on a gzip dataset decompresses
 every chunk inside that one call: eight viewers of compressed maps take turns on one core.
-``read_whole`` instead fetches each chunk's stored bytes (``read_direct_chunk``, a short HDF5
-call) and undoes the filters itself with codecs that release the GIL (``zlib``; the shuffle
-is a numpy transpose), so concurrent reads in the server's thread pool decode on every core.
+``read_whole`` instead asks HDF5 only where each chunk is stored (one call for the whole
+index), reads the stored bytes itself (one ``os.pread`` of the whole run of chunks on a plain
+file, which releases the GIL; ``read_direct_chunk`` per chunk otherwise) and undoes the
+filters with codecs that release the GIL (``zlib``; the shuffle is a numpy transpose), so
+concurrent reads in the server's thread pool decode on every core. What still holds the GIL
+per chunk is a few microseconds of bookkeeping: with hundreds of chunks per map, every call
+into HDF5 and every Python step per chunk is time the other readers wait.
 
 Only filter pipelines it can undo exactly are taken: deflate (gzip) and byte shuffle, in any
 order HDF5 allows, on plain little- or big-endian integer and float data, every chunk
@@ -15,6 +19,7 @@ so the result is always what h5py would return.
 
 from __future__ import annotations
 
+import os
 import zlib
 from typing import Any
 
@@ -40,7 +45,7 @@ def _pipeline(ds: h5py.Dataset) -> list[int] | None:
     return codes
 
 
-def _unshuffle(raw: bytes, itemsize: int) -> bytes | npt.NDArray[np.uint8]:
+def _unshuffle(raw: Any, itemsize: int) -> Any:
     """Undo HDF5's byte shuffle: ``itemsize`` planes of byte k of each element, then any
     leftover bytes (a chunk not a whole number of elements) copied as they are."""
     if itemsize == 1:
@@ -53,15 +58,12 @@ def _unshuffle(raw: bytes, itemsize: int) -> bytes | npt.NDArray[np.uint8]:
     return out
 
 
-def _decode(raw: bytes, codes: list[int], skipped: int, itemsize: int) -> Any:
+def _decode(raw: Any, codes: list[int], skipped: int, itemsize: int) -> Any:
     data: Any = raw
     for i in reversed(range(len(codes))):
         if skipped & (1 << i):  # HDF5 left this filter out for this chunk
             continue
-        if codes[i] == _DEFLATE:
-            data = zlib.decompress(data)
-        else:
-            data = _unshuffle(bytes(data) if not isinstance(data, bytes) else data, itemsize)
+        data = zlib.decompress(data) if codes[i] == _DEFLATE else _unshuffle(data, itemsize)
     return data
 
 
@@ -95,17 +97,100 @@ def read_whole(ds: h5py.Dataset) -> npt.NDArray[Any] | None:
         n_expected *= -(-n // c)
     if dsid.get_num_chunks() != n_expected:
         return None  # unwritten chunks hold the fill value: HDF5 knows it, we read through it
-    offsets: list[tuple[int, ...]] = []
-    dsid.chunk_iter(lambda info: offsets.append(info.chunk_offset))
+    index: list[tuple[tuple[int, ...], int, int, int]] = []
+    dsid.chunk_iter(
+        lambda info: index.append(
+            (info.chunk_offset, info.filter_mask, info.byte_offset, info.size)
+        )
+    )
     out = np.empty(shape, dt)
     chunk_bytes = int(np.prod(chunks)) * dt.itemsize
-    for offset in offsets:
-        skipped, raw = dsid.read_direct_chunk(offset)
-        data = _decode(raw, codes, skipped, dt.itemsize)
+    itemsize = dt.itemsize
+    # Chunks that lie whole inside the dataset (most of them) are written through a view of
+    # ``out`` cut into a grid of chunk-shaped blocks: one numpy copy per chunk, no slicing.
+    full = tuple(n // c for n, c in zip(shape, chunks, strict=True))
+    grid = _block_grid(out, chunks, full)
+    for offset, raw, skipped in _stored(ds, index):
+        data = _decode(raw, codes, skipped, itemsize)
         if len(data) != chunk_bytes:  # a damaged chunk: said as HDF5 would say it
             raise OSError(f"{ds.name}: chunk at {offset} decodes to {len(data)} bytes")
         block = np.frombuffer(data, dt).reshape(chunks)
+        at = tuple(o // c for o, c in zip(offset, chunks, strict=True))
+        if grid is not None and all(a < f for a, f in zip(at, full, strict=True)):
+            grid[at] = block
+            continue
         bounds = zip(offset, chunks, shape, strict=True)
         where = tuple(slice(o, min(o + c, n)) for o, c, n in bounds)
         out[where] = block[tuple(slice(0, s.stop - s.start) for s in where)]
     return out
+
+
+def _block_grid(
+    out: npt.NDArray[Any], chunks: tuple[int, ...], full: tuple[int, ...]
+) -> npt.NDArray[Any] | None:
+    """A view of ``out`` indexed ``[chunk index..., element in chunk...]`` over the chunks
+    that lie whole inside it, or None when there are none."""
+    if not all(full):
+        return None
+    strides = out.strides
+    return np.lib.stride_tricks.as_strided(
+        out,
+        shape=(*full, *chunks),
+        strides=tuple(s * c for s, c in zip(strides, chunks, strict=True)) + strides,
+        writeable=True,
+    )
+
+
+#: A run of stored chunks is read with one system call when the gaps between them add at
+#: most this fraction to the bytes read.
+_SPAN_SLACK = 0.25
+#: ... and it is at most this long (Linux reads at most 2 GiB - 4 KiB at once).
+_SPAN_MAX = 256 << 20
+
+
+def _stored(
+    ds: h5py.Dataset, index: list[tuple[tuple[int, ...], int, int, int]]
+) -> list[tuple[tuple[int, ...], Any, int]]:
+    """Each chunk's offset, stored bytes and filter mask, in file order.
+
+    Raises:
+        OSError: the file ends before a chunk does, or HDF5 cannot read it.
+    """
+    fd = _plain_descriptor(ds)
+    if fd is None or not index:
+        out = []
+        for o, _, _, _ in index:
+            mask, raw = ds.id.read_direct_chunk(o)
+            out.append((o, raw, mask))
+        return out
+    index.sort(key=lambda entry: entry[2])
+    start = index[0][2]
+    end = max(addr + size for _, _, addr, size in index)
+    stored = sum(size for _, _, _, size in index)
+    if end - start <= min(stored * (1 + _SPAN_SLACK), _SPAN_MAX):
+        span = os.pread(fd, end - start, start)
+        if len(span) != end - start:
+            raise OSError(f"{ds.name}: the file ends inside its chunks (truncated)")
+        view = memoryview(span)
+        return [(o, view[a - start : a - start + n], m) for o, m, a, n in index]
+    out = []
+    for o, m, a, n in index:
+        raw = os.pread(fd, n, a)
+        if len(raw) != n:
+            raise OSError(f"{ds.name}: the file ends inside chunk {o} (truncated)")
+        out.append((o, raw, m))
+    return out
+
+
+def _plain_descriptor(ds: h5py.Dataset) -> int | None:
+    """The descriptor HDF5 reads ``ds``'s file through, when chunk addresses are plain
+    offsets in it: the default (sec2) driver, no user block (whose offset some HDF5
+    versions leave out of chunk addresses)."""
+    fid = ds.file.id
+    try:
+        if ds.file.driver != "sec2" or fid.get_create_plist().get_userblock() != 0:
+            return None
+        fd = fid.get_vfd_handle()
+    except (OSError, ValueError, TypeError, RuntimeError):
+        return None
+    return fd if isinstance(fd, int) else None

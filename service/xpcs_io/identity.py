@@ -14,7 +14,8 @@ __all__ = ["Identities"]
 
 
 class Identities(Reading):
-    """Mixin of ``HDF5Facade``: ``resolve``, ``file_identity`` and ``check_out``."""
+    """Mixin of ``HDF5Facade``: ``resolve``, ``file_identity``, ``resolve_identity`` and
+    ``check_out``."""
 
     def resolve(self, file_path: PathLike) -> str:
         """The absolute, symlink-free path ``file_path`` names (checked against the root).
@@ -37,9 +38,18 @@ class Identities(Reading):
             FileMarkedOpenError: a crashed writer left it marked open.
             HDF5ValidationError: the path names a folder or a non-regular file.
         """
+        return self.resolve_identity(file_path)[1]
+
+    def resolve_identity(self, file_path: PathLike) -> tuple[str, DataIdentity]:
+        """``(resolve(file_path), file_identity(file_path))`` with the path resolved once (a
+        many-file read asks this of every file).
+
+        Raises:
+            See ``file_identity``.
+        """
         real, display, _ = self._locate(file_path)
         identity, swmr = self.pool.current(real, display, self.root)
-        return DataIdentity(identity, self._linked_identities(real), swmr)
+        return real, DataIdentity(identity, self._linked_identities(real), swmr)
 
     def check_out(self, file_path: PathLike) -> FileCheckout:
         """Resolve ``file_path`` once and borrow its pooled handle until ``release()``:

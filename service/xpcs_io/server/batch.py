@@ -2,8 +2,9 @@
 
 The body names the files (``{"file_paths": [...]}``, msgpack or JSON); the query takes the
 same parameters as the one-file read. The msgpack answer is one msgpack array with an item per
-file, streamed as each file is read (several at a time, through the shared result cache), in
-the order they finish: ``{"index": i, "file_path": p, "result": {...}}`` or ``{"index": i,
+file, in the order the files are read (several at a time, through the shared result cache):
+sent whole with its length up to ``XPCS_IO_BATCH_WHOLE_BYTES`` (64 MiB), else streamed as
+each file is read. Each item is ``{"index": i, "file_path": p, "result": {...}}`` or ``{"index": i,
 "file_path": p, "error": {"error": class, "detail": ..., "status": ..., "field": ...}}`` in the
 error table's terms. One bad file never fails the others.
 """
@@ -16,7 +17,7 @@ from collections.abc import AsyncIterator, Callable, Hashable
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Query, Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from xpcs_io import wire
 from xpcs_io.errors import SchemaError, SchemaTypeError, WireFormatError
@@ -26,6 +27,7 @@ from xpcs_io.server.auth import require
 from xpcs_io.server.common import Layout, Validate, facade_for, group_query, seen_by, send
 from xpcs_io.server.deps import get_results, get_settings
 from xpcs_io.server.limits import read_body
+from xpcs_io.server.manysend import ItemsResponse
 from xpcs_io.server.openapi_docs import BODY_ERRORS
 from xpcs_io.server.problems import problem_fields
 from xpcs_io.server.responses import MSGPACK_MEDIA_TYPE, wants_json
@@ -89,14 +91,6 @@ async def _file_paths(request: Request, limit: int) -> list[str]:
     return paths
 
 
-def _array_header(n: int) -> bytes:
-    if n < 16:
-        return bytes([0x90 | n])
-    if n < 1 << 16:
-        return b"\xdc" + n.to_bytes(2, "big")
-    return b"\xdd" + n.to_bytes(4, "big")
-
-
 async def _items(
     request: Request,
     paths: list[str],
@@ -111,8 +105,7 @@ async def _items(
     async def one(index: int, path: str) -> None:
         async with slots:
             try:
-                real = facade.resolve(path)
-                identity = facade.file_identity(path)
+                real, identity = facade.resolve_identity(path)
                 value, seen = await results.get(
                     (real, identity, *key),
                     real,
@@ -152,13 +145,7 @@ async def _answer(
             out[item["index"]] = item
         return send(request, out)
 
-    async def body() -> AsyncIterator[bytes | memoryview]:
-        yield _array_header(len(paths))
-        async for item in items:
-            for chunk in wire.pack_chunks(item):
-                yield chunk
-
-    return StreamingResponse(body(), media_type=MSGPACK_MEDIA_TYPE)
+    return ItemsResponse(len(paths), items, request.app.state.settings.batch_whole_bytes)
 
 
 def _route(

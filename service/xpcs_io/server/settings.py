@@ -80,6 +80,14 @@ class Settings(BaseSettings):
         600.0, gt=0, description="Seconds events are kept for clients that reconnect."
     )
     batch_max_files: int = Field(1000, ge=1, description="Most files one many-file read may name.")
+    batch_whole_bytes: int = Field(
+        64 << 20,
+        ge=0,
+        description=(
+            "A many-file answer up to this size is sent whole with its length (cheapest for "
+            "clients); a larger one is streamed as its files are read."
+        ),
+    )
     file_locking: Literal["auto", "on", "off"] = Field(
         "auto",
         description=(
