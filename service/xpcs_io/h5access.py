@@ -23,6 +23,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from xpcs_io import extents
 from xpcs_io.chunkread import read_whole
 from xpcs_io.errors import DatasetTooLargeError, HDF5ValidationError
 from xpcs_io.filters import FILTERS as _FILTERS  # noqa: F401  (registers HDF5 filter plugins)
@@ -374,4 +375,7 @@ class Locator:
         """
         ds = self.dataset(group_path, name)
         path = f"{group_path.rstrip('/')}/{name}"
-        return read_dataset(ds, selection, display=self.display, path=path)
+        value = read_dataset(ds, selection, display=self.display, path=path)
+        if isinstance(selection, tuple) and not selection:
+            extents.note(value, ds)  # a whole read: its bytes may be sent from the file later
+        return value

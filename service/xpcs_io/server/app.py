@@ -23,6 +23,7 @@ from xpcs_io.server import h5grove_api, service_routes, viewer_routes
 from xpcs_io.server.browsers import BrowserGuardMiddleware
 from xpcs_io.server.docs_pages import DOCS_ASSETS
 from xpcs_io.server.events import EventHub
+from xpcs_io.server.fileplans import PlanStore
 from xpcs_io.server.limits import BodyBudget, ResourceGuardMiddleware
 from xpcs_io.server.logs import configure_logging
 from xpcs_io.server.middleware import BodyLimitMiddleware, RequestIdMiddleware
@@ -35,6 +36,7 @@ from xpcs_io.server.settings import Settings, is_loopback
 from xpcs_io.server.strict import check_request
 from xpcs_io.server.watcher import RootWatcher
 from xpcs_io.server.workers import WorkerGroup
+from xpcs_io.server.zerocopy import SendfileMiddleware
 
 __all__ = ["VERSION", "create_app"]
 
@@ -67,13 +69,14 @@ def _lifespan(
         app.state.results = ResultCache(
             settings.cache_bytes, unshared_bytes=settings.max_unshared_result_bytes
         )
+        app.state.plans = PlanStore(pool.policy)
         group = None
         if settings.state_dir is not None:
             group = WorkerGroup(
                 settings.state_dir,
                 pool,
                 lambda p: display_path(root, p),
-                app.state.results.stats,
+                lambda: {**app.state.results.stats(), **app.state.plans.stats()},
             )
             group.start()
         app.state.workers = group
@@ -149,7 +152,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         group: WorkerGroup | None = getattr(app.state, "workers", None)
         if group is not None:
             return group.result_stats()
-        return app.state.results.stats() if hasattr(app.state, "results") else None
+        if not hasattr(app.state, "results"):
+            return None
+        return {**app.state.results.stats(), **app.state.plans.stats()}
 
     shared = settings.state_dir / "metrics" if settings.state_dir is not None else None
     metrics = Metrics(pool_stats, result_stats, shared)
@@ -175,4 +180,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
     app.add_middleware(ObservabilityMiddleware, metrics=metrics)
     app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(SendfileMiddleware)  # outermost: it needs the server's own send
     return app

@@ -4,11 +4,13 @@ the read path (ETag, shared result cache, thread pool)."""
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Callable
 from typing import Annotated, Any, Literal, cast
 
 from fastapi import Query, Request
 from fastapi.concurrency import run_in_threadpool
+from starlette.background import BackgroundTask
 from starlette.responses import Response
 
 from xpcs_io import arraycodec
@@ -18,6 +20,8 @@ from xpcs_io.facade import HDF5Facade
 from xpcs_io.pool import DataIdentity
 from xpcs_io.schemas import Schema
 from xpcs_io.server.deps import get_facade, get_facades, get_results, get_settings
+from xpcs_io.server.fileplans import PlanStore, open_version
+from xpcs_io.server.planresponse import PlanResponse
 from xpcs_io.server.responses import encode, wants_json
 from xpcs_io.server.results import request_key
 
@@ -163,6 +167,24 @@ async def _answer_read(
         return value, facade.last_read_matches(identity)
 
     key = (real, identity, request_key(request))
+    learn = None
+    plans: PlanStore | None = getattr(request.app.state, "plans", None)
+    if plans is not None and results.max_bytes <= 0 and not identity.swmr:
+        # No result cache: the file's own bytes are sent where a learnt plan allows.
+        plan = None if wants_json(request) else plans.get(key)
+        fd = None if plan is None else open_version(real, identity.file, plans.policy)
+        if plan is not None and fd is None:
+            plans.done()
+        elif plan is not None and fd is not None:
+            try:  # counted like an answer held in memory: stalled readers stay bounded
+                release = results.hold(plan.nbytes)
+            except BaseException:
+                os.close(fd)
+                plans.done()
+                raise
+            return PlanResponse(plan, fd, plans, _array_codec(request), headers, release)
+        if not wants_json(request):
+            read, learn = plans.learning(read, key, real, identity)
     content, matched = await results.get(key, real, identity, read)
     if not matched:
         results.drop_file(real, keep=None)
@@ -179,7 +201,10 @@ async def _answer_read(
             content = await run_in_threadpool(arraycodec.compress_tree, raw, preset)
     if wants_json(request):  # building nested lists is real work: not on the event loop
         return await run_in_threadpool(send, request, content, 200, headers)
-    return send(request, content, headers=headers)
+    response = send(request, content, headers=headers)
+    if learn is not None:  # checked against the file once this answer is out
+        response.background = BackgroundTask(learn)
+    return response
 
 
 def seen_by(produce: Callable[[], Any], facade: HDF5Facade) -> Callable[[], tuple[Any, Any]]:

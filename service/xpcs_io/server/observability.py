@@ -24,6 +24,8 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from xpcs_io.server.zerocopy import SENDFILE
+
 __all__ = ["Metrics", "ObservabilityMiddleware", "render"]
 
 access_log = logging.getLogger("xpcs_io.access")
@@ -46,6 +48,12 @@ class _PoolCollector(Collector):
             for name in ("hits", "misses", "coalesced"):
                 yield CounterMetricFamily(
                     f"xpcs_io_result_cache_{name}", f"Result cache {name}", value=results[name]
+                )
+            for name in ("plans", "responses", "sendfile_bytes", "copied_bytes", "aborts"):
+                yield CounterMetricFamily(
+                    f"xpcs_io_zero_copy_{name}",
+                    f"Answers sent from file plans: {name.replace('_', ' ')}",
+                    value=results.get(f"zero_copy_{name}", 0),
                 )
             yield GaugeMetricFamily(
                 "xpcs_io_result_cache_bytes",
@@ -133,6 +141,8 @@ class ObservabilityMiddleware:
                 status = message["status"]
             elif message["type"] == "http.response.body":
                 sent += len(message.get("body", b""))
+            elif message["type"] == SENDFILE:
+                sent += message["count"]
             await send(message)
 
         try:

@@ -117,8 +117,10 @@ class MsgpackResponse(Response):
         )
         if scope.get("method") == "HEAD":
             await send({"type": "http.response.body", "body": b""})
-            return
-        await _send_sliced(send, self.chunks)
+        else:
+            await _send_sliced(send, self.chunks)
+        if self.background is not None:
+            await self.background()
 
 
 def _jsonable(value: Any, limit: int, field: str = "") -> Any:

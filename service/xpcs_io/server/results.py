@@ -188,6 +188,30 @@ class ResultCache:
         with self._lock:
             self.unshared -= nbytes
 
+    def hold(self, nbytes: int) -> Callable[[], None]:
+        """Count ``nbytes`` as held by an answer in flight outside the cache (one sent from
+        the file: it ties up a reader's turn, not its memory); returns the release.
+
+        Raises:
+            ServerBusyError: answers outside the cache already hold ``unshared_bytes``.
+        """
+        with self._lock:
+            if self.unshared + nbytes > self.unshared_limit:
+                held = self.unshared
+                raise ServerBusyError(
+                    f"the server holds {held:,} bytes of answers for readers (limit "
+                    f"{self.unshared_limit:,}): retry shortly"
+                )
+            self.unshared += nbytes
+        released: list[bool] = []
+
+        def release() -> None:
+            if not released:
+                released.append(True)
+                self._give_back(nbytes)
+
+        return release
+
     def _store(self, key: Hashable, file: str, version: Hashable, value: Any) -> bool:
         self.drop_file(file, keep=version)
         size = result_nbytes(value)

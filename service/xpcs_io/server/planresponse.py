@@ -1,0 +1,308 @@
+"""Answers sent from a file plan (``xpcs_io.server.fileplans``), without the HDF5 read.
+
+- raw arrays: the msgpack headers, then each array's bytes with ``os.sendfile`` (the
+  ``xpcs_io.server.zerocopy`` extension; else read with ``pread``), Content-Length exact;
+- compressed arrays (``XPCS-Array-Codec``): each array read with ``pread`` and compressed
+  on a worker thread while the previous one is written (chunked transfer encoding: the
+  compressed size is not known before).
+
+Never an answer that mixes file states: the file open for sending must be the version the
+plan was made from (device, inode, size, mtime, ctime; no writer's lock, not marked open),
+checked before the first byte and again after the last byte was read; the final bytes of the
+body are held back until that second check passed, and a change resets the connection
+instead (the client sees it end early: ``RemoteConnectionError``, which it may retry). Bytes
+handed to ``sendfile`` stay in the page cache until the peer has read them, so a rewrite
+in place could still reach them: the last ``TAIL`` bytes (at least any TCP receive window)
+are therefore copied privately, and the check waits until the peer has acknowledged them,
+by which time every byte sent from the page cache has left the peer's kernel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable
+from typing import Any, Final
+
+import msgpack
+import numpy as np
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from xpcs_io import arraycodec, wire
+from xpcs_io.extents import Extents
+from xpcs_io.server.fileplans import FilePlan, PlanStore, unchanged
+from xpcs_io.server.responses import MSGPACK_MEDIA_TYPE
+from xpcs_io.server.zerocopy import ABORT, EXTENSION, SENDFILE
+
+__all__ = ["TAIL", "PlanResponse"]
+
+_SLICE: Final = 1 << 20
+
+
+def _window_bound() -> int:
+    """The most bytes a TCP peer may hold unread: the largest receive buffer it can have."""
+    sizes = [32 << 20]
+    for path, factor in (("/proc/sys/net/ipv4/tcp_rmem", 1), ("/proc/sys/net/core/rmem_max", 2)):
+        try:
+            with open(path) as f:
+                sizes.append(int(f.read().split()[-1]) * factor)
+        except (OSError, ValueError, IndexError):
+            sizes.append(64 << 20)
+    return max(sizes) + (1 << 20)
+
+
+#: Bytes at the end of a body that are sent from a private copy, never with sendfile.
+TAIL: Final = _window_bound()
+
+
+_PACKER = msgpack.Packer(use_bin_type=True)
+
+
+def _bin_header(n: int) -> bytes:
+    """The smallest msgpack bin header for ``n`` bytes (as ``wire`` and msgpack write it)."""
+    if n < 0x100:
+        return bytes((0xC4, n))
+    if n < 0x10000:
+        return b"\xc5" + n.to_bytes(2, "big")
+    return b"\xc6" + n.to_bytes(4, "big")
+
+
+def _segments(skeleton: Any, out: list[bytes | Extents], raw: bool) -> None:
+    """The body of ``skeleton`` as msgpack bytes and file arrays, in order. With ``raw``
+    a file array comes after its header (framed exactly as ``wire.pack_chunks`` frames an
+    array of that dtype and shape); else it stands for its whole array map."""
+    if isinstance(skeleton, Extents):
+        if raw:
+            head = b"\x83\xa5dtype" + _PACKER.pack(skeleton.dtype) + b"\xa5shape"
+            head += _PACKER.pack(list(skeleton.shape)) + b"\xa4data"
+            out.append(head + _bin_header(skeleton.nbytes))
+        out.append(skeleton)
+    elif isinstance(skeleton, dict):
+        out.append(_PACKER.pack_map_header(len(skeleton)))
+        for k, v in skeleton.items():
+            out.append(_PACKER.pack(k))
+            _segments(v, out, raw)
+    elif isinstance(skeleton, list):
+        out.append(_PACKER.pack_array_header(len(skeleton)))
+        for v in skeleton:
+            _segments(v, out, raw)
+    else:
+        out.append(b"".join(bytes(c) for c in wire.pack_chunks(skeleton)))
+
+
+def _merged(segments: list[bytes | Extents]) -> list[bytes | Extents]:
+    out: list[bytes | Extents] = []
+    for seg in segments:
+        if isinstance(seg, bytes) and out and isinstance(out[-1], bytes):
+            out[-1] += seg
+        elif not isinstance(seg, bytes) or seg:
+            out.append(seg)
+    return out
+
+
+def _pread(fd: int, offset: int, count: int) -> bytes:
+    data = os.pread(fd, count, offset)
+    if len(data) != count:
+        raise _ChangedError
+    return data
+
+
+def _read_array(fd: int, ext: Extents) -> np.ndarray[Any, Any]:
+    out = np.empty(ext.shape, np.dtype(ext.dtype))
+    view = out.reshape(-1).view(np.uint8).data
+    pos = 0
+    for offset, count in ext.spans:
+        if os.preadv(fd, [view[pos : pos + count]], offset) != count:
+            raise _ChangedError
+        pos += count
+    return out
+
+
+class _ChangedError(Exception):
+    """The file changed (or was cut) while its bytes were being sent."""
+
+
+class PlanResponse(Response):
+    """An answer sent from a ``FilePlan`` and the file open as ``fd`` (closed when done).
+
+    ``preset`` names the array compression the client accepts, or None for raw arrays;
+    ``release`` is called when the answer is over, as is ``store.done()`` (it was made from
+    a plan that ``store.get`` handed out).
+    """
+
+    media_type = MSGPACK_MEDIA_TYPE
+
+    def __init__(
+        self,
+        plan: FilePlan,
+        fd: int,
+        store: PlanStore,
+        preset: str | None,
+        headers: dict[str, str],
+        release: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.plan, self.fd, self.store, self.preset = plan, fd, store, preset
+        self.release = release
+        segments: list[bytes | Extents] = []
+        _segments(plan.skeleton, segments, raw=preset is None)
+        self.segments = _merged(segments)
+        super().__init__(None, headers=headers)
+        self.length = sum(len(s) if isinstance(s, bytes) else s.nbytes for s in self.segments)
+        if preset is None:
+            self.headers["content-length"] = str(self.length)
+        else:
+            del self.headers["content-length"]
+
+    def render(self, content: Any) -> bytes:
+        return b""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": self.status_code,
+                    "headers": self.raw_headers,
+                }
+            )
+            if scope.get("method") == "HEAD":
+                await send({"type": "http.response.body", "body": b""})
+                return
+            zero_copy = EXTENSION in (scope.get("extensions") or {})
+            self.store.add("responses")
+            if self.preset is None and zero_copy:
+                await self._send_file(send)
+                return
+            try:
+                if self.preset is None:
+                    final = await self._send_raw(send)
+                else:
+                    final = await self._send_compressed(send)
+                if not await run_in_threadpool(self._unchanged):
+                    raise _ChangedError
+            except _ChangedError:
+                self.store.add("aborts")
+                if not zero_copy:
+                    raise
+                await send({"type": ABORT})
+                return
+            await send({"type": "http.response.body", "body": final})
+        finally:
+            os.close(self.fd)
+            self.release()
+            self.store.done()
+
+    def _unchanged(self) -> bool:
+        return unchanged(self.fd, self.plan.identity, self.store.policy)
+
+    def _parts(self, private_from: int, step: int) -> list[bytes | tuple[int, int, bool]]:
+        """The body as bytes and ``(offset, count, private)`` file parts: bytes from
+        ``private_from`` on are private, file parts are at most ``step`` bytes long, and the
+        last part is small (it is held back until the final check)."""
+        parts: list[bytes | tuple[int, int, bool]] = []
+        pos = 0
+        for seg in self.segments:
+            if isinstance(seg, bytes):
+                parts.append(seg)
+                pos += len(seg)
+                continue
+            for offset, count in seg.spans:
+                cut = min(max(private_from - pos, 0), count)
+                if cut:
+                    parts.append((offset, cut, False))
+                for start in range(cut, count, step):
+                    parts.append((offset + start, min(step, count - start), True))
+                pos += count
+        last = parts[-1]
+        if not isinstance(last, bytes) and last[1] > _SLICE:
+            parts[-1:] = [
+                (last[0], last[1] - _SLICE, True),
+                (last[0] + last[1] - _SLICE, _SLICE, True),
+            ]
+        return parts
+
+    async def _send_file(self, send: Send) -> None:
+        """The whole raw body in one ``SENDFILE`` message: sendfile up to the private tail."""
+        parts = self._parts(self.length - TAIL, self.length)
+        changed = []
+
+        def check() -> bool:
+            if self._unchanged():
+                return True
+            changed.append(True)
+            return False
+
+        message = {"type": SENDFILE, "fd": self.fd, "parts": parts, "check": check}
+        await send({**message, "count": self.length})
+        for part in parts:
+            if not isinstance(part, bytes):
+                self.store.add("copied_bytes" if part[2] else "sendfile_bytes", part[1])
+        if changed:
+            self.store.add("aborts")
+        # Completes uvicorn's bookkeeping (nothing left to send); ignored after an abort.
+        await send({"type": "http.response.body", "body": b""})
+
+    async def _send_raw(self, send: Send) -> bytes:
+        """Send all but the final piece as body messages (every byte read with ``pread``);
+        returns the final piece."""
+        *body, last = self._parts(0, _SLICE)
+        final = (
+            last
+            if isinstance(last, bytes)
+            else await run_in_threadpool(_pread, self.fd, last[0], last[1])
+        )
+        for piece in body:
+            if isinstance(piece, bytes):
+                data = piece
+            else:
+                data = await run_in_threadpool(_pread, self.fd, piece[0], piece[1])
+                self.store.add("copied_bytes", piece[1])
+            await send({"type": "http.response.body", "body": data, "more_body": True})
+        return final
+
+    async def _send_compressed(self, send: Send) -> bytes:
+        """Send all but the final piece, compressing each array while the previous one is
+        written; returns the final piece."""
+        preset = self.preset
+        assert preset is not None
+        held: list[bytes | memoryview] = []
+
+        async def emit(chunks: list[bytes | memoryview]) -> None:
+            for chunk in chunks:
+                view = memoryview(chunk).cast("B")
+                for i in range(0, view.nbytes, _SLICE):
+                    if held:
+                        body = held.pop()
+                        await send({"type": "http.response.body", "body": body, "more_body": True})
+                    held.append(view[i : i + _SLICE])
+
+        def prepare(ext: Extents) -> list[bytes | memoryview]:
+            array = _read_array(self.fd, ext)
+            self.store.add("copied_bytes", ext.nbytes)
+            return wire.pack_chunks(arraycodec.compress(array, preset) or array)
+
+        loop = asyncio.get_running_loop()
+        files = [s for s in self.segments if isinstance(s, Extents)]
+        ahead: dict[int, asyncio.Future[list[bytes | memoryview]]] = {}
+
+        def start(i: int) -> None:
+            if i < len(files):
+                ahead[i] = loop.create_task(run_in_threadpool(prepare, files[i]))
+
+        start(0)
+        index = 0
+        try:
+            for seg in self.segments:
+                if isinstance(seg, bytes):
+                    await emit([seg])
+                    continue
+                chunks = await ahead.pop(index)
+                index += 1
+                start(index)  # read and compress the next array while this one is written
+                await emit(chunks)
+        finally:
+            if ahead:  # a thread still reading the file must be done before it is closed
+                await asyncio.wait(ahead.values())
+        return bytes(held.pop()) if held else b""

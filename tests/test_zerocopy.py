@@ -1,0 +1,338 @@
+"""Cold reads sent from the file (file plans, sendfile) by a real server with its result cache
+off: the bytes equal the HDF5 read's, the path is taken where it may be and not elsewhere,
+and a file rewritten in place never yields a wrong answer."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import h5py
+import httpx
+import numpy as np
+import pytest
+
+from tests.conftest import Server, free_port, start_server
+from xpcs_io import wire
+from xpcs_io.demo import DemoSpec, write_native_file
+from xpcs_io.errors import FileBusyError, FileMarkedOpenError, RemoteConnectionError
+from xpcs_io.facade import HDF5Facade
+from xpcs_io.pool import HDF5ConnectionPool
+from xpcs_io.server.planresponse import TAIL
+
+# Large enough that part of each answer goes out with sendfile (the last TAIL bytes never do).
+SHAPE = (1024, max(1024, (TAIL // (4 * 1024) + 1024) // 3))
+MAPS = ("sqmap", "dqmap", "phis", "mask", "partition_map")
+NO_CACHE = {"XPCS_IO_CACHE_BYTES": "0"}
+MSGPACK = {"accept": "application/msgpack"}
+
+
+def _rechunk(src: Path, dst: Path, **kw: object) -> None:
+    with h5py.File(src, "r") as fin, h5py.File(dst, "w") as fout:
+        fin.copy("xpcs/g2", fout, "xpcs/g2")
+        fin.copy("xpcs/metadata", fout, "xpcs/metadata")
+        grp = fout.create_group("xpcs/qmap")
+        for name, obj in fin["xpcs/qmap"].items():
+            if name in MAPS:
+                grp.create_dataset(name, data=obj[()], **kw)
+            else:
+                grp[name] = obj[()]
+
+
+@pytest.fixture(scope="module")
+def cold_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("cold")
+    write_native_file(root / "contiguous.h5", DemoSpec(shape=SHAPE, n_delay=8, n_q=16))
+    _rechunk(root / "contiguous.h5", root / "rows.h5", chunks=(100, SHAPE[1]))
+    _rechunk(root / "contiguous.h5", root / "gzip.h5", chunks=(100, SHAPE[1]), compression="gzip")
+    return root
+
+
+@pytest.fixture(scope="module")
+def cold_server(cold_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    srv = start_server(cold_root, tmp_path_factory.mktemp("logs") / "cold.log", env=NO_CACHE)
+    yield srv
+    srv.stop()
+
+
+def _counters(url: str) -> dict[str, float]:
+    text = httpx.get(f"{url}/metrics").text
+    found = re.findall(r"^xpcs_io_zero_copy_(\w+)_total ([0-9.e+]+)$", text, re.M)
+    return {name: float(value) for name, value in found}
+
+
+def _qmap_bytes_sent(url: str) -> float:
+    text = httpx.get(f"{url}/metrics").text
+    found = re.search(r'^xpcs_io_response_bytes_total\{route="/v1/qmap"\} (\S+)$', text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+def _warm(url: str, name: str, headers: dict[str, str] = MSGPACK) -> None:
+    """Read ``name`` once and wait until its plan is learnt (after that answer was sent)."""
+    before = _counters(url)
+    r = httpx.get(f"{url}/v1/qmap", params={"file_path": name}, headers=headers, timeout=60)
+    assert r.status_code == 200
+    for _ in range(400):
+        now = _counters(url)
+        if now["plans"] > before["plans"] or now["responses"] > before["responses"]:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"no plan learnt for {name}")
+
+
+def _expected_body(root: Path, name: str) -> bytes:
+    pool = HDF5ConnectionPool(max_size=2)
+    try:
+        return wire.pack(HDF5Facade(pool, root=root).read_qmap(name).to_dict())
+    finally:
+        pool.shutdown()
+
+
+@pytest.mark.parametrize("name", ["contiguous.h5", "rows.h5"])
+def test_cold_read_sends_the_file_bytes_with_sendfile(
+    cold_server: Server, cold_root: Path, name: str
+) -> None:
+    expected = _expected_body(cold_root, name)
+    _warm(cold_server.url, name)
+    before = _counters(cold_server.url)
+    counted = _qmap_bytes_sent(cold_server.url)
+    params = {"file_path": name}
+    bodies = [
+        httpx.get(f"{cold_server.url}/v1/qmap", params=params, headers=MSGPACK, timeout=60)
+        for _ in range(2)
+    ]
+    after = _counters(cold_server.url)
+    for r in bodies:
+        assert r.status_code == 200
+        assert int(r.headers["content-length"]) == len(expected)
+        assert r.content == expected
+    # Both sent from the file, once the first read (through HDF5) taught the plan.
+    assert after["responses"] - before["responses"] == 2
+    # All but the msgpack headers before the private tail went out with sendfile.
+    sent = after["sendfile_bytes"] - before["sendfile_bytes"]
+    assert 2 * (len(expected) - TAIL - 1024) < sent <= 2 * (len(expected) - TAIL)
+    assert after["aborts"] == before["aborts"]
+    assert _qmap_bytes_sent(cold_server.url) - counted == 2 * len(expected)
+
+
+@pytest.mark.parametrize("preset", ["blosc2-zstd", "blosc2-lz4"])
+def test_cold_compressed_read_is_read_and_compressed_from_the_file(
+    cold_server: Server, cold_root: Path, preset: str
+) -> None:
+    headers = {**MSGPACK, "xpcs-array-codec": preset}
+    _warm(cold_server.url, "contiguous.h5", headers)
+    before = _counters(cold_server.url)
+    params = {"file_path": "contiguous.h5"}
+    answers = [
+        httpx.get(f"{cold_server.url}/v1/qmap", params=params, headers=headers, timeout=60)
+        for _ in range(2)
+    ]
+    assert _counters(cold_server.url)["responses"] == before["responses"] + 2
+    with h5py.File(cold_root / "contiguous.h5", "r") as f:
+        for r in answers:
+            assert r.status_code == 200
+            got = wire.unpack(r.content, codecs=True)
+            for field in MAPS:
+                np.testing.assert_array_equal(got[field], f[f"xpcs/qmap/{field}"][()])
+            assert got["sqmap_unit"] == "nm^-1"
+
+
+def test_filtered_datasets_go_through_hdf5(cold_server: Server, cold_root: Path) -> None:
+    before = _counters(cold_server.url)
+    params = {"file_path": "gzip.h5"}
+    for _ in range(2):
+        r = httpx.get(f"{cold_server.url}/v1/qmap", params=params, headers=MSGPACK, timeout=60)
+        assert r.content == _expected_body(cold_root, "gzip.h5")
+    assert _counters(cold_server.url)["responses"] == before["responses"]
+
+
+WRITER = textwrap.dedent(
+    """
+    import sys, time
+    import h5py
+    import numpy as np
+    path, rounds, pause = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+    for i in range(rounds):
+        while True:
+            try:
+                f = h5py.File(path, "r+")
+                break
+            except OSError:  # the server's reader holds HDF5's lock for a moment
+                time.sleep(0.001)
+        with f:
+            for name in ("sqmap", "dqmap", "phis"):
+                ds = f["xpcs/qmap/" + name]
+                ds[...] = np.full(ds.shape, float(i % 7 + 1), ds.dtype)
+        time.sleep(pause)
+    print("done", flush=True)
+    """
+)
+
+
+def _writer(path: Path, rounds: int, pause: float) -> subprocess.Popen[str]:
+    cmd = [sys.executable, "-c", WRITER, str(path), str(rounds), str(pause)]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+
+
+def test_a_rewrite_in_place_never_gives_a_mixed_answer(
+    cold_server: Server, cold_root: Path
+) -> None:
+    from xpcs_io.client import RemoteHDF5Facade
+
+    path = cold_root / "rewritten.h5"
+    _rechunk(cold_root / "contiguous.h5", path)
+    with h5py.File(path, "r+") as f:
+        for field in ("sqmap", "dqmap", "phis"):
+            f[f"xpcs/qmap/{field}"][...] = 0.0
+    before = _counters(cold_server.url)
+    writer = _writer(path, 12, 0.5)
+    good = refused = 0
+    with RemoteHDF5Facade(cold_server.url, timeout=60, compression="none") as api:
+        while writer.poll() is None or good < 3:
+            try:
+                q = api.read_qmap("rewritten.h5")
+            except (RemoteConnectionError, FileBusyError, FileMarkedOpenError):
+                refused += 1
+                continue
+            values = {float(q.sqmap.flat[0])}
+            for field in ("sqmap", "dqmap", "phis"):
+                arr = getattr(q, field)
+                values |= {float(arr.min()), float(arr.max())}
+            # One write's state: every pixel of the three maps holds the same value.
+            assert len(values) == 1, f"mixed answer: {sorted(values)[:5]}"
+            good += 1
+    assert writer.wait(60) == 0
+    writer.communicate()
+    assert good >= 3
+    assert _counters(cold_server.url)["responses"] > before["responses"]
+
+
+def test_a_change_while_sending_resets_the_connection(cold_server: Server, cold_root: Path) -> None:
+    path = cold_root / "changed.h5"
+    _rechunk(cold_root / "contiguous.h5", path)
+    _warm(cold_server.url, "changed.h5")
+    before = _counters(cold_server.url)
+    host, port = cold_server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
+        sock.sendall(
+            f"GET /v1/qmap?file_path=changed.h5 HTTP/1.1\r\nHost: {host}\r\n"
+            "Accept: application/msgpack\r\n\r\n".encode()
+        )
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += sock.recv(4096)
+        length = int(re.search(rb"content-length: (\d+)", head, re.I).group(1))  # type: ignore[union-attr]
+        received = len(head.split(b"\r\n\r\n", 1)[1])
+        # The server is stuck sending into a full connection; the file changes meanwhile.
+        rewrite = _writer(path, 1, 0)
+        assert rewrite.wait(60) == 0
+        rewrite.communicate()
+        try:
+            while chunk := sock.recv(1 << 20):
+                received += len(chunk)
+        except ConnectionResetError:
+            pass
+    assert received < length
+    after = _counters(cold_server.url)
+    assert after["aborts"] == before["aborts"] + 1
+
+
+def test_two_workers_send_from_the_file(cold_root: Path, tmp_path: Path) -> None:
+    srv = start_server(cold_root, tmp_path / "w.log", env=NO_CACHE, args=("--workers", "2"))
+    try:
+        expected = _expected_body(cold_root, "contiguous.h5")
+        params = {"file_path": "contiguous.h5"}
+        with httpx.Client(timeout=60) as http:
+            for _ in range(6):
+                r = http.get(f"{srv.url}/v1/qmap", params=params, headers=MSGPACK)
+                assert r.content == expected
+                with httpx.Client(timeout=60) as fresh:  # a new connection: maybe the other worker
+                    r = fresh.get(f"{srv.url}/v1/qmap", params=params, headers=MSGPACK)
+                    assert r.content == expected
+        counts = _counters(srv.url)  # both workers' counters, merged
+        assert counts["responses"] >= 1
+        assert counts["sendfile_bytes"] > 0
+    finally:
+        srv.stop()
+
+
+def test_without_the_extension_the_file_bytes_are_read_and_sent(cold_root: Path) -> None:
+    """In process (no uvicorn, so no sendfile): the plan's bytes go out as body messages."""
+    from xpcs_io.server.app import create_app
+    from xpcs_io.server.settings import Settings
+
+    app = create_app(Settings(data_root=cold_root, allowed_hosts="app", cache_bytes=0))
+    expected = _expected_body(cold_root, "rows.h5")
+
+    async def run() -> tuple[list[bytes], dict[str, int]]:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://app") as http:
+                bodies = [
+                    (
+                        await http.get("/v1/qmap", params={"file_path": "rows.h5"}, headers=MSGPACK)
+                    ).content
+                    for _ in range(2)
+                ]
+            return bodies, app.state.plans.stats()
+
+    bodies, stats = asyncio.run(run())
+    assert bodies == [expected, expected]
+    assert stats["zero_copy_responses"] == 1
+    assert stats["zero_copy_sendfile_bytes"] == 0
+    assert stats["zero_copy_copied_bytes"] > 0.9 * len(expected)
+
+
+def test_cold_reads_through_nginx(cold_root: Path, cold_server: Server, tmp_path: Path) -> None:
+    from tests.test_deploy import ROOT, _need
+
+    nginx = _need("nginx")
+    port = free_port()
+    conf = (ROOT / "deploy" / "nginx.conf").read_text()
+    upstream = cold_server.url.removeprefix("http://")
+    conf = conf.replace("set $replicas replica:8000;", "set $replicas cold;")
+    conf = conf.replace("server {", f"upstream cold {{ server {upstream}; }}\n    server {{", 1)
+    conf = conf.replace("listen 8080;", f"listen 127.0.0.1:{port};")
+    conf = conf.replace("worker_processes auto;", "worker_processes 1;")
+    prefix = tmp_path / "nginx"
+    (prefix / "logs").mkdir(parents=True)
+    (prefix / "nginx.conf").write_text(conf)
+    cmd = [nginx, "-p", str(prefix), "-c", str(prefix / "nginx.conf")]
+    cmd += ["-e", str(prefix / "logs/error.log"), "-g", f"daemon off; pid {prefix}/nginx.pid;"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None, (prefix / "logs/error.log").read_text()
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        _warm(cold_server.url, "contiguous.h5")
+        before = _counters(cold_server.url)
+        expected = _expected_body(cold_root, "contiguous.h5")
+        params = {"file_path": "contiguous.h5"}
+        for _ in range(2):
+            r = httpx.get(f"{url}/v1/qmap", params=params, headers=MSGPACK, timeout=60)
+            assert r.content == expected
+        assert _counters(cold_server.url)["sendfile_bytes"] > before["sendfile_bytes"]
+    finally:
+        proc.send_signal(signal.SIGQUIT)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
