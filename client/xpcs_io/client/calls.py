@@ -8,7 +8,7 @@ import operator
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path, PurePath
+from pathlib import PurePath
 from typing import Any, Generic, TypeVar
 
 import numpy as np
@@ -270,11 +270,6 @@ def pool_stats() -> Call[dict[str, Any]]:
 
 def pool_clear() -> Call[None]:
     return Call("POST", "/v1/pool/clear", {}, lambda _: None, idempotent=False)
-
-
-def posix(path: str | Path) -> str:
-    """A file path as the server expects it (forward slashes)."""
-    return _file(path)
 
 
 def read_many(
