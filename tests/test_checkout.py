@@ -203,3 +203,56 @@ def test_a_read_still_running_keeps_the_handle_until_it_is_done(tmp_path: Path) 
     assert pool.stats()["open_files"][0]["in_use"] == 0
     assert facade.read_g2_data(cast(PathLike, held), q_idx=0).g2.shape == (SPEC.n_delay, 1)
     pool.shutdown()
+
+
+def test_check_out_pooled_only_takes_a_current_pooled_handle_without_waiting(
+    tmp_path: Path,
+) -> None:
+    import threading
+
+    import h5py
+
+    path = tmp_path / "a.hdf5"
+    write_native_file(path, SPEC)
+    facade = HDF5Facade(pool=HDF5ConnectionPool(max_size=4), root=tmp_path)
+    try:
+        assert facade.check_out_pooled("a.hdf5") is None  # not open yet: a thread must open it
+        with facade.check_out("a.hdf5"):
+            pass
+        opens = facade.pool.opens
+        held = facade.check_out_pooled("a.hdf5")
+        assert held is not None
+        with held:
+            qmap = facade.read_qmap(cast(PathLike, held))
+        assert facade.pool.opens == opens  # the pooled handle, not a new open
+        with h5py.File(path, "r") as f:
+            np.testing.assert_array_equal(qmap.sqmap, f["/xpcs/qmap/sqmap"][()])
+
+        # Another thread holds the pool's lock (as while it opens a file): no wait, None.
+        facade.pool._lock.acquire()
+        try:
+            got: list[object] = []
+            worker = threading.Thread(target=lambda: got.append(facade.check_out_pooled("a.hdf5")))
+            worker.start()
+            worker.join(timeout=30)
+            assert not worker.is_alive()
+            assert got == [None]
+        finally:
+            facade.pool._lock.release()
+
+        # Rewritten in place by another program: the pooled handle is stale, so None.
+        import subprocess
+        import sys
+
+        code = (
+            "import h5py, sys\n"
+            "with h5py.File(sys.argv[1], 'a', locking=False) as f:\n"
+            "    f['/xpcs/qmap/sqmap'][0, 0] = 123.0\n"
+        )
+        subprocess.run([sys.executable, "-c", code, str(path)], check=True, timeout=60)
+        os.utime(path, ns=(1, os.stat(path).st_mtime_ns + 10_000_000))
+        assert facade.check_out_pooled("a.hdf5") is None
+        with pytest.raises(PermissionError):
+            facade.check_out_pooled("../outside.hdf5")
+    finally:
+        facade.pool.shutdown()

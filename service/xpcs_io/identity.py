@@ -14,8 +14,8 @@ __all__ = ["Identities"]
 
 
 class Identities(Reading):
-    """Mixin of ``HDF5Facade``: ``resolve``, ``file_identity``, ``resolve_identity`` and
-    ``check_out``."""
+    """Mixin of ``HDF5Facade``: ``resolve``, ``file_identity``, ``resolve_identity``,
+    ``check_out`` and ``check_out_pooled``."""
 
     def resolve(self, file_path: PathLike) -> str:
         """The absolute, symlink-free path ``file_path`` names (checked against the root).
@@ -61,6 +61,22 @@ class Identities(Reading):
         """
         real, display, _ = self._locate(file_path)
         borrowed = self.pool.borrow(real, display, root=self.root, resolved=True)
+        return FileCheckout(
+            real, display, self.root, self.pool, borrowed, lambda: self._linked_identities(real)
+        )
+
+    def check_out_pooled(self, file_path: PathLike) -> FileCheckout | None:
+        """``check_out`` when the pool already holds a current handle on the file and no
+        other thread is opening one: no HDF5 call and no wait, a few system calls (what an
+        event loop may do). ``None`` otherwise: then ``check_out`` on a worker thread.
+
+        Raises:
+            See ``check_out``.
+        """
+        real, display, _ = self._locate(file_path)
+        borrowed = self.pool.borrow_pooled(real, display, root=self.root)
+        if borrowed is None:
+            return None
         return FileCheckout(
             real, display, self.root, self.pool, borrowed, lambda: self._linked_identities(real)
         )

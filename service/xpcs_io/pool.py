@@ -393,6 +393,26 @@ class HDF5ConnectionPool:
         """
         key = os.fspath(path) if resolved else realpath(path)
         entry = self._acquire(key, display or os.fspath(path), root)
+        assert entry is not None
+        with self._lent(entry) as checkout:
+            yield checkout
+
+    def borrow_pooled(
+        self, key: str, display: str, *, root: Path | None = None
+    ) -> contextlib.AbstractContextManager[Checkout] | None:
+        """``borrow`` of an absolute, symlink-free ``key``, only when it costs no HDF5 call
+        and no wait: the pool holds a handle on the file as it is now and its lock is free.
+        Else ``None`` (ask ``borrow`` on a thread that may block). A few system calls: cheap
+        enough for an event loop, which must never wait for another thread's open.
+
+        Raises:
+            See ``checkout`` (the file's state is checked as ``borrow`` checks it).
+        """
+        entry = self._acquire(key, display, root, pooled_only=True)
+        return None if entry is None else self._lent(entry)
+
+    @contextlib.contextmanager
+    def _lent(self, entry: _Entry) -> Iterator[Checkout]:
         try:
             yield Checkout(entry.handle, entry.identity, entry.swmr)
         finally:
@@ -419,12 +439,27 @@ class HDF5ConnectionPool:
             raise FileNotFoundError(f"No such file: {display} (symlink loop)")
         raise FileBusyError(f"{display} kept changing while it was opened; retry later")
 
-    def _acquire(self, key: str, display: str, root: Path | None) -> _Entry:
+    def _acquire(
+        self, key: str, display: str, root: Path | None, *, pooled_only: bool = False
+    ) -> _Entry | None:
         try:
             identity, swmr = self.current(key, display, root)
         except FileNotFoundError:
             self._drop(key)
             raise
+        if pooled_only:
+            # Another thread may hold the lock while it opens a file: never wait for it.
+            if not self._lock.acquire(blocking=False):
+                return None
+            try:
+                if self._closed:
+                    raise RuntimeError("the HDF5 connection pool has been shut down")
+                entry = self._entries.get(key)
+                if entry is None or entry.identity != identity:
+                    return None
+                return self._hit(key, entry)
+            finally:
+                self._lock.release()
         deadline = time.monotonic() + _RETIRED_WAIT
         with self._lock:
             while True:
@@ -432,11 +467,7 @@ class HDF5ConnectionPool:
                     raise RuntimeError("the HDF5 connection pool has been shut down")
                 entry = self._entries.get(key)
                 if entry is not None and entry.identity == identity:
-                    self.hits += 1
-                    self._entries.move_to_end(key)
-                    entry.accesses += 1
-                    entry.users += 1
-                    return entry
+                    return self._hit(key, entry)
                 if entry is not None:
                     self.reopens_on_change += 1
                     del self._entries[key]
@@ -469,6 +500,14 @@ class HDF5ConnectionPool:
                 self.evictions += 1
                 self._retire(old)
             return entry
+
+    def _hit(self, key: str, entry: _Entry) -> _Entry:
+        # Called with the pool lock held.
+        self.hits += 1
+        self._entries.move_to_end(key)
+        entry.accesses += 1
+        entry.users += 1
+        return entry
 
     def _retired_on(self, identity: FileIdentity) -> bool:
         """Whether a replaced handle of ours on the inode ``identity`` names is in use."""

@@ -139,8 +139,12 @@ async def read_result(
     flush.
     """
     facade = get_facade(request)
-    # Borrowing may open the file (HDF5 work) or wait for a replaced handle: not on the loop.
-    held = await run_in_threadpool(facade.check_out, file_path)
+    # A file the pool holds open is checked out here (a few system calls, measured cheaper
+    # than a hop to the thread pool on every small read); opening it (HDF5 work) or waiting
+    # for a replaced handle is never done on the loop.
+    held = facade.check_out_pooled(file_path)
+    if held is None:
+        held = await run_in_threadpool(facade.check_out, file_path)
     try:
         return await _answer_read(request, held, produce)
     finally:
