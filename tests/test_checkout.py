@@ -256,3 +256,49 @@ def test_check_out_pooled_only_takes_a_current_pooled_handle_without_waiting(
             facade.check_out_pooled("../outside.hdf5")
     finally:
         facade.pool.shutdown()
+
+
+def test_a_cached_read_of_a_file_the_pool_let_go_opens_nothing(tmp_path: Path) -> None:
+    # More files read in turn than the pool holds: a cached answer (or a 304) must not
+    # reopen the file, and a file rewritten meanwhile must still be read anew.
+    import subprocess
+    import sys
+
+    import h5py
+
+    for name in ("a.hdf5", "b.hdf5"):
+        write_native_file(tmp_path / name, SPEC)
+    app = create_app(Settings(data_root=tmp_path, watch=False, pool_size=1))
+    seen: dict[str, Any] = {}
+
+    async def main() -> None:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(
+                transport=transport, base_url="http://127.0.0.1:8000"
+            ) as http:
+                remote = AsyncRemoteHDF5Facade("http://127.0.0.1:8000", http=http)
+                first = await remote.read_g2_data("a.hdf5")
+                await remote.read_g2_data("b.hdf5")  # the pool of one lets a.hdf5 go
+                opens = app.state.pool.stats()["opens"]
+                seen["again"] = await remote.read_g2_data("a.hdf5")
+                seen["opens"] = (opens, app.state.pool.stats()["opens"])
+                seen["first"] = first
+                code = (
+                    "import h5py, sys\n"
+                    "with h5py.File(sys.argv[1], 'a', locking=False) as f:\n"
+                    "    f['/xpcs/g2/g2'][0, 0] = 42.0\n"
+                )
+                target = str(tmp_path / "a.hdf5")
+                subprocess.run([sys.executable, "-c", code, target], check=True, timeout=60)
+                os.utime(target, ns=(1, os.stat(target).st_mtime_ns + 10_000_000))
+                seen["changed"] = await remote.read_g2_data("a.hdf5")
+
+    asyncio.run(main())
+    before, after = seen["opens"]
+    assert after == before  # served from the result cache: no HDF5 open
+    np.testing.assert_array_equal(seen["again"].g2, seen["first"].g2)
+    assert seen["first"].g2[0, 0] != 42.0
+    with h5py.File(tmp_path / "a.hdf5", "r") as f:
+        np.testing.assert_array_equal(seen["changed"].g2, f["/xpcs/g2/g2"][()])
+    assert seen["changed"].g2[0, 0] == 42.0

@@ -15,7 +15,6 @@ from starlette.responses import Response
 
 from xpcs_io import arraycodec
 from xpcs_io.api import PathLike
-from xpcs_io.checkout import FileCheckout
 from xpcs_io.facade import HDF5Facade
 from xpcs_io.pool import DataIdentity
 from xpcs_io.schemas import Schema
@@ -127,10 +126,13 @@ async def read_result(
     (no HDF5 read at all); else the shared result cache, which runs ``produce`` in the thread
     pool on a miss (once for concurrent identical requests); then encode and tag.
 
-    One checkout per request: the path is resolved once and the pooled handle borrowed once
-    (``HDF5Facade.check_out``); ``produce`` is given that checkout in place of the path, so
-    it reads through that handle. The identity behind the ETag and the cache key is the
-    checkout's: the file the handle reads and every file its reads reached through links.
+    One checkout per request: for a file the pool holds, the path is resolved once and the
+    pooled handle borrowed once (``HDF5Facade.check_out_pooled``); ``produce`` is given that
+    checkout in place of the path, so it reads through that handle, and the identity behind
+    the ETag and the cache key is the checkout's: the file the handle reads and every file
+    its reads reached through links. For a file the pool does not hold, the identity is
+    taken from the file (``resolve_identity``) so that a 304 or a cached result opens
+    nothing; a read then checks the file out on a pool thread.
     The result is tagged and kept only when the read used that very file version and
     reached no link the identity does not name; a read that raced a change (a write, a
     linked file learnt on the first read) is answered as read, untagged and not kept, so an
@@ -143,19 +145,29 @@ async def read_result(
     # than a hop to the thread pool on every small read); opening it (HDF5 work) or waiting
     # for a replaced handle is never done on the loop.
     held = facade.check_out_pooled(file_path)
-    if held is None:
-        held = await run_in_threadpool(facade.check_out, file_path)
-    try:
-        return await _answer_read(request, held, produce)
-    finally:
-        held.release()  # a read still running through the handle gives it back when done
+    if held is not None:
+        try:
+            return await _answer_read(
+                request, held.real, held.identity, lambda: produce(cast(PathLike, held))
+            )
+        finally:
+            held.release()  # a read still running through the handle gives it back when done
+    # Not pooled: the file's identity from the file itself (what the ETag and the result
+    # cache need), so a 304 or a cached result costs no HDF5 open; only a read checks the
+    # file out, on a pool thread, and one that found another version is not kept.
+    real, identity = facade.resolve_identity(file_path)
+
+    def read_checked_out() -> Any:
+        with facade.check_out(file_path) as fresh:
+            return produce(cast(PathLike, fresh))
+
+    return await _answer_read(request, real, identity, read_checked_out)
 
 
 async def _answer_read(
-    request: Request, held: FileCheckout, produce: Callable[[PathLike], Any]
+    request: Request, real: str, identity: DataIdentity, produce: Callable[[], Any]
 ) -> Response:
     facade, results = get_facade(request), get_results(request)
-    real, identity = held.real, held.identity
     headers = {
         "etag": _etag(request, identity),
         "cache-control": "no-cache",
@@ -167,7 +179,7 @@ async def _answer_read(
     def read() -> tuple[Any, bool]:
         # On a pool thread: the facade remembers per thread what its last read used.
         # The facade takes its own checkout wherever it takes a path (``check_out``).
-        value = produce(cast(PathLike, held))
+        value = produce()
         return value, facade.last_read_matches(identity)
 
     key = (real, identity, request_key(request))
