@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
+import sys
+import threading
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, cast
 
+import h5py
 import httpx
 import numpy as np
 import pytest
@@ -72,8 +76,8 @@ class Calls:
 Scenario = Callable[[AsyncRemoteHDF5Facade, httpx.AsyncClient], Coroutine[Any, Any, None]]
 
 
-def run_in_process(root: Path, scenario: Scenario) -> Any:
-    app = create_app(Settings(data_root=root, watch=False))
+def run_in_process(root: Path, scenario: Scenario, **settings: Any) -> Any:
+    app = create_app(Settings(data_root=root, watch=False, **settings))
 
     async def main() -> Any:
         async with app.router.lifespan_context(app):
@@ -86,6 +90,20 @@ def run_in_process(root: Path, scenario: Scenario) -> Any:
                 return app.state.pool.stats()
 
     return asyncio.run(main())
+
+
+def rewrite_in_place(path: Path, dataset: str, value: float) -> None:
+    """Change one value of ``dataset`` the way another program would: from another process,
+    in place (same inode), with a visibly later mtime."""
+    code = (
+        "import h5py, sys\n"
+        "with h5py.File(sys.argv[1], 'a', locking=False) as f:\n"
+        "    f[sys.argv[2]][0, 0] = float(sys.argv[3])\n"
+    )
+    subprocess.run(
+        [sys.executable, "-c", code, str(path), dataset, str(value)], check=True, timeout=60
+    )
+    os.utime(path, ns=(1, os.stat(path).st_mtime_ns + 10_000_000))
 
 
 @pytest.fixture
@@ -208,10 +226,6 @@ def test_a_read_still_running_keeps_the_handle_until_it_is_done(tmp_path: Path) 
 def test_check_out_pooled_only_takes_a_current_pooled_handle_without_waiting(
     tmp_path: Path,
 ) -> None:
-    import threading
-
-    import h5py
-
     path = tmp_path / "a.hdf5"
     write_native_file(path, SPEC)
     facade = HDF5Facade(pool=HDF5ConnectionPool(max_size=4), root=tmp_path)
@@ -241,16 +255,7 @@ def test_check_out_pooled_only_takes_a_current_pooled_handle_without_waiting(
             facade.pool._lock.release()
 
         # Rewritten in place by another program: the pooled handle is stale, so None.
-        import subprocess
-        import sys
-
-        code = (
-            "import h5py, sys\n"
-            "with h5py.File(sys.argv[1], 'a', locking=False) as f:\n"
-            "    f['/xpcs/qmap/sqmap'][0, 0] = 123.0\n"
-        )
-        subprocess.run([sys.executable, "-c", code, str(path)], check=True, timeout=60)
-        os.utime(path, ns=(1, os.stat(path).st_mtime_ns + 10_000_000))
+        rewrite_in_place(path, "/xpcs/qmap/sqmap", 123.0)
         assert facade.check_out_pooled("a.hdf5") is None
         with pytest.raises(PermissionError):
             facade.check_out_pooled("../outside.hdf5")
@@ -261,40 +266,20 @@ def test_check_out_pooled_only_takes_a_current_pooled_handle_without_waiting(
 def test_a_cached_read_of_a_file_the_pool_let_go_opens_nothing(tmp_path: Path) -> None:
     # More files read in turn than the pool holds: a cached answer (or a 304) must not
     # reopen the file, and a file rewritten meanwhile must still be read anew.
-    import subprocess
-    import sys
-
-    import h5py
-
     for name in ("a.hdf5", "b.hdf5"):
         write_native_file(tmp_path / name, SPEC)
-    app = create_app(Settings(data_root=tmp_path, watch=False, pool_size=1))
     seen: dict[str, Any] = {}
 
-    async def main() -> None:
-        async with app.router.lifespan_context(app):
-            transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(
-                transport=transport, base_url="http://127.0.0.1:8000"
-            ) as http:
-                remote = AsyncRemoteHDF5Facade("http://127.0.0.1:8000", http=http)
-                first = await remote.read_g2_data("a.hdf5")
-                await remote.read_g2_data("b.hdf5")  # the pool of one lets a.hdf5 go
-                opens = app.state.pool.stats()["opens"]
-                seen["again"] = await remote.read_g2_data("a.hdf5")
-                seen["opens"] = (opens, app.state.pool.stats()["opens"])
-                seen["first"] = first
-                code = (
-                    "import h5py, sys\n"
-                    "with h5py.File(sys.argv[1], 'a', locking=False) as f:\n"
-                    "    f['/xpcs/g2/g2'][0, 0] = 42.0\n"
-                )
-                target = str(tmp_path / "a.hdf5")
-                subprocess.run([sys.executable, "-c", code, target], check=True, timeout=60)
-                os.utime(target, ns=(1, os.stat(target).st_mtime_ns + 10_000_000))
-                seen["changed"] = await remote.read_g2_data("a.hdf5")
+    async def scenario(remote: AsyncRemoteHDF5Facade, http: httpx.AsyncClient) -> None:
+        seen["first"] = await remote.read_g2_data("a.hdf5")
+        await remote.read_g2_data("b.hdf5")  # the pool of one lets a.hdf5 go
+        opens = (await remote.get_pool_stats())["opens"]
+        seen["again"] = await remote.read_g2_data("a.hdf5")
+        seen["opens"] = (opens, (await remote.get_pool_stats())["opens"])
+        rewrite_in_place(tmp_path / "a.hdf5", "/xpcs/g2/g2", 42.0)
+        seen["changed"] = await remote.read_g2_data("a.hdf5")
 
-    asyncio.run(main())
+    run_in_process(tmp_path, scenario, pool_size=1)
     before, after = seen["opens"]
     assert after == before  # served from the result cache: no HDF5 open
     np.testing.assert_array_equal(seen["again"].g2, seen["first"].g2)
