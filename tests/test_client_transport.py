@@ -196,11 +196,13 @@ def test_dechunker_takes_payloads_in_place_and_lines_by_feed() -> None:
     assert body.space() is None  # a size line is due first
     assert not body.feed(b"%x\r\n" % len(big))
     space = body.space()
-    assert space is not None and len(space) == len(big)
+    assert space is not None
+    assert len(space) == len(big)
     space[:10] = big[:10]
     body.taken(10)
     rest = body.space()
-    assert rest is not None and len(rest) == len(big) - 10
+    assert rest is not None
+    assert len(rest) == len(big) - 10
     rest[:] = big[10:]
     body.taken(len(rest))
     assert body.space() is None
