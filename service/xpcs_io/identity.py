@@ -5,6 +5,8 @@ and result cache key on), and ``check_out``, which holds one file for several st
 
 from __future__ import annotations
 
+import os
+
 from xpcs_io.api import PathLike
 from xpcs_io.checkout import FileCheckout
 from xpcs_io.pool import DataIdentity, FileIdentity
@@ -15,7 +17,7 @@ __all__ = ["Identities"]
 
 class Identities(Reading):
     """Mixin of ``HDF5Facade``: ``resolve``, ``file_identity``, ``resolve_identity``,
-    ``check_out`` and ``check_out_pooled``."""
+    ``open_identity``, ``check_out`` and ``check_out_pooled``."""
 
     def resolve(self, file_path: PathLike) -> str:
         """The absolute, symlink-free path ``file_path`` names (checked against the root).
@@ -50,6 +52,22 @@ class Identities(Reading):
         real, display, _ = self._locate(file_path)
         identity, swmr = self.pool.current(real, display, self.root)
         return real, DataIdentity(identity, self._linked_identities(real), swmr)
+
+    def open_identity(self, file_path: PathLike) -> tuple[str, DataIdentity, int]:
+        """``resolve_identity`` and a read-only descriptor of the file checked for it (the
+        caller closes it): a reader of the file's own bytes then reads the version the
+        identity names, as long as the file does not change (check it again after reading).
+
+        Raises:
+            See ``file_identity``.
+        """
+        real, display, _ = self._locate(file_path)
+        identity, swmr, fd = self.pool.current_open(real, display, self.root)
+        try:
+            return real, DataIdentity(identity, self._linked_identities(real), swmr), fd
+        except BaseException:
+            os.close(fd)
+            raise
 
     def check_out(self, file_path: PathLike) -> FileCheckout:
         """Resolve ``file_path`` once and borrow its pooled handle until ``release()``:
