@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
 import re
 import time
 from pathlib import Path
@@ -264,6 +265,35 @@ def test_resolve_identity_is_resolve_and_file_identity(workdir: Path, data_root:
         rooted.resolve_identity("../outside.hdf5")
     with pytest.raises(FileNotFoundError):
         rooted.resolve_identity(workdir.relative_to(data_root).as_posix() + "/missing.hdf5")
+
+
+def test_open_identity_is_resolve_identity_and_the_file_it_checked(
+    workdir: Path, data_root: Path
+) -> None:
+    """``open_identity`` gives what ``resolve_identity`` gives and a descriptor of that very
+    file (its bytes, its inode), and refuses what ``resolve_identity`` refuses, leaving no
+    descriptor open."""
+    target = _repeats(workdir, 1)[0]
+    (workdir / "link.hdf5").symlink_to(target.name)
+    rooted = HDF5Facade(root=data_root)
+    for name in (target.name, "link.hdf5"):
+        rel = (workdir / name).relative_to(data_root).as_posix()
+        real, identity, fd = rooted.open_identity(rel)
+        try:
+            assert (real, identity) == rooted.resolve_identity(rel)
+            assert os.fstat(fd).st_ino == target.stat().st_ino
+            assert os.pread(fd, 8, 0) == target.read_bytes()[:8]
+        finally:
+            os.close(fd)
+    before = len(os.listdir("/proc/self/fd"))
+    for bad, error in (("../outside.hdf5", PermissionError), ("missing.hdf5", FileNotFoundError)):
+        with pytest.raises(error):
+            rooted.open_identity(bad)
+    (workdir / "notes.hdf5").write_bytes(b"not HDF5 at all, but long enough to hold a superblock")
+    rel = (workdir / "notes.hdf5").relative_to(data_root).as_posix()
+    real, identity, fd = rooted.open_identity(rel)  # the identity does not parse the file
+    os.close(fd)
+    assert len(os.listdir("/proc/self/fd")) == before
 
 
 def test_result_item_is_the_item_packed_and_packs_a_result_once(workdir: Path) -> None:
