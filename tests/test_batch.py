@@ -20,7 +20,7 @@ import pytest
 from tests.conftest import Server, Side
 from xpcs_io import wire
 from xpcs_io.client import AsyncRemoteHDF5Facade, RemoteHDF5Facade
-from xpcs_io.errors import HDF5ValidationError
+from xpcs_io.errors import HDF5ValidationError, ServerBusyError
 from xpcs_io.facade import HDF5Facade
 from xpcs_io.schemas import G2Data, QMapSchema
 from xpcs_io.server import manysend
@@ -422,5 +422,45 @@ def test_many_answer_with_the_cache_off_reads_planned_files_without_hdf5(tmp_pat
                 assert changed.g2[0, 0] == f["xpcs/g2/g2"][0, 0] > 5.0
             # the rewritten file was read through HDF5 again, the others from their plans
             assert _plan_counters(srv.url)["responses"] - after["responses"] == len(files) - 1
+    finally:
+        srv.stop()
+
+
+def test_many_answer_beyond_the_memory_budget_names_the_files_it_cannot_hold(
+    tmp_path: Path,
+) -> None:
+    """With the result cache off, answers held for readers are bounded: the files a
+    many-file answer cannot hold get ``ServerBusyError`` (retry), the others their values,
+    whether read through HDF5 or from their plans."""
+    from tests.conftest import start_server
+
+    root = tmp_path / "root"
+    root.mkdir()
+    files = [_g2_file(root / f"g2_{i}.hdf5", i) for i in range(6)]
+    env = {"XPCS_IO_CACHE_BYTES": "0", "XPCS_IO_MAX_UNSHARED_RESULT_BYTES": str(400_000)}
+    srv = start_server(root, tmp_path / "log", env=env)
+    try:
+        with RemoteHDF5Facade(srv.url) as client:
+
+            def check() -> None:
+                items = client.read_g2_data_many([f.name for f in files])
+                busy = [i for i in items if isinstance(i, ServerBusyError)]
+                assert 0 < len(busy) < len(files)
+                for item, path in zip(items, files, strict=True):
+                    if isinstance(item, ServerBusyError):
+                        continue
+                    assert isinstance(item, G2Data), item
+                    with h5py.File(path, "r") as f:
+                        assert item.g2.tobytes() == f["xpcs/g2/g2"][()].tobytes()
+
+            check()  # through HDF5; the files that got through have plans learnt after
+            for _ in range(200):
+                if _plan_counters(srv.url).get("plans", 0) >= 1:
+                    break
+                time.sleep(0.05)
+            before = _plan_counters(srv.url)
+            check()
+            assert _plan_counters(srv.url)["responses"] > before["responses"]
+            assert httpx.get(f"{srv.url}/health").status_code == 200
     finally:
         srv.stop()

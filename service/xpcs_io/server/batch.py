@@ -23,7 +23,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from xpcs_io import wire
-from xpcs_io.errors import SchemaError, SchemaTypeError, WireFormatError
+from xpcs_io.errors import SchemaError, SchemaTypeError, ServerBusyError, WireFormatError
 from xpcs_io.facade import HDF5Facade
 from xpcs_io.pool import DataIdentity
 from xpcs_io.schemas import Schema
@@ -166,6 +166,8 @@ async def _items(
                     answer = None
                     if not identity.swmr:
                         answer = store.packed_answer(full, real, identity.file, fd)
+                except OSError:  # the read through HDF5 says what is wrong with the file
+                    answer = None
                 finally:
                     os.close(fd)
                 out.append((index, path, (real, identity, answer)))
@@ -187,7 +189,11 @@ async def _items(
                         to_read.append((index, path, real, identity))
                         continue
                     chunks, arrays = answer
-                    results.lend((real, identity, *key), arrays)  # held until sent
+                    try:
+                        results.lend((real, identity, *key), arrays)  # held until sent
+                    except ServerBusyError as exc:
+                        yield _error(request, index, path, exc)
+                        continue
                     yield [item_head(index, path), *chunks]
         finally:
             for hop in hops:
