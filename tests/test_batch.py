@@ -464,3 +464,43 @@ def test_many_answer_beyond_the_memory_budget_names_the_files_it_cannot_hold(
             assert httpx.get(f"{srv.url}/health").status_code == 200
     finally:
         srv.stop()
+
+
+def test_identities_of_many_files_equal_one_by_one_and_leak_nothing(
+    workdir: Path, data_root: Path
+) -> None:
+    """``resolve_identities`` / ``open_identities`` (each folder walked once) answer what
+    ``resolve_identity`` answers, file by file: plain files in two folders, a symlinked file
+    and a file in a symlinked folder, and the same error for a missing file, a path out of
+    the root, a folder, a FIFO and an empty path."""
+    sub = workdir / "sub"
+    sub.mkdir()
+    plain = _repeats(workdir, 2) + _repeats(sub, 1)
+    (workdir / "alias.hdf5").symlink_to(plain[0].name)
+    (workdir / "via").symlink_to("sub")
+    os.mkfifo(workdir / "fifo.hdf5")
+    base = workdir.relative_to(data_root).as_posix()
+    names = [p.relative_to(data_root).as_posix() for p in plain]
+    names += [f"{base}/alias.hdf5", f"{base}/via/{plain[2].name}", f"{base}/missing.hdf5"]
+    names += ["../outside.hdf5", f"{base}/sub", f"{base}/fifo.hdf5", "", f"{base}/./sub//"]
+    facade = HDF5Facade(root=data_root)
+    before = len(os.listdir("/proc/self/fd"))
+    one_by_one: list[Any] = []
+    for name in names:
+        try:
+            one_by_one.append(facade.resolve_identity(name))
+        except Exception as exc:
+            one_by_one.append(exc)
+    assert sum(isinstance(x, Exception) for x in one_by_one) == 6
+    for found in (facade.resolve_identities(names), facade.open_identities(names)):
+        for got, want in zip(found, one_by_one, strict=True):
+            if isinstance(want, Exception):
+                assert type(got) is type(want)
+                assert str(got) == str(want)
+            else:
+                assert not isinstance(got, Exception)
+                assert got[:2] == want
+                if len(got) == 3:  # open_identities: the descriptor of that very file
+                    assert os.fstat(got[2]).st_ino == os.stat(want[0]).st_ino
+                    os.close(got[2])
+    assert len(os.listdir("/proc/self/fd")) == before

@@ -136,31 +136,33 @@ async def _items(
         plans = None  # plans answer only msgpack reads with the result cache off
     to_read: list[_Entry] = []
     if plans is None:
-        for index, path in enumerate(paths):
-            try:
-                real, identity = facade.resolve_identity(path)
-            except Exception as exc:
-                yield _error(request, index, path, exc)
-                continue
-            cached = results.peek((real, identity, *key))
-            if cached is not None:  # kept as computed: (result, whether it read that)
-                yield _item(index, path, cached[0], packed)
-            else:
-                to_read.append((index, path, real, identity))
-            if index % 32 == 31:
+        for start in range(0, len(paths), _PER_HOP):
+            if start:
                 await asyncio.sleep(0)  # let other requests in between long runs of checks
+            part = paths[start : start + _PER_HOP]
+            checked = zip(part, facade.resolve_identities(part), strict=True)
+            for index, (path, found) in enumerate(checked, start):
+                if isinstance(found, Exception):
+                    yield _error(request, index, path, found)
+                    continue
+                real, identity = found
+                cached = results.peek((real, identity, *key))
+                if cached is not None:  # kept as computed: (result, whether it read that)
+                    yield _item(index, path, cached[0], packed)
+                else:
+                    to_read.append((index, path, real, identity))
     else:
         store = plans
 
         def planned(entries: list[tuple[int, str]]) -> list[tuple[int, str, Any]]:
             # Each file checked, and its planned arrays read, through one descriptor.
             out: list[tuple[int, str, Any]] = []
-            for index, path in entries:
-                try:
-                    real, identity, fd = facade.open_identity(path)
-                except Exception as exc:
-                    out.append((index, path, exc))
+            opened = facade.open_identities([path for _, path in entries])
+            for (index, path), found in zip(entries, opened, strict=True):
+                if isinstance(found, Exception):
+                    out.append((index, path, found))
                     continue
+                real, identity, fd = found
                 try:
                     full = (real, identity, *key)
                     answer = None
