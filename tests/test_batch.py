@@ -504,3 +504,28 @@ def test_identities_of_many_files_equal_one_by_one_and_leak_nothing(
                     assert os.fstat(got[2]).st_ino == os.stat(want[0]).st_ino
                     os.close(got[2])
     assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_an_answer_its_client_abandons_never_reaches_the_next_connection(tmp_path: Path) -> None:
+    """A client that stops reading a many-file answer after its head closes its connection;
+    the answer written from a worker thread must not reach the connection opened next (the
+    kernel may give it the closed one's descriptor number at once). httpx reuses no
+    connection with an unread body, so every next answer must be its own."""
+    from tests.conftest import start_server
+
+    root = tmp_path / "root"
+    root.mkdir()
+    _repeats(root, 1)
+    srv = start_server(root, tmp_path / "log")
+    body = msgpack.packb({"file_paths": ["rep000.hdf5"]})
+    headers = {"content-type": "application/msgpack"}
+    try:
+        with httpx.Client(base_url=srv.url, timeout=30) as http:
+            for _ in range(40):
+                with http.stream("POST", "/v1/g2/many", content=body, headers=headers) as r:
+                    assert r.status_code == 200  # the body is left unread
+                health = http.get("/health")
+                assert health.status_code == 200
+                assert health.headers["content-type"].startswith("application/json")
+    finally:
+        srv.stop()

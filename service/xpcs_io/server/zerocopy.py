@@ -281,7 +281,7 @@ class SendfileMiddleware:
         async def send_more(message: Message) -> None:
             kind = message["type"]
             if kind == SENDFILE:
-                await _send_file(cycle, sock, message)
+                await _send_file(cycle, message)
             elif kind == ABORT:
                 _abort(cycle)
             else:
@@ -296,7 +296,7 @@ def _abort(cycle: Any) -> None:
         cycle.transport.abort()
 
 
-async def _send_file(cycle: Any, sock: int, message: Message) -> None:
+async def _send_file(cycle: Any, message: Message) -> None:
     if cycle.disconnected:
         return
     parts = list(message["parts"])
@@ -314,14 +314,23 @@ async def _send_file(cycle: Any, sock: int, message: Message) -> None:
         if time.monotonic() > deadline:
             _abort(cycle)
         await asyncio.sleep(0.0005)
-    if cycle.disconnected:
+    live = None if cycle.disconnected else _socket_fd(cycle)
+    if live is None:
         return
+    # The thread writes through a duplicate of the socket's descriptor, taken here on the
+    # event loop while the connection is open. A client that goes away meanwhile makes
+    # uvicorn close its own descriptor, whose number the next connection may be given at
+    # once: the number alone could then lead this answer to another client. The duplicate
+    # keeps naming this connection (writes to it fail once the peer is gone).
+    sock = os.dup(live)
     try:
         done = await run_in_threadpool(
             _transfer, sock, int(message["fd"]), parts, message.get("check")
         )
     except OSError:
         done = False
+    finally:
+        os.close(sock)
     if not done:
         _abort(cycle)
         return
