@@ -10,7 +10,8 @@ filters with codecs that release the GIL (libdeflate when installed, else ``zlib
 thread pool decode on every core, and each decodes about twice as fast with libdeflate.
 What still holds the GIL per chunk is a few microseconds of bookkeeping: with hundreds of
 chunks per map, every call into HDF5 and every Python step per chunk is time the other
-readers wait.
+readers wait. At most ``DECODE_SLOTS`` datasets (one per core) are decoded at once; more
+readers wait their turn, which finishes the same work with less memory and less switching.
 
 Only filter pipelines it can undo exactly are taken: deflate (gzip) and byte shuffle, in any
 order HDF5 allows, on plain little- or big-endian integer and float data, every chunk
@@ -22,6 +23,7 @@ so the result is always what h5py would return.
 from __future__ import annotations
 
 import os
+import threading
 from typing import Any
 
 import h5py
@@ -30,10 +32,25 @@ import numpy.typing as npt
 
 from xpcs_io.inflate import inflate
 
-__all__ = ["MIN_BYTES", "read_whole"]
+__all__ = ["DECODE_SLOTS", "MIN_BYTES", "read_whole"]
 
 #: Smaller datasets are read through HDF5: the per-chunk Python overhead would not pay off.
 MIN_BYTES = 1 << 20
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+#: Datasets decoded at once in this process: one per core it may run on. Decoding is CPU
+#: work, so more at once finish no sooner in total; each would hold its chunks and output in
+#: memory meanwhile, and many threads on few cores hand the GIL and the caches back and
+#: forth, which costs every reader, and leaves less of the cores to send the answers.
+DECODE_SLOTS = _cores()
+_SLOTS = threading.BoundedSemaphore(DECODE_SLOTS)
 
 _DEFLATE = h5py.h5z.FILTER_DEFLATE
 _SHUFFLE = h5py.h5z.FILTER_SHUFFLE
@@ -95,6 +112,15 @@ def read_whole(ds: h5py.Dataset) -> npt.NDArray[Any] | None:
     codes = _pipeline(ds)
     if codes is None:
         return None
+    with _SLOTS:
+        return _decoded(ds, chunks, codes)
+
+
+def _decoded(
+    ds: h5py.Dataset, chunks: tuple[int, ...], codes: list[int]
+) -> npt.NDArray[Any] | None:
+    """``read_whole`` once ``ds`` is known to be ours to decode (None: a chunk is missing)."""
+    dt = ds.dtype
     dsid = ds.id
     shape = ds.shape
     n_expected = 1
