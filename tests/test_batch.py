@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -316,5 +318,79 @@ def test_many_answer_from_the_result_cache_sees_files_rewritten_in_place(tmp_pat
             assert isinstance(changed, G2Data)
             assert isinstance(before, G2Data)
             np.testing.assert_array_equal(changed.g2, before.g2 + 5.0)
+    finally:
+        srv.stop()
+
+
+def _plan_counters(url: str) -> dict[str, float]:
+    text = httpx.get(f"{url}/metrics").text
+    found = re.findall(r"^xpcs_io_zero_copy_(\w+)_total ([0-9.e+]+)$", text, re.M)
+    return {name: float(value) for name, value in found}
+
+
+def _g2_file(path: Path, seed: int) -> Path:
+    """A result file holding only G2, its two large arrays contiguous and unfiltered (the
+    bytes in the file are the bytes of the answer) and over the plans' 64 KiB minimum."""
+    rng = np.random.default_rng(seed)
+    with h5py.File(path, "w") as f:
+        grp = f.create_group("xpcs/g2")
+        grp["g2"] = (1 + rng.random((50, 400))).astype(np.float32)
+        grp["g2_err"] = (0.01 * rng.random((50, 400))).astype(np.float32)
+        grp["delay_times"] = np.geomspace(1e-5, 1, 50)
+        grp["q_values"] = np.linspace(0.001, 0.1, 400)
+    return path
+
+
+def test_many_answer_with_the_cache_off_reads_planned_files_without_hdf5(tmp_path: Path) -> None:
+    """With the result cache off, a file whose G2 answer has a plan (learnt by the first
+    call) is answered from its bytes with pread: the same values as h5py reads, beside the
+    missing and corrupt files' errors; a file rewritten in place is read anew."""
+    from tests.conftest import start_server
+
+    root = tmp_path / "root"
+    root.mkdir()
+    files = [_g2_file(root / f"g2_{i}.hdf5", i) for i in range(5)]
+    (root / "corrupt.hdf5").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\x00" * 100)
+    paths = [f.name for f in files[:3]] + ["missing.hdf5", "corrupt.hdf5"]
+    paths += [f.name for f in files[3:]]
+    srv = start_server(root, tmp_path / "log", env={"XPCS_IO_CACHE_BYTES": "0"})
+
+    def check(items: list[Any]) -> None:
+        assert isinstance(items[3], FileNotFoundError)
+        assert isinstance(items[4], HDF5ValidationError)
+        for item, name in zip(items[:3] + items[5:], paths[:3] + paths[5:], strict=True):
+            assert isinstance(item, G2Data), item
+            with h5py.File(root / name, "r") as f:
+                for field in ("g2", "g2_err", "delay_times", "q_values"):
+                    expected = f[f"xpcs/g2/{field}"][()]
+                    got = getattr(item, field)
+                    assert got.dtype == expected.dtype
+                    assert got.tobytes() == expected.tobytes()
+
+    try:
+        with RemoteHDF5Facade(srv.url) as client:
+            check(client.read_g2_data_many(paths))  # read through HDF5, plans learnt after
+            for _ in range(200):  # learning runs once the answer is out
+                if _plan_counters(srv.url).get("plans", 0) >= len(files):
+                    break
+                time.sleep(0.05)
+            before = _plan_counters(srv.url)
+            assert before["plans"] >= len(files)
+            check(client.read_g2_data_many(paths))
+            after = _plan_counters(srv.url)
+            assert after["responses"] - before["responses"] == len(files)
+
+            inode = files[1].stat().st_ino
+            with h5py.File(files[1], "r+") as f:
+                f["xpcs/g2/g2"][...] = f["xpcs/g2/g2"][()] + 5.0
+            assert files[1].stat().st_ino == inode
+            items = client.read_g2_data_many(paths)
+            check(items)
+            changed = items[1]
+            assert isinstance(changed, G2Data)
+            with h5py.File(files[1], "r") as f:
+                assert changed.g2[0, 0] == f["xpcs/g2/g2"][0, 0] > 5.0
+            # the rewritten file was read through HDF5 again, the others from their plans
+            assert _plan_counters(srv.url)["responses"] - after["responses"] == len(files) - 1
     finally:
         srv.stop()

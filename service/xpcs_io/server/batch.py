@@ -17,17 +17,21 @@ from collections.abc import AsyncIterator, Callable, Hashable
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Query, Request
+from starlette.background import BackgroundTask
+from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from xpcs_io import wire
 from xpcs_io.errors import SchemaError, SchemaTypeError, WireFormatError
 from xpcs_io.facade import HDF5Facade
+from xpcs_io.pool import DataIdentity
 from xpcs_io.schemas import Schema
 from xpcs_io.server.auth import require
-from xpcs_io.server.common import Layout, Validate, facade_for, group_query, seen_by, send
+from xpcs_io.server.common import Layout, Validate, facade_for, group_query, send
 from xpcs_io.server.deps import get_results, get_settings
+from xpcs_io.server.fileplans import PlanStore
 from xpcs_io.server.limits import read_body
-from xpcs_io.server.manysend import ItemsResponse, Packed, result_item
+from xpcs_io.server.manysend import ItemsResponse, Packed, item_head, result_item
 from xpcs_io.server.openapi_docs import BODY_ERRORS
 from xpcs_io.server.problems import problem_fields
 from xpcs_io.server.responses import MSGPACK_MEDIA_TYPE, wants_json
@@ -91,6 +95,23 @@ async def _file_paths(request: Request, limit: int) -> list[str]:
     return paths
 
 
+def _error(request: Request, index: int, path: str, exc: Exception) -> dict[str, Any]:
+    return {"index": index, "file_path": path, "error": problem_fields(request, exc)}
+
+
+def _item(index: int, path: str, value: Any, packed: bool) -> dict[str, Any] | Packed:
+    if packed and isinstance(value, Schema):
+        return result_item(index, path, value)
+    result = value.to_dict() if isinstance(value, Schema) else value
+    return {"index": index, "file_path": path, "result": result}
+
+
+#: Files answered from their plans per worker-thread hop (cache off).
+_PLANNED_PER_HOP = 16
+#: A file of a many-file read: its index, path, resolved path and identity.
+_Entry = tuple[int, str, str, DataIdentity]
+
+
 async def _items(
     request: Request,
     paths: list[str],
@@ -98,39 +119,92 @@ async def _items(
     facade: HDF5Facade,
     key: tuple[Hashable, ...],
     packed: bool,
+    learned: list[Callable[[], None]],
 ) -> AsyncIterator[dict[str, Any] | Packed]:
-    """One item per file as each is read: packed (msgpack chunks) when ``packed``, else a
-    dict."""
+    """One item per file as each is ready: packed (msgpack chunks) when ``packed``, else a
+    dict. Each file's identity is checked on the event loop first (a few system calls) and a
+    cached result answered at once; with the result cache off, a file whose answer has a
+    plan is read with ``pread`` on a worker thread (no HDF5); the others are read through
+    the facade, ``_CONCURRENCY`` at a time. A read that learns a plan appends its learning
+    step to ``learned`` (run it after the answer is out)."""
     results = get_results(request)
+    plans: PlanStore | None = getattr(request.app.state, "plans", None)
+    if plans is not None and (results.max_bytes > 0 or not packed):
+        plans = None  # plans answer only msgpack reads with the result cache off
+    to_read: list[_Entry] = []
+    group: list[_Entry] = []
+    hops: list[asyncio.Future[list[tuple[_Entry, Any]]]] = []
+
+    def from_plans(entries: list[_Entry]) -> list[tuple[_Entry, Any]]:
+        assert plans is not None
+        return [(e, plans.packed_answer((e[2], e[3], *key), e[2], e[3].file)) for e in entries]
+
+    def hop() -> None:  # planned files are read on a worker thread while checks go on
+        hops.append(asyncio.ensure_future(run_in_threadpool(from_plans, group[:])))
+        group.clear()
+
+    try:
+        for index, path in enumerate(paths):
+            try:
+                real, identity = facade.resolve_identity(path)
+            except Exception as exc:
+                yield _error(request, index, path, exc)
+                continue
+            cached = results.peek((real, identity, *key))
+            if cached is not None:  # kept as computed: (result, whether it read that)
+                yield _item(index, path, cached[0], packed)
+            elif plans is not None and not identity.swmr:
+                group.append((index, path, real, identity))
+                if len(group) == _PLANNED_PER_HOP:
+                    hop()
+            else:
+                to_read.append((index, path, real, identity))
+            if index % 32 == 31:
+                await asyncio.sleep(0)  # let other requests in between long runs of checks
+        if group:
+            hop()
+        for planned in hops:
+            for entry, value in await planned:
+                if value is None:  # no plan yet, or the file changed: read it
+                    to_read.append(entry)
+                    continue
+                index, path, real, identity = entry
+                chunks, arrays = value
+                results.lend((real, identity, *key), arrays)  # held until sent
+                yield [item_head(index, path), *chunks]
+    finally:
+        for planned in hops:
+            planned.cancel()
+
     done: asyncio.Queue[dict[str, Any] | Packed] = asyncio.Queue(maxsize=2 * _CONCURRENCY)
     slots = asyncio.Semaphore(_CONCURRENCY)
 
-    async def one(index: int, path: str) -> None:
+    async def one(index: int, path: str, real: str, identity: DataIdentity) -> None:
         async with slots:
             try:
-                real, identity = facade.resolve_identity(path)
-                value, seen = await results.get(
-                    (real, identity, *key),
-                    real,
-                    identity,
-                    seen_by(lambda: read(facade, path), facade),
-                )
-                if not identity.swmr and seen != identity.file:
+                full = (real, identity, *key)
+
+                def compute() -> tuple[Any, bool]:
+                    # On a pool thread: the facade remembers per thread what it read.
+                    value = read(facade, path)
+                    return value, facade.last_read_matches(identity)
+
+                if plans is not None:
+                    compute, learn = plans.learning(compute, full, real, identity)
+                    learned.append(learn)
+                value, matched = await results.get(full, real, identity, compute)
+                if not matched:
                     # Read from another version than the key names (a write raced it):
                     # answered as read, not kept.
                     results.drop_file(real, keep=None)
-                item: dict[str, Any] | Packed
-                if packed:
-                    item = result_item(index, path, value)
-                else:
-                    item = {"index": index, "file_path": path, "result": value.to_dict()}
+                item = _item(index, path, value, packed)
             except Exception as exc:
-                item = {"index": index, "file_path": path, "error": problem_fields(request, exc)}
+                item = _error(request, index, path, exc)
             await done.put(item)
 
-    tasks = [asyncio.create_task(one(i, p)) for i, p in enumerate(paths)]
+    tasks = [asyncio.create_task(one(*entry)) for entry in to_read]
     try:
-        for _ in paths:
+        for _ in to_read:
             yield await done.get()
     finally:
         for task in tasks:
@@ -145,15 +219,22 @@ async def _answer(
     key: tuple[Hashable, ...],
 ) -> Response:
     facade = facade_for(request, validate)
+    learned: list[Callable[[], None]] = []
     if wants_json(request):
         out: list[Any] = [None] * len(paths)
-        async for item in _items(request, paths, read, facade, (*key, validate), False):
+        async for item in _items(request, paths, read, facade, (*key, validate), False, learned):
             if isinstance(item, dict):  # always: not packed
                 out[item["index"]] = item
         return send(request, out)
 
-    items = _items(request, paths, read, facade, (*key, validate), True)
-    return ItemsResponse(len(paths), items, request.app.state.settings.batch_whole_bytes)
+    def learn() -> None:  # each plan is checked against its file once the answer is out
+        for step in learned:
+            step()
+
+    items = _items(request, paths, read, facade, (*key, validate), True, learned)
+    return ItemsResponse(
+        len(paths), items, get_settings(request).batch_whole_bytes, BackgroundTask(learn)
+    )
 
 
 def _route(

@@ -24,7 +24,6 @@ import os
 from collections.abc import Callable
 from typing import Any, Final
 
-import msgpack
 import numpy as np
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
@@ -32,7 +31,7 @@ from starlette.types import Receive, Scope, Send
 
 from xpcs_io import arraycodec, wire
 from xpcs_io.extents import Extents
-from xpcs_io.server.fileplans import FilePlan, PlanStore, unchanged
+from xpcs_io.server.fileplans import FilePlan, PlanStore, read_extents, segments, unchanged
 from xpcs_io.server.responses import MSGPACK_MEDIA_TYPE
 from xpcs_io.server.zerocopy import ABORT, EXTENSION, SENDFILE
 
@@ -57,51 +56,6 @@ def _window_bound() -> int:
 TAIL: Final = _window_bound()
 
 
-_PACKER = msgpack.Packer(use_bin_type=True)
-
-
-def _bin_header(n: int) -> bytes:
-    """The smallest msgpack bin header for ``n`` bytes (as ``wire`` and msgpack write it)."""
-    if n < 0x100:
-        return bytes((0xC4, n))
-    if n < 0x10000:
-        return b"\xc5" + n.to_bytes(2, "big")
-    return b"\xc6" + n.to_bytes(4, "big")
-
-
-def _segments(skeleton: Any, out: list[bytes | Extents], raw: bool) -> None:
-    """The body of ``skeleton`` as msgpack bytes and file arrays, in order. With ``raw``
-    a file array comes after its header (framed exactly as ``wire.pack_chunks`` frames an
-    array of that dtype and shape); else it stands for its whole array map."""
-    if isinstance(skeleton, Extents):
-        if raw:
-            head = b"\x83\xa5dtype" + _PACKER.pack(skeleton.dtype) + b"\xa5shape"
-            head += _PACKER.pack(list(skeleton.shape)) + b"\xa4data"
-            out.append(head + _bin_header(skeleton.nbytes))
-        out.append(skeleton)
-    elif isinstance(skeleton, dict):
-        out.append(_PACKER.pack_map_header(len(skeleton)))
-        for k, v in skeleton.items():
-            out.append(_PACKER.pack(k))
-            _segments(v, out, raw)
-    elif isinstance(skeleton, list):
-        out.append(_PACKER.pack_array_header(len(skeleton)))
-        for v in skeleton:
-            _segments(v, out, raw)
-    else:
-        out.append(b"".join(bytes(c) for c in wire.pack_chunks(skeleton)))
-
-
-def _merged(segments: list[bytes | Extents]) -> list[bytes | Extents]:
-    out: list[bytes | Extents] = []
-    for seg in segments:
-        if isinstance(seg, bytes) and out and isinstance(out[-1], bytes):
-            out[-1] += seg
-        elif not isinstance(seg, bytes) or seg:
-            out.append(seg)
-    return out
-
-
 def _pread(fd: int, offset: int, count: int) -> bytes:
     data = os.pread(fd, count, offset)
     if len(data) != count:
@@ -110,14 +64,10 @@ def _pread(fd: int, offset: int, count: int) -> bytes:
 
 
 def _read_array(fd: int, ext: Extents) -> np.ndarray[Any, Any]:
-    out = np.empty(ext.shape, np.dtype(ext.dtype))
-    view = out.reshape(-1).view(np.uint8).data
-    pos = 0
-    for offset, count in ext.spans:
-        if os.preadv(fd, [view[pos : pos + count]], offset) != count:
-            raise _ChangedError
-        pos += count
-    return out
+    array = read_extents(fd, ext)
+    if array is None:
+        raise _ChangedError
+    return array
 
 
 class _ChangedError(Exception):
@@ -145,9 +95,7 @@ class PlanResponse(Response):
     ) -> None:
         self.plan, self.fd, self.store, self.preset = plan, fd, store, preset
         self.release = release
-        segments: list[bytes | Extents] = []
-        _segments(plan.skeleton, segments, raw=preset is None)
-        self.segments = _merged(segments)
+        self.segments = segments(plan.skeleton, raw=preset is None)
         super().__init__(None, headers=headers)
         self.length = sum(len(s) if isinstance(s, bytes) else s.nbytes for s in self.segments)
         if preset is None:
