@@ -9,21 +9,26 @@ reads decode on every core either way. Without it the standard library's zlib is
 
 from __future__ import annotations
 
+import importlib
 import zlib
 from collections.abc import Callable
 from types import ModuleType
 from typing import TypeAlias
 
-_libdeflate: ModuleType | None
-try:
-    import deflate as _libdeflate
-except ImportError:  # the server extra brings it; zlib decodes the same streams
-    _libdeflate = None
-
 __all__ = ["BACKEND", "Stored", "inflate", "inflate_libdeflate", "inflate_zlib"]
 
 #: Stored chunk bytes as read from the file (a view into one read of many chunks, or a copy).
 Stored: TypeAlias = bytes | bytearray | memoryview
+
+
+def _load_libdeflate() -> ModuleType | None:
+    try:
+        return importlib.import_module("deflate")
+    except ImportError:  # the server extra brings it; zlib decodes the same streams
+        return None
+
+
+_libdeflate = _load_libdeflate()
 
 
 def inflate_zlib(data: Stored, size: int) -> bytes:
