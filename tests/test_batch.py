@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
 import re
 import time
 from pathlib import Path
@@ -19,7 +20,7 @@ import pytest
 from tests.conftest import Server, Side
 from xpcs_io import wire
 from xpcs_io.client import AsyncRemoteHDF5Facade, RemoteHDF5Facade
-from xpcs_io.errors import HDF5ValidationError
+from xpcs_io.errors import HDF5ValidationError, ServerBusyError
 from xpcs_io.facade import HDF5Facade
 from xpcs_io.schemas import G2Data, QMapSchema
 from xpcs_io.server import manysend
@@ -266,6 +267,35 @@ def test_resolve_identity_is_resolve_and_file_identity(workdir: Path, data_root:
         rooted.resolve_identity(workdir.relative_to(data_root).as_posix() + "/missing.hdf5")
 
 
+def test_open_identity_is_resolve_identity_and_the_file_it_checked(
+    workdir: Path, data_root: Path
+) -> None:
+    """``open_identity`` gives what ``resolve_identity`` gives and a descriptor of that very
+    file (its bytes, its inode), and refuses what ``resolve_identity`` refuses, leaving no
+    descriptor open."""
+    target = _repeats(workdir, 1)[0]
+    (workdir / "link.hdf5").symlink_to(target.name)
+    rooted = HDF5Facade(root=data_root)
+    for name in (target.name, "link.hdf5"):
+        rel = (workdir / name).relative_to(data_root).as_posix()
+        real, identity, fd = rooted.open_identity(rel)
+        try:
+            assert (real, identity) == rooted.resolve_identity(rel)
+            assert os.fstat(fd).st_ino == target.stat().st_ino
+            assert os.pread(fd, 8, 0) == target.read_bytes()[:8]
+        finally:
+            os.close(fd)
+    before = len(os.listdir("/proc/self/fd"))
+    for bad, error in (("../outside.hdf5", PermissionError), ("missing.hdf5", FileNotFoundError)):
+        with pytest.raises(error):
+            rooted.open_identity(bad)
+    (workdir / "notes.hdf5").write_bytes(b"not HDF5 at all, but long enough to hold a superblock")
+    rel = (workdir / "notes.hdf5").relative_to(data_root).as_posix()
+    real, identity, fd = rooted.open_identity(rel)  # the identity does not parse the file
+    os.close(fd)
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
 def test_result_item_is_the_item_packed_and_packs_a_result_once(workdir: Path) -> None:
     path = _repeats(workdir, 1)[0]
     value = HDF5Facade().read_g2_data(path)
@@ -394,3 +424,83 @@ def test_many_answer_with_the_cache_off_reads_planned_files_without_hdf5(tmp_pat
             assert _plan_counters(srv.url)["responses"] - after["responses"] == len(files) - 1
     finally:
         srv.stop()
+
+
+def test_many_answer_beyond_the_memory_budget_names_the_files_it_cannot_hold(
+    tmp_path: Path,
+) -> None:
+    """With the result cache off, answers held for readers are bounded: the files a
+    many-file answer cannot hold get ``ServerBusyError`` (retry), the others their values,
+    whether read through HDF5 or from their plans."""
+    from tests.conftest import start_server
+
+    root = tmp_path / "root"
+    root.mkdir()
+    files = [_g2_file(root / f"g2_{i}.hdf5", i) for i in range(6)]
+    env = {"XPCS_IO_CACHE_BYTES": "0", "XPCS_IO_MAX_UNSHARED_RESULT_BYTES": str(400_000)}
+    srv = start_server(root, tmp_path / "log", env=env)
+    try:
+        with RemoteHDF5Facade(srv.url) as client:
+
+            def check() -> None:
+                items = client.read_g2_data_many([f.name for f in files])
+                busy = [i for i in items if isinstance(i, ServerBusyError)]
+                assert 0 < len(busy) < len(files)
+                for item, path in zip(items, files, strict=True):
+                    if isinstance(item, ServerBusyError):
+                        continue
+                    assert isinstance(item, G2Data), item
+                    with h5py.File(path, "r") as f:
+                        assert item.g2.tobytes() == f["xpcs/g2/g2"][()].tobytes()
+
+            check()  # through HDF5; the files that got through have plans learnt after
+            for _ in range(200):
+                if _plan_counters(srv.url).get("plans", 0) >= 1:
+                    break
+                time.sleep(0.05)
+            before = _plan_counters(srv.url)
+            check()
+            assert _plan_counters(srv.url)["responses"] > before["responses"]
+            assert httpx.get(f"{srv.url}/health").status_code == 200
+    finally:
+        srv.stop()
+
+
+def test_identities_of_many_files_equal_one_by_one_and_leak_nothing(
+    workdir: Path, data_root: Path
+) -> None:
+    """``resolve_identities`` / ``open_identities`` (each folder walked once) answer what
+    ``resolve_identity`` answers, file by file: plain files in two folders, a symlinked file
+    and a file in a symlinked folder, and the same error for a missing file, a path out of
+    the root, a folder, a FIFO and an empty path."""
+    sub = workdir / "sub"
+    sub.mkdir()
+    plain = _repeats(workdir, 2) + _repeats(sub, 1)
+    (workdir / "alias.hdf5").symlink_to(plain[0].name)
+    (workdir / "via").symlink_to("sub")
+    os.mkfifo(workdir / "fifo.hdf5")
+    base = workdir.relative_to(data_root).as_posix()
+    names = [p.relative_to(data_root).as_posix() for p in plain]
+    names += [f"{base}/alias.hdf5", f"{base}/via/{plain[2].name}", f"{base}/missing.hdf5"]
+    names += ["../outside.hdf5", f"{base}/sub", f"{base}/fifo.hdf5", "", f"{base}/./sub//"]
+    facade = HDF5Facade(root=data_root)
+    before = len(os.listdir("/proc/self/fd"))
+    one_by_one: list[Any] = []
+    for name in names:
+        try:
+            one_by_one.append(facade.resolve_identity(name))
+        except Exception as exc:
+            one_by_one.append(exc)
+    assert sum(isinstance(x, Exception) for x in one_by_one) == 6
+    for found in (facade.resolve_identities(names), facade.open_identities(names)):
+        for got, want in zip(found, one_by_one, strict=True):
+            if isinstance(want, Exception):
+                assert type(got) is type(want)
+                assert str(got) == str(want)
+            else:
+                assert not isinstance(got, Exception)
+                assert got[:2] == want
+                if len(got) == 3:  # open_identities: the descriptor of that very file
+                    assert os.fstat(got[2]).st_ino == os.stat(want[0]).st_ino
+                    os.close(got[2])
+    assert len(os.listdir("/proc/self/fd")) == before

@@ -27,6 +27,7 @@ __all__ = [
     "inside_root",
     "open_beneath",
     "open_dir_beneath",
+    "path_parts",
     "realpath",
     "resolve_under_root",
 ]
@@ -83,14 +84,13 @@ def _refuse(why: str) -> PermissionError:
     return PermissionError(f"access denied: {why}")
 
 
-def resolve_under_root(root: Path, user_path: str | os.PathLike[str]) -> tuple[Path, str]:
-    """Return (absolute resolved path, display path under the root) for ``user_path``.
-
-    ``root`` must already be resolved (``Path(os.path.realpath(root))``).
+def path_parts(user_path: str | os.PathLike[str]) -> list[str]:
+    """The components of a caller's path under the root, checked as ``resolve_under_root``
+    checks them (before any file system access).
 
     Raises:
-        PermissionError: the path is absolute, contains ``..``, NUL or a backslash, is too
-            long, or resolves (through symlinks) outside ``root``.
+        PermissionError: the path is empty, absolute, contains ``..``, NUL or a backslash,
+            is not UTF-8, or is too long (in whole or in a component).
         TypeError: ``user_path`` is not a string or path.
     """
     if isinstance(user_path, os.PathLike):
@@ -121,6 +121,20 @@ def resolve_under_root(root: Path, user_path: str | os.PathLike[str]) -> tuple[P
             raise _refuse("'..' is not allowed in paths")
         if len(part.encode("utf-8")) > MAX_COMPONENT_BYTES:
             raise _refuse("path component too long")
+    return parts
+
+
+def resolve_under_root(root: Path, user_path: str | os.PathLike[str]) -> tuple[Path, str]:
+    """Return (absolute resolved path, display path under the root) for ``user_path``.
+
+    ``root`` must already be resolved (``Path(os.path.realpath(root))``).
+
+    Raises:
+        PermissionError: the path is absolute, contains ``..``, NUL or a backslash, is too
+            long, or resolves (through symlinks) outside ``root``.
+        TypeError: ``user_path`` is not a string or path.
+    """
+    parts = path_parts(user_path)
     top = os.fspath(root)
     real = _resolve_below(top, parts)
     # Both resolved: inside the root exactly when the root is a whole-component prefix.

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import AsyncIterator, Callable, Hashable
 from typing import Annotated, Any, TypeVar
 
@@ -22,7 +23,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from xpcs_io import wire
-from xpcs_io.errors import SchemaError, SchemaTypeError, WireFormatError
+from xpcs_io.errors import SchemaError, SchemaTypeError, ServerBusyError, WireFormatError
 from xpcs_io.facade import HDF5Facade
 from xpcs_io.pool import DataIdentity
 from xpcs_io.schemas import Schema
@@ -106,8 +107,9 @@ def _item(index: int, path: str, value: Any, packed: bool) -> dict[str, Any] | P
     return {"index": index, "file_path": path, "result": result}
 
 
-#: Files answered from their plans per worker-thread hop (cache off).
-_PLANNED_PER_HOP = 16
+#: Files checked and answered from their plans per worker-thread hop (cache off); the hops
+#: run at the same time.
+_PER_HOP = 25
 #: A file of a many-file read: its index, path, resolved path and identity.
 _Entry = tuple[int, str, str, DataIdentity]
 
@@ -122,59 +124,82 @@ async def _items(
     learned: list[Callable[[], None]],
 ) -> AsyncIterator[dict[str, Any] | Packed]:
     """One item per file as each is ready: packed (msgpack chunks) when ``packed``, else a
-    dict. Each file's identity is checked on the event loop first (a few system calls) and a
-    cached result answered at once; with the result cache off, a file whose answer has a
-    plan is read with ``pread`` on a worker thread (no HDF5); the others are read through
-    the facade, ``_CONCURRENCY`` at a time. A read that learns a plan appends its learning
-    step to ``learned`` (run it after the answer is out)."""
+    dict. With the result cache on, each file's identity is checked on the event loop (a few
+    system calls) and a cached result answered at once. With it off (msgpack answers), worker
+    threads check the files, ``_PER_HOP`` a hop, and answer each file whose answer has a
+    plan from its bytes (``pread`` through the descriptor just checked, no HDF5). The others
+    are read through the facade, ``_CONCURRENCY`` at a time; a read that learns a plan
+    appends its learning step to ``learned`` (run it after the answer is out)."""
     results = get_results(request)
     plans: PlanStore | None = getattr(request.app.state, "plans", None)
     if plans is not None and (results.max_bytes > 0 or not packed):
         plans = None  # plans answer only msgpack reads with the result cache off
     to_read: list[_Entry] = []
-    group: list[_Entry] = []
-    hops: list[asyncio.Future[list[tuple[_Entry, Any]]]] = []
-
-    def from_plans(entries: list[_Entry]) -> list[tuple[_Entry, Any]]:
-        assert plans is not None
-        return [(e, plans.packed_answer((e[2], e[3], *key), e[2], e[3].file)) for e in entries]
-
-    def hop() -> None:  # planned files are read on a worker thread while checks go on
-        hops.append(asyncio.ensure_future(run_in_threadpool(from_plans, group[:])))
-        group.clear()
-
-    try:
-        for index, path in enumerate(paths):
-            try:
-                real, identity = facade.resolve_identity(path)
-            except Exception as exc:
-                yield _error(request, index, path, exc)
-                continue
-            cached = results.peek((real, identity, *key))
-            if cached is not None:  # kept as computed: (result, whether it read that)
-                yield _item(index, path, cached[0], packed)
-            elif plans is not None and not identity.swmr:
-                group.append((index, path, real, identity))
-                if len(group) == _PLANNED_PER_HOP:
-                    hop()
-            else:
-                to_read.append((index, path, real, identity))
-            if index % 32 == 31:
+    if plans is None:
+        for start in range(0, len(paths), _PER_HOP):
+            if start:
                 await asyncio.sleep(0)  # let other requests in between long runs of checks
-        if group:
-            hop()
-        for planned in hops:
-            for entry, value in await planned:
-                if value is None:  # no plan yet, or the file changed: read it
-                    to_read.append(entry)
+            part = paths[start : start + _PER_HOP]
+            checked = zip(part, facade.resolve_identities(part), strict=True)
+            for index, (path, found) in enumerate(checked, start):
+                if isinstance(found, Exception):
+                    yield _error(request, index, path, found)
                     continue
-                index, path, real, identity = entry
-                chunks, arrays = value
-                results.lend((real, identity, *key), arrays)  # held until sent
-                yield [item_head(index, path), *chunks]
-    finally:
-        for planned in hops:
-            planned.cancel()
+                real, identity = found
+                cached = results.peek((real, identity, *key))
+                if cached is not None:  # kept as computed: (result, whether it read that)
+                    yield _item(index, path, cached[0], packed)
+                else:
+                    to_read.append((index, path, real, identity))
+    else:
+        store = plans
+
+        def planned(entries: list[tuple[int, str]]) -> list[tuple[int, str, Any]]:
+            # Each file checked, and its planned arrays read, through one descriptor.
+            out: list[tuple[int, str, Any]] = []
+            opened = facade.open_identities([path for _, path in entries])
+            for (index, path), found in zip(entries, opened, strict=True):
+                if isinstance(found, Exception):
+                    out.append((index, path, found))
+                    continue
+                real, identity, fd = found
+                try:
+                    full = (real, identity, *key)
+                    answer = None
+                    if not identity.swmr:
+                        answer = store.packed_answer(full, real, identity.file, fd)
+                except Exception:  # the read through HDF5 says what is wrong with the file
+                    answer = None  # (and every descriptor this hop opened is closed)
+                finally:
+                    os.close(fd)
+                out.append((index, path, (real, identity, answer)))
+            return out
+
+        numbered = list(enumerate(paths))
+        hops = [
+            asyncio.ensure_future(run_in_threadpool(planned, numbered[i : i + _PER_HOP]))
+            for i in range(0, len(numbered), _PER_HOP)
+        ]
+        try:
+            for hop in hops:
+                for index, path, got in await hop:
+                    if isinstance(got, Exception):
+                        yield _error(request, index, path, got)
+                        continue
+                    real, identity, answer = got
+                    if answer is None:  # no plan yet, or the file changed: read it
+                        to_read.append((index, path, real, identity))
+                        continue
+                    chunks, arrays = answer
+                    try:
+                        results.lend((real, identity, *key), arrays)  # held until sent
+                    except ServerBusyError as exc:
+                        yield _error(request, index, path, exc)
+                        continue
+                    yield [item_head(index, path), *chunks]
+        finally:
+            for hop in hops:
+                hop.cancel()
 
     done: asyncio.Queue[dict[str, Any] | Packed] = asyncio.Queue(maxsize=2 * _CONCURRENCY)
     slots = asyncio.Semaphore(_CONCURRENCY)

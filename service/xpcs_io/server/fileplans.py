@@ -243,13 +243,15 @@ class PlanStore:
             return plan
 
     def packed_answer(
-        self, key: Hashable, real: str, identity: FileIdentity
+        self, key: Hashable, real: str, identity: FileIdentity, fd: int | None = None
     ) -> tuple[list[bytes | memoryview], list[np.ndarray[Any, Any]]] | None:
         """The answer for ``key`` packed as ``wire.pack_chunks`` packs it (the same bytes),
         built from its plan and the bytes of ``real`` now, with ``pread`` and no HDF5 call,
         and the arrays read (the chunks are views of them); None when there is no plan, the
         file is not the version ``identity`` any more or changed while it was read (read it
-        through HDF5 then). Runs on a worker thread: a few system calls per array.
+        through HDF5 then). ``fd``: the file already open and checked to be at ``identity``
+        (left open), else it is opened here. Runs on a worker thread: a few system calls per
+        array.
         """
         plan = self.get(key)
         if plan is None:
@@ -257,7 +259,9 @@ class PlanStore:
         try:
             if plan.identity != identity or not plan.raw:
                 return None
-            fd = open_version(real, identity, self.policy)
+            own = fd is None
+            if fd is None:
+                fd = open_version(real, identity, self.policy)
             if fd is None:
                 return None
             chunks: list[bytes | memoryview] = []
@@ -275,7 +279,8 @@ class PlanStore:
                 if not unchanged(fd, identity, self.policy):
                     return None
             finally:
-                os.close(fd)
+                if own:
+                    os.close(fd)
             self.add("responses")
             self.add("copied_bytes", sum(a.nbytes for a in arrays))
             return chunks, arrays
