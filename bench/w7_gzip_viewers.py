@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import resource
 import statistics
 from collections.abc import Awaitable, Callable
 
@@ -43,6 +44,12 @@ def _start_workers(env: Env, n: int) -> str | None:
     return WORKERS_KEY
 
 
+def _own_cpu_seconds() -> float:
+    """User + system CPU seconds of this (client) process so far, all its threads."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run(env: Env) -> Result:
     cfg, files = env.cfg, env.files
     cores = os.cpu_count() or 2
@@ -53,7 +60,8 @@ def run(env: Env) -> Result:
         f"{cfg.gz_single_reads} reads in a row; {cfg.viewers} viewers: "
         f"{cfg.gz_reads_per_viewer} read(s) each, each its own copy. {cfg.load_rounds} "
         "rounds, configurations and modes alternating; throughput = bytes / wall time; "
-        "'server busy' = server CPU seconds per wall second (all its processes).",
+        "'server busy' = server CPU seconds per wall second (all its processes); 'client' = "
+        "the same for this bench process, whose one event loop runs every viewer.",
     )
     configs = {"1": "ours_nocache" if env.has("ours_nocache") else "ours"}
     if configs["1"] == "ours":
@@ -85,15 +93,17 @@ def run(env: Env) -> Result:
     runs = [(c, m) for c in configs for m in ("single", "viewers")]
     samples: dict[tuple[str, str], list[float]] = {k: [] for k in runs}
     busy: dict[tuple[str, str], list[float]] = {k: [] for k in runs}
+    client: dict[tuple[str, str], list[float]] = {k: [] for k in runs}
     for r in range(cfg.load_rounds):
         for i in range(len(runs)):
             config, mode = runs[(r + i) % len(runs)]
             fn, conc, per = loads(clients[config])[mode]
             pid = env.pid(configs[config])
-            s0 = cpu_seconds(pid)
+            s0, c0 = cpu_seconds(pid), _own_cpu_seconds()
             got, wall = env.run(run_count(fn, conc, per))
             samples[config, mode].append(got / MB / wall)
             busy[config, mode].append((cpu_seconds(pid) - s0) / wall)
+            client[config, mode].append((_own_cpu_seconds() - c0) / wall)
     payload = nbytes(env.run(clients["1"].read_qmap(gz[0])))
     whats = {"single": "1 reader", "viewers": f"{len(gz)} concurrent viewers"}
     for config, mode in runs:
@@ -107,7 +117,11 @@ def run(env: Env) -> Result:
             payload,
         )
         row.extra["server_cores_busy"] = busy[config, mode]
-        row.note = f"server busy {statistics.median(busy[config, mode]):.2f} cores"
+        row.extra["client_cores_busy"] = client[config, mode]
+        row.note = (
+            f"server busy {statistics.median(busy[config, mode]):.2f} cores, "
+            f"client {statistics.median(client[config, mode]):.2f}"
+        )
         res.rows.append(row)
     local = files.abs(gz[0])
     timing = interleave([("local", lambda: nbytes(env.facade.read_qmap(local)))], 3)

@@ -12,6 +12,7 @@ import hdf5plugin
 import numpy as np
 import pytest
 
+from xpcs_io import chunkread, inflate
 from xpcs_io.chunkread import MIN_BYTES, read_whole
 from xpcs_io.facade import HDF5Facade
 from xpcs_io.tools.demo import DemoSpec, write_native_file
@@ -171,3 +172,52 @@ def test_a_truncated_file_is_an_error_not_a_short_array(tmp_path: Path) -> None:
             fh.truncate(max(ends) - 10)
         with pytest.raises(OSError, match=r"truncated|ends"):
             read_whole(f["d"])
+
+
+def test_at_most_decode_slots_datasets_decode_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """More concurrent readers than cores: every read equals h5py's, and no more than
+    ``DECODE_SLOTS`` of them are decoding chunks at any moment."""
+    readers = chunkread.DECODE_SLOTS + 3
+    paths = []
+    for i in range(readers):
+        with h5py.File(tmp_path / f"f{i}.h5", "w") as f:
+            f.create_dataset("d", data=_data("<f4") + i, chunks=(64, 128), compression="gzip")
+        paths.append(tmp_path / f"f{i}.h5")
+    lock = threading.Lock()
+    active = [0]
+    peak = [0]
+    decode = inflate.inflate
+
+    def counted(data: Any, size: int) -> Any:
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        try:
+            return decode(data, size)
+        finally:
+            with lock:
+                active[0] -= 1
+
+    monkeypatch.setattr(chunkread, "inflate", counted)
+    files = [h5py.File(p, "r") for p in paths]
+    got: dict[int, Any] = {}
+    start = threading.Barrier(readers)
+
+    def read(i: int) -> None:
+        start.wait()
+        got[i] = read_whole(files[i]["d"])
+
+    try:
+        threads = [threading.Thread(target=read, args=(i,)) for i in range(readers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for i, f in enumerate(files):
+            np.testing.assert_array_equal(got[i], f["d"][()])
+    finally:
+        for f in files:
+            f.close()
+    assert 1 <= peak[0] <= chunkread.DECODE_SLOTS

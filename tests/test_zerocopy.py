@@ -24,8 +24,10 @@ from tests.conftest import Server, free_port, start_server
 from xpcs_io import wire
 from xpcs_io.demo import DemoSpec, write_native_file
 from xpcs_io.errors import FileBusyError, FileMarkedOpenError, RemoteConnectionError
+from xpcs_io.extents import Provenance
 from xpcs_io.facade import HDF5Facade
 from xpcs_io.pool import HDF5ConnectionPool
+from xpcs_io.server import fileplans
 from xpcs_io.server.planresponse import TAIL
 
 # Large enough that part of each answer goes out with sendfile (the last TAIL bytes never do).
@@ -336,3 +338,18 @@ def test_cold_reads_through_nginx(cold_root: Path, cold_server: Server, tmp_path
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def test_learning_copies_no_array_once_the_plan_cannot_be_kept() -> None:
+    """A result whose arrays are not the file's bytes (a gzip map) has no plan to learn:
+    the learning pass keeps small arrays as read-only copies up to ``MAX_KEPT_BYTES``, and
+    past that copies nothing (the plan is given up), so a large answer is not copied."""
+    small = np.arange(1000, dtype="<f4")
+    big = np.zeros(fileplans.MAX_KEPT_BYTES // 4 + 1, "<f4")
+    kept = [0]
+    skeleton = fileplans._replace({"a": small, "b": big}, Provenance(), "/nowhere", kept)
+    assert kept[0] == small.nbytes + big.nbytes > fileplans.MAX_KEPT_BYTES
+    assert skeleton["a"] is not small
+    assert not skeleton["a"].flags.writeable
+    np.testing.assert_array_equal(skeleton["a"], small)
+    assert skeleton["b"] is big  # not copied: ``learn`` keeps no plan past the budget

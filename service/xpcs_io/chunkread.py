@@ -5,10 +5,13 @@ every chunk inside that one call: eight viewers of compressed maps take turns on
 ``read_whole`` instead asks HDF5 only where each chunk is stored (one call for the whole
 index), reads the stored bytes itself (one ``os.pread`` of the whole run of chunks on a plain
 file, which releases the GIL; ``read_direct_chunk`` per chunk otherwise) and undoes the
-filters with codecs that release the GIL (``zlib``; the shuffle is a numpy transpose), so
-concurrent reads in the server's thread pool decode on every core. What still holds the GIL
-per chunk is a few microseconds of bookkeeping: with hundreds of chunks per map, every call
-into HDF5 and every Python step per chunk is time the other readers wait.
+filters with codecs that release the GIL (libdeflate when installed, else ``zlib``: see
+``xpcs_io.inflate``; the shuffle is a numpy transpose), so concurrent reads in the server's
+thread pool decode on every core, and each decodes about twice as fast with libdeflate.
+What still holds the GIL per chunk is a few microseconds of bookkeeping: with hundreds of
+chunks per map, every call into HDF5 and every Python step per chunk is time the other
+readers wait. At most ``DECODE_SLOTS`` datasets (one per core) are decoded at once; more
+readers wait their turn, which finishes the same work with less memory and less switching.
 
 Only filter pipelines it can undo exactly are taken: deflate (gzip) and byte shuffle, in any
 order HDF5 allows, on plain little- or big-endian integer and float data, every chunk
@@ -20,17 +23,34 @@ so the result is always what h5py would return.
 from __future__ import annotations
 
 import os
-import zlib
+import threading
 from typing import Any
 
 import h5py
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["MIN_BYTES", "read_whole"]
+from xpcs_io.inflate import inflate
+
+__all__ = ["DECODE_SLOTS", "MIN_BYTES", "read_whole"]
 
 #: Smaller datasets are read through HDF5: the per-chunk Python overhead would not pay off.
 MIN_BYTES = 1 << 20
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+#: Datasets decoded at once in this process: one per core it may run on. Decoding is CPU
+#: work, so more at once finish no sooner in total; each would hold its chunks and output in
+#: memory meanwhile, and many threads on few cores hand the GIL and the caches back and
+#: forth, which costs every reader, and leaves less of the cores to send the answers.
+DECODE_SLOTS = _cores()
+_SLOTS = threading.BoundedSemaphore(DECODE_SLOTS)
 
 _DEFLATE = h5py.h5z.FILTER_DEFLATE
 _SHUFFLE = h5py.h5z.FILTER_SHUFFLE
@@ -58,12 +78,14 @@ def _unshuffle(raw: Any, itemsize: int) -> Any:
     return out
 
 
-def _decode(raw: Any, codes: list[int], skipped: int, itemsize: int) -> Any:
+def _decode(raw: Any, codes: list[int], skipped: int, itemsize: int, size: int) -> Any:
+    """A chunk's stored bytes with its filters undone, last applied first; ``size`` is the
+    chunk's decoded size in bytes (every filter we undo keeps it)."""
     data: Any = raw
     for i in reversed(range(len(codes))):
         if skipped & (1 << i):  # HDF5 left this filter out for this chunk
             continue
-        data = zlib.decompress(data) if codes[i] == _DEFLATE else _unshuffle(data, itemsize)
+        data = inflate(data, size) if codes[i] == _DEFLATE else _unshuffle(data, itemsize)
     return data
 
 
@@ -90,6 +112,15 @@ def read_whole(ds: h5py.Dataset) -> npt.NDArray[Any] | None:
     codes = _pipeline(ds)
     if codes is None:
         return None
+    with _SLOTS:
+        return _decoded(ds, chunks, codes)
+
+
+def _decoded(
+    ds: h5py.Dataset, chunks: tuple[int, ...], codes: list[int]
+) -> npt.NDArray[Any] | None:
+    """``read_whole`` once ``ds`` is known to be ours to decode (None: a chunk is missing)."""
+    dt = ds.dtype
     dsid = ds.id
     shape = ds.shape
     n_expected = 1
@@ -111,7 +142,7 @@ def read_whole(ds: h5py.Dataset) -> npt.NDArray[Any] | None:
     full = tuple(n // c for n, c in zip(shape, chunks, strict=True))
     grid = _block_grid(out, chunks, full)
     for offset, raw, skipped in _stored(ds, index):
-        data = _decode(raw, codes, skipped, itemsize)
+        data = _decode(raw, codes, skipped, itemsize, chunk_bytes)
         if len(data) != chunk_bytes:  # a damaged chunk: said as HDF5 would say it
             raise OSError(f"{ds.name}: chunk at {offset} decodes to {len(data)} bytes")
         block = np.frombuffer(data, dt).reshape(chunks)

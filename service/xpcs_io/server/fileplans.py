@@ -70,6 +70,8 @@ def _replace(value: Any, found: Provenance, real: str, kept: list[int]) -> Any:
         if big and ext is not None and os.path.realpath(ext.filename) == real:
             return ext
         kept[0] += value.nbytes
+        if kept[0] > MAX_KEPT_BYTES:  # no plan will be kept (``learn`` stops): copy nothing
+            return value
         small = value.copy()  # the plan outlives the result: its own read-only copy
         small.flags.writeable = False
         return small
