@@ -161,21 +161,74 @@ def test_client_reads_equal_with_each_compression(
             np.testing.assert_array_equal(getattr(q, name), f[f"/xpcs/qmap/{name}"][()])
 
 
-def test_auto_compression_follows_what_is_faster_and_keeps_probing() -> None:
-    auto = AutoCompression("blosc2-zstd")
-    big = 4 * AutoCompression.MIN_BYTES
-    assert auto.wanted()  # starts compressed
-    auto.observe(True, big, 1.0)
-    assert not auto.wanted()  # then one raw answer to compare with
-    auto.observe(False, big, 0.25)  # raw was faster (a fast link)
-    choices = []
-    for _ in range(3 * AutoCompression.PROBE_EVERY):
+def _reads(
+    auto: AutoCompression,
+    count: int,
+    *,
+    link: float,
+    decode: float,
+    ratio: float = 4.0,
+    server: float | None = None,
+    size: int = 64 << 20,
+) -> list[tuple[bool, float]]:
+    """``count`` large reads through ``auto`` over a modelled link: ``link`` bytes/s,
+    decompression at ``decode`` array bytes/s, compressed answers ``ratio`` times smaller and,
+    with ``server``, compressed by the server while sent at that many array bytes/s."""
+    done = []
+    for _ in range(count):
         asked = auto.wanted()
-        choices.append(asked)
-        auto.observe(asked, big, 1.0 if asked else 0.25)
-    assert choices.count(True) == 3  # only the probes
-    auto.observe(False, big, 5.0)  # the link got slow: raw answers now take long
-    auto.observe(False, big, 5.0)
+        if asked:
+            wire_bytes = size / ratio
+            moving = wire_bytes / link if server is None else max(wire_bytes / link, size / server)
+            seconds = moving + size / decode
+            decoded = (int(wire_bytes), size / decode)
+            auto.observe(True, size, seconds, streamed=server is not None, decoded=decoded)
+        else:
+            seconds = size / link
+            auto.observe(False, size, seconds, decoded=(0, 0.0))
+        done.append((asked, seconds))
+    return done
+
+
+def test_auto_over_a_slow_link_never_pays_a_raw_answer_early() -> None:
+    # 1 Gbit/s: a raw answer costs 3.5 compressed ones; probing stays within its share.
+    reads = _reads(AutoCompression("blosc2-zstd"), 400, link=125e6, decode=2.5e9)
+    assert all(asked for asked, _ in reads[:40])
+    best = 64 * 2**20 / 4 / 125e6 + 64 * 2**20 / 2.5e9
+    assert sum(s for _, s in reads) <= 400 * best * (1 + 2 * AutoCompression.PROBE_SHARE)
+    # Same at 100 Mbit/s, where the server's compression might have set the pace.
+    reads = _reads(AutoCompression("blosc2-zstd"), 40, link=12.5e6, decode=2.5e9, server=6e8)
+    assert all(asked for asked, _ in reads)
+
+
+def test_auto_goes_raw_when_decompressing_is_slower_than_the_link() -> None:
+    reads = _reads(AutoCompression("blosc2-zstd"), 200, link=4e9, decode=1e9)
+    assert reads[0][0]
+    assert not any(asked for asked, _ in reads[1:20])
+    raw = 64 * 2**20 / 4e9
+    assert sum(s for _, s in reads[1:]) <= 199 * raw * (1 + 2 * AutoCompression.PROBE_SHARE)
+
+
+def test_auto_measures_raw_once_when_the_server_may_set_the_pace() -> None:
+    # 10 Gbit/s, server compressing at 800 MB/s while it sends: raw (sendfile) is faster.
+    auto = AutoCompression("blosc2-zstd")
+    reads = _reads(auto, 100, link=1.25e9, decode=2.5e9, server=8e8)
+    assert [asked for asked, _ in reads[:2]] == [True, False]
+    assert sum(asked for asked, _ in reads) <= 1 + 100 * AutoCompression.PROBE_SHARE
+
+
+def test_auto_follows_a_link_that_changes() -> None:
+    auto = AutoCompression("blosc2-zstd")
+    _reads(auto, 20, link=125e6, decode=2.5e9)
     assert auto.wanted()
-    auto.observe(True, AutoCompression.MIN_BYTES - 1, 100.0)  # small answers say nothing
+    after = _reads(auto, 20, link=8e9, decode=1e9)  # now decompression is the limit
+    assert not any(asked for asked, _ in after[5:])
+    back = _reads(auto, 200, link=50e6, decode=1e9)  # slow again: compression comes back
+    assert sum(asked for asked, _ in back[-100:]) >= 100 * (1 - AutoCompression.PROBE_SHARE)
+
+
+def test_auto_ignores_small_answers() -> None:
+    auto = AutoCompression("blosc2-zstd")
+    auto.observe(True, AutoCompression.MIN_BYTES - 1, 100.0, decoded=(10, 1.0))
     assert auto.wanted()
+    assert auto.cost == {True: None, False: None}
