@@ -12,6 +12,7 @@ a note otherwise.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +25,8 @@ from bench.env import Env
 NAME = "w10"
 NEEDS: set[str] = set()
 RATES = (100, 1000, 10_000)  # Mbit/s
+#: A comma-separated subset of RATES to run (e.g. "1000" for the N1 and N2 rows only).
+RATES_ENV = "XPCS_IO_BENCH_W10_RATES"
 MAPS = ("sqmap", "dqmap", "phis")
 LABELS = {
     "ours_auto": ("ours: RemoteHDF5Facade", "read_qmap, compression=auto (blosc2-zstd)"),
@@ -93,7 +96,9 @@ def run(env: Env) -> Result:
     link = netns.Link.make()
     try:
         urls = _start(env, link)
-        for mbit in RATES:
+        chosen = os.environ.get(RATES_ENV)
+        rates = [int(r) for r in chosen.split(",")] if chosen else list(RATES)
+        for mbit in rates:
             link.set_rate(mbit)
             spec = {
                 "urls": urls,

@@ -4,6 +4,7 @@ negotiation by the client, and the server's answers equal to the file's bytes.""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import blosc2
 import h5py
@@ -47,12 +48,32 @@ def test_documented_bytes_are_what_pack_writes_and_decode_to_the_array() -> None
     assert blosc2.get_cbuffer_sizes(chunk) == (8, 40, 8)
 
 
+def _doc_decoder() -> Any:
+    """The documented ``to_array`` (plain msgpack + blosc2), run as the page shows it."""
+    text = DOC.read_text().split("with only `msgpack`, `numpy` and `blosc2`:")[1]
+    code = text.split("```python\n")[1].split("```")[0]
+    scope: dict[str, Any] = {}
+    exec(code, scope)
+    return scope["to_array"]
+
+
 def test_documented_bytes_decode_with_plain_msgpack_and_blosc2() -> None:
     m = msgpack.unpackb(_doc_example())["g2"]
     assert list(m) == ["dtype", "shape", "codec", "data"]
     assert m["codec"] == "blosc2"
     raw = blosc2.decompress2(m["data"])
     np.testing.assert_array_equal(np.frombuffer(raw, m["dtype"]).reshape(m["shape"]), [[1.5, 2]])
+    to_array = _doc_decoder()
+    np.testing.assert_array_equal(to_array(m), [[1.5, 2]])
+    a = (np.arange(600_000) % 11).astype("<u2").reshape(600, 1000)  # in two pieces
+    raw_bytes = a.reshape(-1).view(np.uint8).data
+    pieces = [
+        arraycodec.compress_piece(raw_bytes[i : i + 2**20], 2, "blosc2-lz4") for i in (0, 2**20)
+    ]
+    body = msgpack.packb(
+        {"a": {"dtype": "<u2", "shape": [600, 1000], "codec": "blosc2", "data": pieces}}
+    )
+    np.testing.assert_array_equal(to_array(msgpack.unpackb(body)["a"]), a)
 
 
 @pytest.mark.parametrize("preset", sorted(arraycodec.PRESETS))
@@ -85,6 +106,31 @@ def test_bad_compressed_maps_are_schema_errors() -> None:
     ):
         with pytest.raises(SchemaError, match=words):
             wire.unpack(msgpack.packb({"a": {**good, **change}}), codecs=True)
+
+
+def test_an_array_compressed_in_pieces_decodes_and_is_checked() -> None:
+    a = (np.arange(300_000) % 13).astype(">f8")  # 2.4 MB: three pieces of 1 MB and a rest
+    raw = a.view(np.uint8).data
+    pieces = [arraycodec.compress_piece(raw[i : i + 10**6], 8, "blosc2-zstd") for i in (0, 10**6)]
+    pieces.append(arraycodec.compress_piece(raw[2 * 10**6 :], 8, "blosc2-lz4"))
+    good = {"dtype": ">f8", "shape": [300_000], "codec": "blosc2", "data": pieces}
+    got = wire.unpack(msgpack.packb({"a": good}), codecs=True)["a"]
+    assert got.dtype.str == ">f8"
+    np.testing.assert_array_equal(got, a)
+    # Plain msgpack + blosc2: the pieces' bytes one after the other.
+    m = msgpack.unpackb(msgpack.packb(good))
+    joined = b"".join(blosc2.decompress2(p) for p in m["data"])
+    np.testing.assert_array_equal(np.frombuffer(joined, m["dtype"]), a)
+    for change, words in (
+        ({"data": pieces[:2]}, "3 blosc2 chunks hold|2 blosc2 chunks hold 2000000 bytes"),
+        ({"data": [*pieces, pieces[0]]}, "4 blosc2 chunks hold 3400000 bytes"),
+        ({"data": [pieces[0], 7]}, "data pieces must be bytes"),
+        ({"data": [pieces[0], b"\x00" * 40]}, "blosc2"),
+    ):
+        with pytest.raises(SchemaError, match=words):
+            wire.unpack(msgpack.packb({"a": {**good, **change}}), codecs=True)
+    with pytest.raises(SchemaError, match="must be bytes"):  # a plain map takes no pieces
+        wire.unpack(msgpack.packb({"a": {"dtype": ">f8", "shape": [0], "data": []}}))
 
 
 def test_compressed_arrays_are_refused_unless_asked_for() -> None:

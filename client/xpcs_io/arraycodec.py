@@ -20,6 +20,7 @@ import importlib.util
 import math
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -33,6 +34,7 @@ __all__ = [
     "CompressedArray",
     "available",
     "compress",
+    "compress_piece",
     "compress_tree",
     "decompress",
     "negotiate",
@@ -141,11 +143,40 @@ def take_decode_stats() -> tuple[int, float]:
     return got
 
 
-def decompress(dtype: np.dtype[Any], shape: tuple[int, ...], data: memoryview) -> npt.NDArray[Any]:
-    """The array a blosc2 chunk holds, checked against ``dtype`` and ``shape``.
+def compress_piece(piece: memoryview, typesize: int, preset: str) -> bytes:
+    """One piece of an array's raw bytes (``typesize`` bytes an element) as one blosc2
+    chunk, as ``compress`` makes it (an incompressible piece is stored as it is, with a
+    header of a few dozen bytes).
 
     Raises:
-        ValueError: blosc2 is not installed, the chunk is corrupt, or it does not hold
+        KeyError: ``preset`` is not one of ``PRESETS``.
+    """
+    import blosc2
+
+    codec, clevel = PRESETS[preset]
+    filters = [blosc2.Filter.SHUFFLE, blosc2.Filter.BYTEDELTA] if typesize > 1 else []
+    packed: bytes = blosc2.compress2(
+        piece,
+        typesize=typesize,
+        clevel=clevel,
+        codec=getattr(blosc2.Codec, codec),
+        filters=filters,
+        filters_meta=[0] * len(filters),
+        blocksize=1 << 20,
+    )
+    return packed
+
+
+def decompress(
+    dtype: np.dtype[Any],
+    shape: tuple[int, ...],
+    data: bytes | memoryview | Sequence[bytes | memoryview],
+) -> npt.NDArray[Any]:
+    """The array blosc2 data holds, checked against ``dtype`` and ``shape``: one chunk, or
+    pieces (a sequence of chunks whose decompressed bytes follow each other).
+
+    Raises:
+        ValueError: blosc2 is not installed, a chunk is corrupt, or they do not hold
             ``prod(shape) * itemsize`` bytes.
     """
     try:
@@ -153,19 +184,28 @@ def decompress(dtype: np.dtype[Any], shape: tuple[int, ...], data: memoryview) -
     except ImportError:
         raise ValueError("a blosc2-compressed array needs the blosc2 package") from None
     want = math.prod(shape) * dtype.itemsize
-    try:
-        nbytes = blosc2.get_cbuffer_sizes(data)[0]
-    except Exception as exc:  # blosc2 raises bare Exceptions on bad headers
-        raise ValueError(f"not a blosc2 chunk ({exc})") from None
-    if nbytes != want:
-        raise ValueError(f"blosc2 chunk holds {nbytes} bytes, shape and dtype need {want}")
-    out = np.empty(shape, dtype)
-    if want:
-        started = time.perf_counter()
+    chunks = [data] if isinstance(data, bytes | memoryview) else list(data)
+    sizes = []
+    for chunk in chunks:
         try:
-            blosc2.decompress2(data, dst=out)
+            sizes.append(blosc2.get_cbuffer_sizes(chunk)[0])
+        except Exception as exc:  # blosc2 raises bare Exceptions on bad headers
+            raise ValueError(f"not a blosc2 chunk ({exc})") from None
+    if sum(sizes) != want:
+        what = "blosc2 chunk holds" if len(chunks) == 1 else f"{len(chunks)} blosc2 chunks hold"
+        raise ValueError(f"{what} {sum(sizes)} bytes, shape and dtype need {want}")
+    out = np.empty(shape, dtype)
+    flat = out.reshape(-1).view(np.uint8)
+    started = time.perf_counter()
+    pos = 0
+    for chunk, size in zip(chunks, sizes, strict=True):
+        if not size:
+            continue
+        try:
+            blosc2.decompress2(chunk, dst=flat[pos : pos + size])
         except Exception as exc:
             raise ValueError(f"corrupt blosc2 chunk ({exc})") from None
-        _decoded.nbytes = getattr(_decoded, "nbytes", 0) + len(data)
-        _decoded.seconds = getattr(_decoded, "seconds", 0.0) + time.perf_counter() - started
+        pos += size
+    _decoded.nbytes = getattr(_decoded, "nbytes", 0) + sum(len(c) for c in chunks)
+    _decoded.seconds = getattr(_decoded, "seconds", 0.0) + time.perf_counter() - started
     return out

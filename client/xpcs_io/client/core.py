@@ -343,6 +343,8 @@ class ClientCore(Generic[H]):
             raise RemoteConnectionError(
                 f"{call.method} {self.base_url}{call.path} failed: {exc}"
             ) from exc
+        if self.auto is not None:
+            arraycodec.take_decode_stats()  # from here on: this answer's decompression only
         result = finish(call, response.status, response.headers.get("content-type", ""), body)
         if self.auto is not None and response.status == 200:
             asked = arraycodec.HEADER in request.headers
