@@ -261,6 +261,10 @@ def test_auto_measures_raw_once_when_the_server_may_set_the_pace() -> None:
     reads = _reads(auto, 100, link=1.25e9, decode=2.5e9, server=8e8)
     assert [asked for asked, _ in reads[:2]] == [True, False]
     assert sum(asked for asked, _ in reads) <= 1 + 100 * AutoCompression.PROBE_SHARE
+    # 1 Gbit/s with that server: one raw answer tells, and compression stays.
+    reads = _reads(AutoCompression("blosc2-zstd"), 100, link=125e6, decode=2.5e9, server=8e8)
+    assert [asked for asked, _ in reads[:2]] == [True, False]
+    assert sum(not asked for asked, _ in reads) <= 1 + 100 * AutoCompression.PROBE_SHARE / 3
 
 
 def test_auto_follows_a_link_that_changes() -> None:

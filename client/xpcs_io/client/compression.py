@@ -75,9 +75,10 @@ class AutoCompression:
     link moves at least that many bytes a second, and the raw bytes at that rate bound what
     raw would take. Raw is asked for when that bound (or raw's measured cost, once known)
     is lower: when decompressing is slower than the link. A server that compresses while
-    it sends (``streamed``: result cache off) may itself be what limits that rate; when the
-    answer came faster than ``SERVER_SPEED`` times this client's decompression rate, the
-    link may be much faster than it looked, and one raw answer is measured. Beyond that,
+    it sends (``streamed``: result cache off) may itself be what limits that rate: when its
+    raw bytes came faster than ``SERVER_RATE`` (what a compressing server surely manages:
+    a slower answer was paced by the link), the link may be much faster than it looked,
+    and one raw answer is measured (the one way to tell, once). Beyond that,
     the way not taken is tried again only with probe credit: ``PROBE_SHARE`` of the time of
     each large read, spent when it covers the expected extra time of the other way, so
     probing costs at most about that share of the time, whatever the link.
@@ -85,7 +86,7 @@ class AutoCompression:
 
     MIN_BYTES = 1 << 20
     PROBE_SHARE = 0.05
-    SERVER_SPEED = 0.25
+    SERVER_RATE = 150e6  # raw bytes/s
 
     def __init__(self, preset: str) -> None:
         self.preset = preset
@@ -148,7 +149,7 @@ class AutoCompression:
         if not compressed:
             return
         moving = max(seconds - decode_s, 1e-9)  # request to last byte
-        if streamed and moving < decode_s / self.SERVER_SPEED:
+        if streamed and nbytes / moving > self.SERVER_RATE:
             return  # as fast as a server compresses: the link may be much faster
         guess = moving / wire_bytes
         self.estimate = guess if self.estimate is None else 0.5 * self.estimate + 0.5 * guess

@@ -3,8 +3,8 @@
 - raw arrays: the msgpack headers, then each array's bytes with ``os.sendfile`` (the
   ``xpcs_io.server.zerocopy`` extension; else read with ``pread``), Content-Length exact;
 - compressed arrays (``XPCS-Array-Codec``): each array read with ``pread`` and compressed
-  on a worker thread while the previous one is written (chunked transfer encoding: the
-  compressed size is not known before).
+  4 MiB at a time on a worker thread while the previous piece is written, one blosc2 chunk
+  a piece (chunked transfer encoding: the compressed size is not known before).
 
 Never an answer that mixes file states: the file open for sending must be the version the
 plan was made from (device, inode, size, mtime, ctime; no writer's lock, not marked open),
@@ -42,8 +42,9 @@ _SLICE: Final = 1 << 20
 #: Raw bytes of an array read and compressed at a time (one blosc2 chunk each): the first
 #: bytes of a compressed array leave after this much was compressed, not the whole array.
 _PIECE: Final = 4 << 20
-#: Pieces read and compressed ahead of the one being written.
-_AHEAD: Final = 2
+#: Pieces read and compressed ahead of the one being written (one: blosc2 already
+#: compresses a piece on every core).
+_AHEAD: Final = 1
 
 
 def _window_bound() -> int:
@@ -323,8 +324,10 @@ class PlanResponse(Response):
         def job(ext: Extents, start: int, count: int, pack: bool) -> tuple[Any, bytes | None]:
             raw = _read_range(self.fd, ext, start, count)
             self.store.add("copied_bytes", count)
+            if not pack:
+                return raw, None
             itemsize = np.dtype(ext.dtype).itemsize
-            return raw, arraycodec.compress_piece(raw.data, itemsize, preset) if pack else None
+            return raw, arraycodec.compress_piece(raw.data, itemsize, preset)
 
         work = [
             (ext, start, count, _worth(ext))
