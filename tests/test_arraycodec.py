@@ -113,6 +113,9 @@ def test_an_array_compressed_in_pieces_decodes_and_is_checked() -> None:
     raw = a.view(np.uint8).data
     pieces = [arraycodec.compress_piece(raw[i : i + 10**6], 8, "blosc2-zstd") for i in (0, 10**6)]
     pieces.append(arraycodec.compress_piece(raw[2 * 10**6 :], 8, "blosc2-lz4"))
+    fast = arraycodec.compress_piece(raw[: 10**6], 8, "blosc2-zstd", fast=True)
+    assert fast != pieces[0]
+    assert blosc2.decompress2(fast) == bytes(raw[: 10**6])
     good = {"dtype": ">f8", "shape": [300_000], "codec": "blosc2", "data": pieces}
     got = wire.unpack(msgpack.packb({"a": good}), codecs=True)["a"]
     assert got.dtype.str == ">f8"
@@ -258,6 +261,12 @@ def test_auto_goes_raw_when_decompressing_is_slower_than_the_link() -> None:
 def test_auto_measures_raw_once_when_the_server_may_set_the_pace() -> None:
     # 10 Gbit/s, server compressing at 800 MB/s while it sends: raw (sendfile) is faster.
     auto = AutoCompression("blosc2-zstd")
+    reads = _reads(auto, 100, link=1.25e9, decode=2.5e9, server=8e8)
+    assert [asked for asked, _ in reads[:2]] == [True, False]
+    assert sum(asked for asked, _ in reads) <= 1 + 100 * AutoCompression.PROBE_SHARE
+    # Also after a first answer compressed whole before it was sent (a slow estimate).
+    auto = AutoCompression("blosc2-zstd")
+    auto.observe(True, 64 << 20, 0.5, decoded=(16 << 20, 0.03))
     reads = _reads(auto, 100, link=1.25e9, decode=2.5e9, server=8e8)
     assert [asked for asked, _ in reads[:2]] == [True, False]
     assert sum(asked for asked, _ in reads) <= 1 + 100 * AutoCompression.PROBE_SHARE

@@ -150,6 +150,8 @@ class AutoCompression:
             return
         moving = max(seconds - decode_s, 1e-9)  # request to last byte
         if streamed and nbytes / moving > self.SERVER_RATE:
-            return  # as fast as a server compresses: the link may be much faster
+            if self.cost[False] is None:  # as fast as a server compresses: the link may be
+                self.estimate = None  # much faster than any estimate says; measure raw
+            return
         guess = moving / wire_bytes
         self.estimate = guess if self.estimate is None else 0.5 * self.estimate + 0.5 * guess

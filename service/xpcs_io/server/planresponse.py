@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -321,13 +322,20 @@ class PlanResponse(Response):
                         await send({"type": "http.response.body", "body": body, "more_body": True})
                     held.append(view[i : i + _SLICE])
 
-        def job(ext: Extents, start: int, count: int, pack: bool) -> tuple[Any, bytes | None]:
+        # Whether the next piece is made with the faster compressor: while the last piece
+        # kept the sender waiting longer than writing the one before took (the link took
+        # it faster than it was compressed), and back once the link is the slower again.
+        fast = False
+
+        def job(
+            ext: Extents, start: int, count: int, pack: bool, fast: bool
+        ) -> tuple[Any, bytes | None]:
             raw = _read_range(self.fd, ext, start, count)
             self.store.add("copied_bytes", count)
             if not pack:
                 return raw, None
             itemsize = np.dtype(ext.dtype).itemsize
-            return raw, arraycodec.compress_piece(raw.data, itemsize, preset)
+            return raw, arraycodec.compress_piece(raw.data, itemsize, preset, fast)
 
         work = [
             (ext, start, count, _worth(ext))
@@ -341,8 +349,9 @@ class PlanResponse(Response):
         def refill() -> None:
             while work and len(ahead) < _AHEAD:
                 ext, a, b, pack = work.pop(0)
-                ahead.append(loop.create_task(run_in_threadpool(job, ext, a, b, pack)))
+                ahead.append(loop.create_task(run_in_threadpool(job, ext, a, b, pack, fast)))
 
+        writing: float | None = None  # seconds the last piece took to write
         try:
             refill()
             for seg in self.segments:
@@ -352,17 +361,23 @@ class PlanResponse(Response):
                 count = len(_pieces(seg))
                 squeezed = False
                 for k in range(count):
+                    began = time.perf_counter()
                     raw, packed = await ahead.pop(0)
+                    waited = time.perf_counter() - began
+                    if writing is not None:  # not for the first piece: nothing was written
+                        fast = waited > writing
                     refill()  # read and compress the next pieces while this one is written
                     if k == 0:  # the first piece decides for the array
                         limit = arraycodec.MAX_RATIO * raw.nbytes
                         squeezed = packed is not None and len(packed) <= limit
                         await emit([_array_head(seg, squeezed, count)])
+                    began = time.perf_counter()
                     if squeezed:
                         assert packed is not None
                         await emit([_bin_header(len(packed)), packed])
                     else:
                         await emit([raw.data])
+                    writing = time.perf_counter() - began
         finally:
             if ahead:  # a thread still reading the file must be done before it is closed
                 await asyncio.wait(ahead)
