@@ -215,7 +215,7 @@ async def _answer_read(
                 (*key, preset),
                 real,
                 identity,
-                lambda: arraycodec.compress_tree(raw, preset, keep=True),
+                lambda: arraycodec.compress_tree(raw, preset, keep=results.max_bytes > 0),
             )
         else:  # a read that raced a change is not kept, compressed or not
             content = await run_in_threadpool(arraycodec.compress_tree, raw, preset)
