@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
+import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +20,7 @@ import pytest
 from tests.conftest import Server, Side
 from xpcs_io import wire
 from xpcs_io.client import AsyncRemoteHDF5Facade, RemoteHDF5Facade
-from xpcs_io.errors import HDF5ValidationError
+from xpcs_io.errors import HDF5ValidationError, ServerBusyError
 from xpcs_io.facade import HDF5Facade
 from xpcs_io.schemas import G2Data, QMapSchema
 from xpcs_io.server import manysend
@@ -264,6 +267,35 @@ def test_resolve_identity_is_resolve_and_file_identity(workdir: Path, data_root:
         rooted.resolve_identity(workdir.relative_to(data_root).as_posix() + "/missing.hdf5")
 
 
+def test_open_identity_is_resolve_identity_and_the_file_it_checked(
+    workdir: Path, data_root: Path
+) -> None:
+    """``open_identity`` gives what ``resolve_identity`` gives and a descriptor of that very
+    file (its bytes, its inode), and refuses what ``resolve_identity`` refuses, leaving no
+    descriptor open."""
+    target = _repeats(workdir, 1)[0]
+    (workdir / "link.hdf5").symlink_to(target.name)
+    rooted = HDF5Facade(root=data_root)
+    for name in (target.name, "link.hdf5"):
+        rel = (workdir / name).relative_to(data_root).as_posix()
+        real, identity, fd = rooted.open_identity(rel)
+        try:
+            assert (real, identity) == rooted.resolve_identity(rel)
+            assert os.fstat(fd).st_ino == target.stat().st_ino
+            assert os.pread(fd, 8, 0) == target.read_bytes()[:8]
+        finally:
+            os.close(fd)
+    before = len(os.listdir("/proc/self/fd"))
+    for bad, error in (("../outside.hdf5", PermissionError), ("missing.hdf5", FileNotFoundError)):
+        with pytest.raises(error):
+            rooted.open_identity(bad)
+    (workdir / "notes.hdf5").write_bytes(b"not HDF5 at all, but long enough to hold a superblock")
+    rel = (workdir / "notes.hdf5").relative_to(data_root).as_posix()
+    real, identity, fd = rooted.open_identity(rel)  # the identity does not parse the file
+    os.close(fd)
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
 def test_result_item_is_the_item_packed_and_packs_a_result_once(workdir: Path) -> None:
     path = _repeats(workdir, 1)[0]
     value = HDF5Facade().read_g2_data(path)
@@ -318,3 +350,157 @@ def test_many_answer_from_the_result_cache_sees_files_rewritten_in_place(tmp_pat
             np.testing.assert_array_equal(changed.g2, before.g2 + 5.0)
     finally:
         srv.stop()
+
+
+def _plan_counters(url: str) -> dict[str, float]:
+    text = httpx.get(f"{url}/metrics").text
+    found = re.findall(r"^xpcs_io_zero_copy_(\w+)_total ([0-9.e+]+)$", text, re.M)
+    return {name: float(value) for name, value in found}
+
+
+def _g2_file(path: Path, seed: int) -> Path:
+    """A result file holding only G2, its two large arrays contiguous and unfiltered (the
+    bytes in the file are the bytes of the answer) and over the plans' 64 KiB minimum."""
+    rng = np.random.default_rng(seed)
+    with h5py.File(path, "w") as f:
+        grp = f.create_group("xpcs/g2")
+        grp["g2"] = (1 + rng.random((50, 400))).astype(np.float32)
+        grp["g2_err"] = (0.01 * rng.random((50, 400))).astype(np.float32)
+        grp["delay_times"] = np.geomspace(1e-5, 1, 50)
+        grp["q_values"] = np.linspace(0.001, 0.1, 400)
+    return path
+
+
+def test_many_answer_with_the_cache_off_reads_planned_files_without_hdf5(tmp_path: Path) -> None:
+    """With the result cache off, a file whose G2 answer has a plan (learnt by the first
+    call) is answered from its bytes with pread: the same values as h5py reads, beside the
+    missing and corrupt files' errors; a file rewritten in place is read anew."""
+    from tests.conftest import start_server
+
+    root = tmp_path / "root"
+    root.mkdir()
+    files = [_g2_file(root / f"g2_{i}.hdf5", i) for i in range(5)]
+    (root / "corrupt.hdf5").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\x00" * 100)
+    paths = [f.name for f in files[:3]] + ["missing.hdf5", "corrupt.hdf5"]
+    paths += [f.name for f in files[3:]]
+    srv = start_server(root, tmp_path / "log", env={"XPCS_IO_CACHE_BYTES": "0"})
+
+    def check(items: list[Any]) -> None:
+        assert isinstance(items[3], FileNotFoundError)
+        assert isinstance(items[4], HDF5ValidationError)
+        for item, name in zip(items[:3] + items[5:], paths[:3] + paths[5:], strict=True):
+            assert isinstance(item, G2Data), item
+            with h5py.File(root / name, "r") as f:
+                for field in ("g2", "g2_err", "delay_times", "q_values"):
+                    expected = f[f"xpcs/g2/{field}"][()]
+                    got = getattr(item, field)
+                    assert got.dtype == expected.dtype
+                    assert got.tobytes() == expected.tobytes()
+
+    try:
+        with RemoteHDF5Facade(srv.url) as client:
+            check(client.read_g2_data_many(paths))  # read through HDF5, plans learnt after
+            for _ in range(200):  # learning runs once the answer is out
+                if _plan_counters(srv.url).get("plans", 0) >= len(files):
+                    break
+                time.sleep(0.05)
+            before = _plan_counters(srv.url)
+            assert before["plans"] >= len(files)
+            check(client.read_g2_data_many(paths))
+            after = _plan_counters(srv.url)
+            assert after["responses"] - before["responses"] == len(files)
+
+            inode = files[1].stat().st_ino
+            with h5py.File(files[1], "r+") as f:
+                f["xpcs/g2/g2"][...] = f["xpcs/g2/g2"][()] + 5.0
+            assert files[1].stat().st_ino == inode
+            items = client.read_g2_data_many(paths)
+            check(items)
+            changed = items[1]
+            assert isinstance(changed, G2Data)
+            with h5py.File(files[1], "r") as f:
+                assert changed.g2[0, 0] == f["xpcs/g2/g2"][0, 0] > 5.0
+            # the rewritten file was read through HDF5 again, the others from their plans
+            assert _plan_counters(srv.url)["responses"] - after["responses"] == len(files) - 1
+    finally:
+        srv.stop()
+
+
+def test_many_answer_beyond_the_memory_budget_names_the_files_it_cannot_hold(
+    tmp_path: Path,
+) -> None:
+    """With the result cache off, answers held for readers are bounded: the files a
+    many-file answer cannot hold get ``ServerBusyError`` (retry), the others their values,
+    whether read through HDF5 or from their plans."""
+    from tests.conftest import start_server
+
+    root = tmp_path / "root"
+    root.mkdir()
+    files = [_g2_file(root / f"g2_{i}.hdf5", i) for i in range(6)]
+    env = {"XPCS_IO_CACHE_BYTES": "0", "XPCS_IO_MAX_UNSHARED_RESULT_BYTES": str(400_000)}
+    srv = start_server(root, tmp_path / "log", env=env)
+    try:
+        with RemoteHDF5Facade(srv.url) as client:
+
+            def check() -> None:
+                items = client.read_g2_data_many([f.name for f in files])
+                busy = [i for i in items if isinstance(i, ServerBusyError)]
+                assert 0 < len(busy) < len(files)
+                for item, path in zip(items, files, strict=True):
+                    if isinstance(item, ServerBusyError):
+                        continue
+                    assert isinstance(item, G2Data), item
+                    with h5py.File(path, "r") as f:
+                        assert item.g2.tobytes() == f["xpcs/g2/g2"][()].tobytes()
+
+            check()  # through HDF5; the files that got through have plans learnt after
+            for _ in range(200):
+                if _plan_counters(srv.url).get("plans", 0) >= 1:
+                    break
+                time.sleep(0.05)
+            before = _plan_counters(srv.url)
+            check()
+            assert _plan_counters(srv.url)["responses"] > before["responses"]
+            assert httpx.get(f"{srv.url}/health").status_code == 200
+    finally:
+        srv.stop()
+
+
+def test_identities_of_many_files_equal_one_by_one_and_leak_nothing(
+    workdir: Path, data_root: Path
+) -> None:
+    """``resolve_identities`` / ``open_identities`` (each folder walked once) answer what
+    ``resolve_identity`` answers, file by file: plain files in two folders, a symlinked file
+    and a file in a symlinked folder, and the same error for a missing file, a path out of
+    the root, a folder, a FIFO and an empty path."""
+    sub = workdir / "sub"
+    sub.mkdir()
+    plain = _repeats(workdir, 2) + _repeats(sub, 1)
+    (workdir / "alias.hdf5").symlink_to(plain[0].name)
+    (workdir / "via").symlink_to("sub")
+    os.mkfifo(workdir / "fifo.hdf5")
+    base = workdir.relative_to(data_root).as_posix()
+    names = [p.relative_to(data_root).as_posix() for p in plain]
+    names += [f"{base}/alias.hdf5", f"{base}/via/{plain[2].name}", f"{base}/missing.hdf5"]
+    names += ["../outside.hdf5", f"{base}/sub", f"{base}/fifo.hdf5", "", f"{base}/./sub//"]
+    facade = HDF5Facade(root=data_root)
+    before = len(os.listdir("/proc/self/fd"))
+    one_by_one: list[Any] = []
+    for name in names:
+        try:
+            one_by_one.append(facade.resolve_identity(name))
+        except Exception as exc:
+            one_by_one.append(exc)
+    assert sum(isinstance(x, Exception) for x in one_by_one) == 6
+    for found in (facade.resolve_identities(names), facade.open_identities(names)):
+        for got, want in zip(found, one_by_one, strict=True):
+            if isinstance(want, Exception):
+                assert type(got) is type(want)
+                assert str(got) == str(want)
+            else:
+                assert not isinstance(got, Exception)
+                assert got[:2] == want
+                if len(got) == 3:  # open_identities: the descriptor of that very file
+                    assert os.fstat(got[2]).st_ino == os.stat(want[0]).st_ino
+                    os.close(got[2])
+    assert len(os.listdir("/proc/self/fd")) == before

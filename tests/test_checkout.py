@@ -22,6 +22,7 @@ import httpx
 import numpy as np
 import pytest
 
+from xpcs_io import paths, reading
 from xpcs_io.api import PathLike
 from xpcs_io.checkout import FileCheckout
 from xpcs_io.client import AsyncRemoteHDF5Facade
@@ -49,11 +50,19 @@ class Calls:
     @contextmanager
     def counting(self, monkeypatch: pytest.MonkeyPatch) -> Iterator[Calls]:
         realpath, stat, fstat = os.path.realpath, os.stat, os.fstat
+        under_root = paths.resolve_under_root
 
         def counted_realpath(path: Any, *args: Any, **kwargs: Any) -> Any:
             if os.fspath(path).endswith(self.name):
                 self.resolves += 1
             return realpath(path, *args, **kwargs)
+
+        def counted_under_root(root: Path, path: Any) -> tuple[Path, str]:
+            # A resolution under the root (which walks the path itself and calls realpath
+            # only on finding a symlink: this file has none) or a realpath elsewhere.
+            if os.fspath(path).endswith(self.name):
+                self.resolves += 1
+            return under_root(root, path)
 
         def counted_stat(path: Any, *args: Any, **kwargs: Any) -> os.stat_result:
             result = stat(path, *args, **kwargs)
@@ -68,6 +77,7 @@ class Calls:
         self.resolves = self.stats = 0
         with monkeypatch.context() as patch:
             patch.setattr(os.path, "realpath", counted_realpath)
+            patch.setattr(reading, "resolve_under_root", counted_under_root)
             patch.setattr(os, "stat", counted_stat)
             patch.setattr(os, "fstat", counted_fstat)
             yield self

@@ -186,3 +186,28 @@ def test_dechunker_reassembles_many_chunks_split_anywhere() -> None:
     assert bytes(partial.body) == b"abc"
     with pytest.raises(ProtocolError, match="bad chunk size"):
         Dechunker().feed(b"zz\r\n")
+
+
+def test_dechunker_takes_payloads_in_place_and_lines_by_feed() -> None:
+    """A chunk's payload is written straight into the body (``space``/``taken``); only
+    size lines and what comes with them go through ``feed``; the buffer grows as needed."""
+    big = bytes(range(256)) * 4096  # 1 MiB: the buffer starts smaller
+    body = Dechunker()
+    assert body.space() is None  # a size line is due first
+    assert not body.feed(b"%x\r\n" % len(big))
+    space = body.space()
+    assert space is not None
+    assert len(space) == len(big)
+    space[:10] = big[:10]
+    body.taken(10)
+    rest = body.space()
+    assert rest is not None
+    assert len(rest) == len(big) - 10
+    rest[:] = big[10:]
+    body.taken(len(rest))
+    assert body.space() is None
+    assert not body.feed(b"\r\n4\r\ntail\r\n0\r\n")
+    assert body.feed(b"\r\n")
+    assert bytes(body.body) == big + b"tail"
+    with pytest.raises(ProtocolError, match="longer than its size line"):
+        Dechunker().feed(b"2\r\nabc\r\n")

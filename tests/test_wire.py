@@ -3,6 +3,7 @@ with the reference msgpack library, zero-copy behaviour, and every refusal."""
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -646,3 +647,30 @@ def test_parsed_dtypes_are_remembered_only_when_allowed() -> None:
         assert back.tobytes() == a.tobytes()
     assert {"<f4", ">f8", "<i2", "|u1"} <= set(wire._DTYPES)
     assert len(wire._DTYPES) <= 30
+
+
+@pytest.mark.parametrize("dims", [(), (127,), (200, 1), (300, 2), (70_000,), (0, 129)])
+def test_array_maps_of_every_shape_width_decode_alike_in_any_key_order(
+    dims: tuple[int, ...],
+) -> None:
+    """Array maps as ``pack`` writes them (dtype, shape, data; the read without building a
+    map) and in another key order (read as a map) give the same writable array."""
+    a = np.arange(math.prod(dims), dtype="<u1").reshape(dims)
+    ours = bytearray(pack({"a": a, "n": 1}))
+    other = bytearray(
+        msgpack.packb(
+            {"a": {"data": a.tobytes(), "shape": list(dims), "dtype": "|u1"}, "n": 1},
+            use_bin_type=True,
+        )
+    )
+    for raw in (ours, other, bytes(ours)):
+        got = unpack(raw)
+        assert got["n"] == 1
+        assert got["a"].shape == dims
+        assert got["a"].dtype == a.dtype
+        assert got["a"].tobytes() == a.tobytes()
+        assert got["a"].flags.writeable
+    # The same key order with a shape that lies about the data: refused as before.
+    lie = {"dtype": "|u1", "shape": [math.prod(dims) + 1], "data": a.tobytes()}
+    with pytest.raises(SchemaError, match="needs"):
+        unpack(bytearray(msgpack.packb({"a": lie}, use_bin_type=True)))

@@ -184,6 +184,24 @@ def _values_equal(a: Any, b: Any) -> bool:
 # ---------------------------------------------------------------- the base class
 
 
+_FIELD_NAMES: dict[type, tuple[frozenset[str], tuple[str, ...]]] = {}
+
+
+def _field_names(cls: type[Any]) -> tuple[frozenset[str], tuple[str, ...]]:
+    """A schema class's field names and its required ones, in order (worked out once per
+    class: a many-file answer builds hundreds of results)."""
+    found = _FIELD_NAMES.get(cls)
+    if found is None:
+        fields = dataclasses.fields(cls)
+        required = tuple(
+            f.name
+            for f in fields
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        )
+        found = _FIELD_NAMES[cls] = (frozenset(f.name for f in fields), required)
+    return found
+
+
 @dataclasses.dataclass(frozen=True, eq=False, repr=False)
 class Schema:
     """Common behaviour: coercion, validation, dict round trip, equality and a short repr."""
@@ -255,17 +273,11 @@ class Schema:
         """
         if not isinstance(data, Mapping):
             raise SchemaTypeError(f"{cls.__name__}: expected a mapping, got {type(data).__name__}")
-        known = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(str(k) for k in data if k not in known)
-        if unknown:
+        known, required = _field_names(cls)
+        if not known.issuperset(data):
+            unknown = sorted(str(k) for k in data if k not in known)
             raise SchemaError(f"{cls.__name__}: unknown field(s) {unknown}", field=unknown[0])
-        missing = [
-            name
-            for name, f in known.items()
-            if name not in data
-            and f.default is dataclasses.MISSING
-            and f.default_factory is dataclasses.MISSING
-        ]
+        missing = [name for name in required if name not in data]
         if missing:
             raise SchemaError(
                 f"{cls.__name__}: missing required field(s) {missing}", field=missing[0]

@@ -67,6 +67,12 @@ _SIZED: Final[dict[int, tuple[int, int]]] = {
     0xC4: (_BIN, 1), 0xC5: (_BIN, 2), 0xC6: (_BIN, 4),
     0xDC: (_ARR, 2), 0xDD: (_ARR, 4), 0xDE: (_MAP, 2), 0xDF: (_MAP, 4),
 }  # fmt: skip
+_BIN_WIDTH: Final = {0xC4: 1, 0xC5: 2, 0xC6: 4}
+_UINT_WIDTH: Final = {0xCC: 1, 0xCD: 2, 0xCE: 4, 0xCF: 8}
+# The packed keys of an array map, compared with slices of the message (memoryviews).
+_KEY_DTYPE: Final = memoryview(b"\xa5dtype")
+_KEY_SHAPE: Final = memoryview(b"\xa5shape")
+_KEY_DATA: Final = memoryview(b"\xa4data")
 _EXT: Final = frozenset((0xC7, 0xC8, 0xC9, 0xD4, 0xD5, 0xD6, 0xD7, 0xD8))
 
 
@@ -427,6 +433,57 @@ class _Reader:
                 return floats
         return None
 
+    def _raw_array(self, pos: int) -> npt.NDArray[Any] | None:
+        """The raw array map starting at ``pos`` (after its map header) as ``pack_chunks``
+        writes it (keys dtype, shape, data in that order, small ints in the shape), read
+        without building the map; None for anything else, which the general path then reads
+        (and refuses with its precise errors). A many-file answer holds hundreds of these.
+        """
+        buf, end = self.buf, self.end
+        try:
+            if buf[pos : pos + 6] != _KEY_DTYPE:
+                return None
+            size = buf[pos + 6] - 0xA0
+            if not 0 < size < 32:
+                return None
+            dt = _DTYPES.get(str(buf[pos + 7 : pos + 7 + size], "ascii"))
+            pos += 7 + size
+            if dt is None or buf[pos : pos + 6] != _KEY_SHAPE:
+                return None
+            ndim = buf[pos + 6] - 0x90
+            if not 0 <= ndim < 16:
+                return None
+            pos += 7
+            dims: list[int] = []
+            for _ in range(ndim):
+                code = buf[pos]
+                if code < 0x80:
+                    dims.append(code)
+                    pos += 1
+                elif (width := _UINT_WIDTH.get(code)) is not None:
+                    dims.append(int.from_bytes(buf[pos + 1 : pos + 1 + width], "big"))
+                    pos += 1 + width
+                else:
+                    return None
+            if buf[pos : pos + 5] != _KEY_DATA:
+                return None
+            field = _BIN_WIDTH.get(buf[pos + 5])
+            if field is None:
+                return None
+            pos += 6
+            nbytes = int.from_bytes(buf[pos : pos + field], "big")
+            pos += field
+        except (IndexError, UnicodeDecodeError):
+            return None
+        count = math.prod(dims)
+        if pos + nbytes > end or nbytes != count * dt.itemsize:
+            return None
+        arr = np.frombuffer(buf, dt, count, pos)
+        if buf.readonly:
+            arr = arr.copy()
+        self.pos = pos + nbytes
+        return arr.reshape(dims)
+
     def obj(self, depth: int, parent: str, key: str | int) -> Any:
         """Read one value at ``self.pos``; ``parent``/``key`` locate it for error messages."""
         buf, pos = self.buf, self.pos
@@ -484,6 +541,13 @@ class _Reader:
         # before looping, so a short message cannot claim 2**32 elements.
         if n * (2 if kind == _MAP else 1) > self.end - pos:
             raise self._short("array/map count", n, pos)
+        if (
+            kind == _MAP
+            and n == 3
+            and self.decode_arrays
+            and (arr := self._raw_array(pos)) is not None
+        ):
+            return arr
         path = _path(parent, key)
         if kind == _ARR:
             if n >= 64 and (run := self._scalar_run(pos, n)) is not None:

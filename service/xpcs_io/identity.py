@@ -5,9 +5,14 @@ and result cache key on), and ``check_out``, which holds one file for several st
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
 from xpcs_io.api import PathLike
 from xpcs_io.checkout import FileCheckout
-from xpcs_io.pool import DataIdentity, FileIdentity
+from xpcs_io.paths import open_dir_beneath, path_parts
+from xpcs_io.pool import DataIdentity, FileIdentity, check_descriptor
 from xpcs_io.reading import Reading
 
 __all__ = ["Identities"]
@@ -15,7 +20,8 @@ __all__ = ["Identities"]
 
 class Identities(Reading):
     """Mixin of ``HDF5Facade``: ``resolve``, ``file_identity``, ``resolve_identity``,
-    ``check_out`` and ``check_out_pooled``."""
+    ``open_identity``, ``resolve_identities``, ``open_identities``, ``check_out`` and
+    ``check_out_pooled``."""
 
     def resolve(self, file_path: PathLike) -> str:
         """The absolute, symlink-free path ``file_path`` names (checked against the root).
@@ -50,6 +56,98 @@ class Identities(Reading):
         real, display, _ = self._locate(file_path)
         identity, swmr = self.pool.current(real, display, self.root)
         return real, DataIdentity(identity, self._linked_identities(real), swmr)
+
+    def open_identity(self, file_path: PathLike) -> tuple[str, DataIdentity, int]:
+        """``resolve_identity`` and a read-only descriptor of the file checked for it (the
+        caller closes it): a reader of the file's own bytes then reads the version the
+        identity names, as long as the file does not change (check it again after reading).
+
+        Raises:
+            See ``file_identity``.
+        """
+        real, display, _ = self._locate(file_path)
+        identity, swmr, fd = self.pool.current_open(real, display, self.root)
+        try:
+            return real, DataIdentity(identity, self._linked_identities(real), swmr), fd
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def open_identities(
+        self, file_paths: Sequence[PathLike]
+    ) -> list[tuple[str, DataIdentity, int] | Exception]:
+        """``open_identity`` of each path, or the exception it raises, with each folder
+        walked once: files of one folder are opened from one descriptor of it (opened
+        beneath the root, no symlink followed), so that a many-file read checks a file with
+        one open. A file that is a symlink, or in a folder reached through one, and every
+        failure are answered by ``open_identity`` itself (same results, same errors). The
+        caller closes the descriptors.
+        """
+        folders: dict[str, int | None] = {}
+        out: list[tuple[str, DataIdentity, int] | Exception] = []
+        try:
+            for path in file_paths:
+                found = self._open_in_folder(path, folders) if self.root is not None else None
+                if found is None:
+                    try:
+                        found = self.open_identity(path)
+                    except Exception as exc:
+                        out.append(exc)
+                        continue
+                out.append(found)
+        finally:
+            for fd in folders.values():
+                if fd is not None:
+                    os.close(fd)
+        return out
+
+    def resolve_identities(
+        self, file_paths: Sequence[PathLike]
+    ) -> list[tuple[str, DataIdentity] | Exception]:
+        """``resolve_identity`` of each path, or the exception it raises, each folder walked
+        once (see ``open_identities``)."""
+        out: list[tuple[str, DataIdentity] | Exception] = []
+        for found in self.open_identities(file_paths):
+            if isinstance(found, Exception):
+                out.append(found)
+            else:
+                os.close(found[2])
+                out.append(found[:2])
+        return out
+
+    def _open_in_folder(
+        self, file_path: PathLike, folders: dict[str, int | None]
+    ) -> tuple[str, DataIdentity, int] | None:
+        assert self.root is not None
+        try:
+            parts = path_parts(os.fspath(file_path))
+        except (PermissionError, TypeError):
+            return None
+        folder = "/".join(parts[:-1])
+        if folder not in folders:
+            top = os.fspath(self.root).rstrip("/")
+            try:
+                folders[folder] = open_dir_beneath(
+                    self.root, Path(f"{top}/{folder}" if folder else top or "/"), path_only=True
+                )
+            except OSError:  # a symlink or a missing folder on the way: the full resolution
+                folders[folder] = None
+        dir_fd = folders[folder]
+        if dir_fd is None:
+            return None
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        try:
+            fd = os.open(parts[-1], flags, dir_fd=dir_fd)
+        except OSError:
+            return None
+        try:
+            st, swmr = check_descriptor(fd, "/".join(parts), self.pool.policy)
+        except Exception:
+            os.close(fd)
+            return None
+        real = f"{os.fspath(self.root).rstrip('/')}/{'/'.join(parts)}"
+        identity = DataIdentity(FileIdentity.from_stat(st), self._linked_identities(real), swmr)
+        return real, identity, fd
 
     def check_out(self, file_path: PathLike) -> FileCheckout:
         """Resolve ``file_path`` once and borrow its pooled handle until ``release()``:

@@ -27,6 +27,7 @@ __all__ = [
     "inside_root",
     "open_beneath",
     "open_dir_beneath",
+    "path_parts",
     "realpath",
     "resolve_under_root",
 ]
@@ -51,25 +52,45 @@ def realpath(path: str | os.PathLike[str]) -> str:
     raise FileNotFoundError(f"No such file: {os.fspath(path)} (the path kept changing)")
 
 
+def _resolve_below(top: str, parts: list[str]) -> str:
+    """``realpath(top/parts...)`` for a resolved ``top`` and plain ``parts`` (no "", ".",
+    ".."): each component below ``top`` is ``lstat``-ed in turn, and the first symlink (or a
+    name that cannot be checked) hands the whole path to ``realpath``. Without symlinks the
+    joined path is already resolved, and the root's own components are not walked again
+    (measured: 20 us a path against 40 us with ``realpath`` under a four-folder root)."""
+    path = top.rstrip("/")
+    for part in parts:
+        path = f"{path}/{part}"
+        try:
+            symlink = stat.S_ISLNK(os.lstat(path).st_mode)
+        except OSError:
+            symlink = True
+        if symlink:
+            return realpath(os.path.join(top, *parts))
+    return path or "/"
+
+
 def inside_root(root: Path, path: Path) -> bool:
     """Whether ``path`` is ``root`` or lies below it, compared component by component: the
     one check of "inside the data root". Both must be resolved (symlink-free): a resolved
     path below the resolved root cannot lead out of it."""
-    return path == root or root in path.parents
+    # Resolved paths are normalised, so whole components compare as strings with the
+    # separator after the root (pathlib's ``parents`` cost 10 us a check, this 0.3 us).
+    top, below = os.fspath(root), os.fspath(path)
+    return below == top or below.startswith(top if top.endswith("/") else top + "/")
 
 
 def _refuse(why: str) -> PermissionError:
     return PermissionError(f"access denied: {why}")
 
 
-def resolve_under_root(root: Path, user_path: str | os.PathLike[str]) -> tuple[Path, str]:
-    """Return (absolute resolved path, display path under the root) for ``user_path``.
-
-    ``root`` must already be resolved (``Path(os.path.realpath(root))``).
+def path_parts(user_path: str | os.PathLike[str]) -> list[str]:
+    """The components of a caller's path under the root, checked as ``resolve_under_root``
+    checks them (before any file system access).
 
     Raises:
-        PermissionError: the path is absolute, contains ``..``, NUL or a backslash, is too
-            long, or resolves (through symlinks) outside ``root``.
+        PermissionError: the path is empty, absolute, contains ``..``, NUL or a backslash,
+            is not UTF-8, or is too long (in whole or in a component).
         TypeError: ``user_path`` is not a string or path.
     """
     if isinstance(user_path, os.PathLike):
@@ -100,8 +121,22 @@ def resolve_under_root(root: Path, user_path: str | os.PathLike[str]) -> tuple[P
             raise _refuse("'..' is not allowed in paths")
         if len(part.encode("utf-8")) > MAX_COMPONENT_BYTES:
             raise _refuse("path component too long")
+    return parts
+
+
+def resolve_under_root(root: Path, user_path: str | os.PathLike[str]) -> tuple[Path, str]:
+    """Return (absolute resolved path, display path under the root) for ``user_path``.
+
+    ``root`` must already be resolved (``Path(os.path.realpath(root))``).
+
+    Raises:
+        PermissionError: the path is absolute, contains ``..``, NUL or a backslash, is too
+            long, or resolves (through symlinks) outside ``root``.
+        TypeError: ``user_path`` is not a string or path.
+    """
+    parts = path_parts(user_path)
     top = os.fspath(root)
-    real = realpath(os.path.join(top, *parts))
+    real = _resolve_below(top, parts)
     # Both resolved: inside the root exactly when the root is a whole-component prefix.
     if real != top and not real.startswith(top if top.endswith("/") else top + "/"):
         raise _refuse("path leads outside the data root")
@@ -124,6 +159,11 @@ class PathChangedError(PermissionError):
 
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# Folders on the way are only names to open the next one from: ``O_PATH`` descriptors serve
+# as ``dir_fd`` and cost no open event, where each plain open of a folder or file under a
+# watched root also queues an inotify event for the root's watcher (measured: 2 us against
+# 8-10 us per open with the service's watcher on the root).
+_WALK_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def _relative_parts(root: Path | None, real: Path) -> tuple[str, list[str]]:
@@ -131,7 +171,9 @@ def _relative_parts(root: Path | None, real: Path) -> tuple[str, list[str]]:
         return str(real.anchor or "/"), list(real.parts[1:])
     if not inside_root(root, real):
         raise _refuse("path leads outside the data root")
-    return str(root), list(real.relative_to(root).parts)
+    top, below = os.fspath(root), os.fspath(real)
+    # Both resolved and ``real`` inside ``root``: the components after the root's string.
+    return top, [p for p in below[len(top) :].split("/") if p]
 
 
 def _is_link(name: str, dir_fd: int) -> bool:
@@ -141,24 +183,26 @@ def _is_link(name: str, dir_fd: int) -> bool:
         return True  # gone meanwhile: the path is changing
 
 
-def open_dir_beneath(root: Path | None, real_dir: Path) -> int:
+def open_dir_beneath(root: Path | None, real_dir: Path, *, path_only: bool = False) -> int:
     """A descriptor of the folder ``real_dir`` (resolved, inside ``root``), opened from the
     root's descriptor one component at a time without following symlinks. With ``root``
-    ``None`` the folder is opened by name.
+    ``None`` the folder is opened by name. With ``path_only`` it is an ``O_PATH`` descriptor
+    (good as ``dir_fd``, not for listing or ``fsync``).
 
     Raises:
         PathChangedError: a component is (now) a symlink or not a folder.
         FileNotFoundError: a component does not exist.
         PermissionError: ``real_dir`` is outside the root, or the OS refuses.
     """
+    last = _WALK_FLAGS if path_only else _DIR_FLAGS
     if root is None:
-        return os.open(real_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        return os.open(real_dir, (last & ~os.O_NOFOLLOW) | os.O_DIRECTORY | os.O_CLOEXEC)
     start, parts = _relative_parts(root, real_dir)
-    fd = os.open(start, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    fd = os.open(start, (_WALK_FLAGS if parts else last) & ~os.O_NOFOLLOW)
     try:
-        for part in parts:
+        for i, part in enumerate(parts):
             try:
-                nfd = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                nfd = os.open(part, last if i == len(parts) - 1 else _WALK_FLAGS, dir_fd=fd)
             except OSError as exc:
                 if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
                     raise
@@ -188,17 +232,18 @@ def open_beneath(root: Path | None, real: Path, flags: int = os.O_RDONLY) -> int
         FileNotFoundError: it does not exist.
         PermissionError: outside the root, or the OS refuses.
     """
-    dir_fd = open_dir_beneath(root, real.parent)
+    folder, name = os.path.split(os.fspath(real))
+    dir_fd = open_dir_beneath(root, Path(folder), path_only=True)
     try:
         return os.open(
-            real.name,
+            name,
             flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
             dir_fd=dir_fd,
         )
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise PathChangedError(
-                f"access denied: {real.name} changed while the path was opened"
+                f"access denied: {name} changed while the path was opened"
             ) from None
         raise
     finally:

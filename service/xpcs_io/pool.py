@@ -425,6 +425,20 @@ class HDF5ConnectionPool:
         Raises:
             See ``checkout``.
         """
+        identity, swmr, fd = self.current_open(key, display, root)
+        os.close(fd)
+        return identity, swmr
+
+    def current_open(
+        self, key: str, display: str, root: Path | None
+    ) -> tuple[FileIdentity, bool, int]:
+        """``current``, and the descriptor the file was checked through (the caller closes
+        it): reading its bytes through it reads the version the identity names, unless the
+        file changes afterwards.
+
+        Raises:
+            See ``checkout``.
+        """
         for _ in range(_OPEN_ATTEMPTS):
             try:
                 fd = _safe_fd(Path(key), display, root)
@@ -432,9 +446,10 @@ class HDF5ConnectionPool:
                 continue
             try:
                 st, swmr = check_descriptor(fd, display, self.policy)
-                return FileIdentity.from_stat(st), swmr
-            finally:
+            except BaseException:
                 os.close(fd)
+                raise
+            return FileIdentity.from_stat(st), swmr, fd
         if os.path.islink(key):
             raise FileNotFoundError(f"No such file: {display} (symlink loop)")
         raise FileBusyError(f"{display} kept changing while it was opened; retry later")

@@ -31,6 +31,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
+import numpy.typing as npt
 
 __all__ = [
     "DEFAULT_MAX_RESPONSE_BYTES",
@@ -220,49 +221,97 @@ def chunk_size(line: bytes) -> int:
 
 
 class Dechunker:
-    """Decodes a chunked HTTP body as its bytes arrive: ``feed`` each piece; it returns True
-    once the last chunk was read, then ``body`` is the payload. Every byte is parsed once and
-    consumed input is dropped in large steps, so a multi-MB answer of many small chunks costs
-    linear time."""
+    """Decodes a chunked HTTP body into one growing buffer as its bytes arrive.
 
-    __slots__ = ("body", "buf", "done", "limit", "pos")
+    A chunk's payload is received straight into place: ``space()`` is where the rest of the
+    current chunk goes and ``taken(n)`` says ``n`` bytes landed there. Chunk-size lines, and
+    whatever arrives with them, go through ``feed`` (a copy). A many-file answer streamed in
+    chunks of megabytes is thus copied once by the kernel, as a Content-Length answer is;
+    the buffer grows by doubling, so growing costs at most one more copy of the body.
+    ``body`` is the payload (a view of the buffer) once ``done``.
+    """
+
+    __slots__ = ("_left", "_line", "_state", "_store", "done", "limit", "size")
 
     def __init__(self, limit: int = DEFAULT_MAX_RESPONSE_BYTES) -> None:
-        self.buf = bytearray()
-        self.pos = 0
-        self.body = bytearray()
+        self._store = np.empty(_SCRATCH, dtype=np.uint8)
+        self.size = 0
+        self._left = 0  # payload bytes of the current chunk still to come
+        self._line = b""  # an unfinished line (a chunk size, or the CRLF after a payload)
+        self._state = "size"  # the line expected next: "size", "crlf" or "trailer"
         self.done = False
         self.limit = limit
 
+    @property
+    def body(self) -> npt.NDArray[np.uint8]:
+        """The payload received so far (all of it once ``done``)."""
+        return self._store[: self.size]
+
+    def space(self) -> memoryview | None:
+        """Where the rest of the current chunk's payload goes, or None while a line is due."""
+        if self.done or not self._left:
+            return None
+        self._reserve(self._left)
+        return self._store.data[self.size : self.size + self._left]
+
+    def taken(self, n: int) -> None:
+        """``n`` payload bytes were written into the last ``space()``."""
+        self.size += n
+        self._left -= n
+        if not self._left:
+            self._state = "crlf"
+
     def feed(self, data: bytes | bytearray | memoryview) -> bool:
-        """Add ``data``; True when the body is complete (trailers are not read).
+        """Add ``data``; True when the body is complete (trailers are skipped).
 
         Raises:
-            ProtocolError: a malformed chunk-size line.
+            ProtocolError: a malformed chunk-size line, or a chunk not followed by CRLF.
             ResponseTooLargeError: the body grows past ``limit``.
         """
-        buf = self.buf
-        buf += data
-        while not self.done:
-            line_end = buf.find(b"\r\n", self.pos)
-            if line_end < 0:
-                if len(buf) - self.pos > _MAX_CHUNK_LINE:
+        view = memoryview(data).cast("B")
+        pos, end = 0, len(view)
+        while pos < end and not self.done:
+            if self._left:
+                n = min(self._left, end - pos)
+                self._reserve(n)
+                self._store.data[self.size : self.size + n] = view[pos : pos + n]
+                pos += n
+                self.taken(n)
+                continue
+            window = self._line + bytes(view[pos : pos + _MAX_CHUNK_LINE])
+            cut = window.find(b"\r\n")
+            if cut < 0:
+                if len(window) > _MAX_CHUNK_LINE:
                     raise ProtocolError("chunk-size line too long")
-                break
-            size = chunk_size(bytes(buf[self.pos : line_end]))
-            check_length(len(self.body) + size, self.limit)
-            start = line_end + 2
-            if len(buf) < start + size + 2:
-                break  # the last chunk, too, waits for its CRLF: none may be left unread
-            if size == 0:
-                self.done = True
-                break
-            self.body += buf[start : start + size]
-            self.pos = start + size + 2
-        if self.pos > 1 << 20 or self.pos == len(buf):
-            del buf[: self.pos]
-            self.pos = 0
+                self._line = window
+                pos = end
+                continue
+            pos += cut + 2 - len(self._line)
+            self._line = b""
+            self._line_read(window[:cut])
         return self.done
+
+    def _line_read(self, line: bytes) -> None:
+        if self._state == "crlf":
+            if line:
+                raise ProtocolError("a chunk's payload is longer than its size line says")
+            self._state = "size"
+        elif self._state == "size":
+            size = chunk_size(line)
+            if size == 0:
+                self._state = "trailer"
+                return
+            check_length(self.size + size, self.limit)
+            self._left = size
+        elif not line:  # the empty line after the last chunk (and any trailers)
+            self.done = True
+
+    def _reserve(self, n: int) -> None:
+        need = self.size + n
+        if need > len(self._store):
+            grown = np.empty(max(need, 2 * len(self._store)), dtype=np.uint8)
+            grown[: self.size] = self._store[: self.size]
+            self._store = grown
 
 
 class Bar(Protocol):
@@ -308,6 +357,7 @@ class ResponseReader:
         self._got = 0
         self._scratch: memoryview | None = None
         self._dechunk: Dechunker | None = None
+        self._direct = False  # the last buffer() was a chunk's payload space
         self._bar: Bar | None = None
 
     # ------------------------------------------------------------------ what drivers call
@@ -324,6 +374,9 @@ class ResponseReader:
         if self._framing == "length":
             assert self._view is not None
             return self._view[self._got :]
+        if self._dechunk is not None and (space := self._dechunk.space()) is not None:
+            self._direct = True
+            return space
         if self._scratch is None:
             self._scratch = memoryview(bytearray(_SCRATCH))
         return self._scratch
@@ -342,6 +395,11 @@ class ResponseReader:
             self._advance(n)
             if self._got == len(self._body):
                 self._finish()
+        elif self._direct:
+            assert self._dechunk is not None
+            self._direct = False
+            self._dechunk.taken(n)
+            self._advance(n)
         else:
             assert self._scratch is not None
             self._more(self._scratch[:n])

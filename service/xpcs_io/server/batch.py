@@ -13,21 +13,26 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import AsyncIterator, Callable, Hashable
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Query, Request
+from starlette.background import BackgroundTask
+from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from xpcs_io import wire
-from xpcs_io.errors import SchemaError, SchemaTypeError, WireFormatError
+from xpcs_io.errors import SchemaError, SchemaTypeError, ServerBusyError, WireFormatError
 from xpcs_io.facade import HDF5Facade
+from xpcs_io.pool import DataIdentity
 from xpcs_io.schemas import Schema
 from xpcs_io.server.auth import require
-from xpcs_io.server.common import Layout, Validate, facade_for, group_query, seen_by, send
+from xpcs_io.server.common import Layout, Validate, facade_for, group_query, send
 from xpcs_io.server.deps import get_results, get_settings
+from xpcs_io.server.fileplans import PlanStore
 from xpcs_io.server.limits import read_body
-from xpcs_io.server.manysend import ItemsResponse, Packed, result_item
+from xpcs_io.server.manysend import ItemsResponse, Packed, item_head, result_item
 from xpcs_io.server.openapi_docs import BODY_ERRORS
 from xpcs_io.server.problems import problem_fields
 from xpcs_io.server.responses import MSGPACK_MEDIA_TYPE, wants_json
@@ -91,6 +96,24 @@ async def _file_paths(request: Request, limit: int) -> list[str]:
     return paths
 
 
+def _error(request: Request, index: int, path: str, exc: Exception) -> dict[str, Any]:
+    return {"index": index, "file_path": path, "error": problem_fields(request, exc)}
+
+
+def _item(index: int, path: str, value: Any, packed: bool) -> dict[str, Any] | Packed:
+    if packed and isinstance(value, Schema):
+        return result_item(index, path, value)
+    result = value.to_dict() if isinstance(value, Schema) else value
+    return {"index": index, "file_path": path, "result": result}
+
+
+#: Files checked and answered from their plans per worker-thread hop (cache off); the hops
+#: run at the same time.
+_PER_HOP = 25
+#: A file of a many-file read: its index, path, resolved path and identity.
+_Entry = tuple[int, str, str, DataIdentity]
+
+
 async def _items(
     request: Request,
     paths: list[str],
@@ -98,39 +121,115 @@ async def _items(
     facade: HDF5Facade,
     key: tuple[Hashable, ...],
     packed: bool,
+    learned: list[Callable[[], None]],
 ) -> AsyncIterator[dict[str, Any] | Packed]:
-    """One item per file as each is read: packed (msgpack chunks) when ``packed``, else a
-    dict."""
+    """One item per file as each is ready: packed (msgpack chunks) when ``packed``, else a
+    dict. With the result cache on, each file's identity is checked on the event loop (a few
+    system calls) and a cached result answered at once. With it off (msgpack answers), worker
+    threads check the files, ``_PER_HOP`` a hop, and answer each file whose answer has a
+    plan from its bytes (``pread`` through the descriptor just checked, no HDF5). The others
+    are read through the facade, ``_CONCURRENCY`` at a time; a read that learns a plan
+    appends its learning step to ``learned`` (run it after the answer is out)."""
     results = get_results(request)
+    plans: PlanStore | None = getattr(request.app.state, "plans", None)
+    if plans is not None and (results.max_bytes > 0 or not packed):
+        plans = None  # plans answer only msgpack reads with the result cache off
+    to_read: list[_Entry] = []
+    if plans is None:
+        for start in range(0, len(paths), _PER_HOP):
+            if start:
+                await asyncio.sleep(0)  # let other requests in between long runs of checks
+            part = paths[start : start + _PER_HOP]
+            checked = zip(part, facade.resolve_identities(part), strict=True)
+            for index, (path, found) in enumerate(checked, start):
+                if isinstance(found, Exception):
+                    yield _error(request, index, path, found)
+                    continue
+                real, identity = found
+                cached = results.peek((real, identity, *key))
+                if cached is not None:  # kept as computed: (result, whether it read that)
+                    yield _item(index, path, cached[0], packed)
+                else:
+                    to_read.append((index, path, real, identity))
+    else:
+        store = plans
+
+        def planned(entries: list[tuple[int, str]]) -> list[tuple[int, str, Any]]:
+            # Each file checked, and its planned arrays read, through one descriptor.
+            out: list[tuple[int, str, Any]] = []
+            opened = facade.open_identities([path for _, path in entries])
+            for (index, path), found in zip(entries, opened, strict=True):
+                if isinstance(found, Exception):
+                    out.append((index, path, found))
+                    continue
+                real, identity, fd = found
+                try:
+                    full = (real, identity, *key)
+                    answer = None
+                    if not identity.swmr:
+                        answer = store.packed_answer(full, real, identity.file, fd)
+                except OSError:  # the read through HDF5 says what is wrong with the file
+                    answer = None
+                finally:
+                    os.close(fd)
+                out.append((index, path, (real, identity, answer)))
+            return out
+
+        numbered = list(enumerate(paths))
+        hops = [
+            asyncio.ensure_future(run_in_threadpool(planned, numbered[i : i + _PER_HOP]))
+            for i in range(0, len(numbered), _PER_HOP)
+        ]
+        try:
+            for hop in hops:
+                for index, path, got in await hop:
+                    if isinstance(got, Exception):
+                        yield _error(request, index, path, got)
+                        continue
+                    real, identity, answer = got
+                    if answer is None:  # no plan yet, or the file changed: read it
+                        to_read.append((index, path, real, identity))
+                        continue
+                    chunks, arrays = answer
+                    try:
+                        results.lend((real, identity, *key), arrays)  # held until sent
+                    except ServerBusyError as exc:
+                        yield _error(request, index, path, exc)
+                        continue
+                    yield [item_head(index, path), *chunks]
+        finally:
+            for hop in hops:
+                hop.cancel()
+
     done: asyncio.Queue[dict[str, Any] | Packed] = asyncio.Queue(maxsize=2 * _CONCURRENCY)
     slots = asyncio.Semaphore(_CONCURRENCY)
 
-    async def one(index: int, path: str) -> None:
+    async def one(index: int, path: str, real: str, identity: DataIdentity) -> None:
         async with slots:
             try:
-                real, identity = facade.resolve_identity(path)
-                value, seen = await results.get(
-                    (real, identity, *key),
-                    real,
-                    identity,
-                    seen_by(lambda: read(facade, path), facade),
-                )
-                if not identity.swmr and seen != identity.file:
+                full = (real, identity, *key)
+
+                def compute() -> tuple[Any, bool]:
+                    # On a pool thread: the facade remembers per thread what it read.
+                    value = read(facade, path)
+                    return value, facade.last_read_matches(identity)
+
+                if plans is not None:
+                    compute, learn = plans.learning(compute, full, real, identity)
+                    learned.append(learn)
+                value, matched = await results.get(full, real, identity, compute)
+                if not matched:
                     # Read from another version than the key names (a write raced it):
                     # answered as read, not kept.
                     results.drop_file(real, keep=None)
-                item: dict[str, Any] | Packed
-                if packed:
-                    item = result_item(index, path, value)
-                else:
-                    item = {"index": index, "file_path": path, "result": value.to_dict()}
+                item = _item(index, path, value, packed)
             except Exception as exc:
-                item = {"index": index, "file_path": path, "error": problem_fields(request, exc)}
+                item = _error(request, index, path, exc)
             await done.put(item)
 
-    tasks = [asyncio.create_task(one(i, p)) for i, p in enumerate(paths)]
+    tasks = [asyncio.create_task(one(*entry)) for entry in to_read]
     try:
-        for _ in paths:
+        for _ in to_read:
             yield await done.get()
     finally:
         for task in tasks:
@@ -145,15 +244,22 @@ async def _answer(
     key: tuple[Hashable, ...],
 ) -> Response:
     facade = facade_for(request, validate)
+    learned: list[Callable[[], None]] = []
     if wants_json(request):
         out: list[Any] = [None] * len(paths)
-        async for item in _items(request, paths, read, facade, (*key, validate), False):
+        async for item in _items(request, paths, read, facade, (*key, validate), False, learned):
             if isinstance(item, dict):  # always: not packed
                 out[item["index"]] = item
         return send(request, out)
 
-    items = _items(request, paths, read, facade, (*key, validate), True)
-    return ItemsResponse(len(paths), items, request.app.state.settings.batch_whole_bytes)
+    def learn() -> None:  # each plan is checked against its file once the answer is out
+        for step in learned:
+            step()
+
+    items = _items(request, paths, read, facade, (*key, validate), True, learned)
+    return ItemsResponse(
+        len(paths), items, get_settings(request).batch_whole_bytes, BackgroundTask(learn)
+    )
 
 
 def _route(

@@ -35,7 +35,6 @@ __all__ = [
     "facade_for",
     "group_query",
     "read_result",
-    "seen_by",
     "send",
 ]
 
@@ -225,14 +224,3 @@ async def _answer_read(
     if learn is not None:  # checked against the file once this answer is out
         response.background = BackgroundTask(learn)
     return response
-
-
-def seen_by(produce: Callable[[], Any], facade: HDF5Facade) -> Callable[[], tuple[Any, Any]]:
-    """``produce`` wrapped to also return the file version the facade's read used."""
-
-    # ``produce`` runs on a pool thread: the facade remembers per thread what it read.
-    def run() -> tuple[Any, Any]:
-        value = produce()
-        return value, facade.last_read_identity()
-
-    return run

@@ -19,14 +19,24 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any, Final
 
+import msgpack
 import numpy as np
 
+from xpcs_io import wire
 from xpcs_io.extents import Extents, Provenance, recording
 from xpcs_io.locking import LockPolicy
 from xpcs_io.pool import DataIdentity, FileIdentity, check_descriptor
 from xpcs_io.schemas import Schema
 
-__all__ = ["MAX_IN_FLIGHT", "FilePlan", "PlanStore", "open_version", "unchanged"]
+__all__ = [
+    "MAX_IN_FLIGHT",
+    "FilePlan",
+    "PlanStore",
+    "open_version",
+    "read_extents",
+    "segments",
+    "unchanged",
+]
 
 #: Arrays smaller than this stay in the plan: a system call each would cost more.
 MIN_FILE_ARRAY: Final = 64 << 10
@@ -47,6 +57,8 @@ class FilePlan:
     skeleton: Any
     identity: FileIdentity
     nbytes: int
+    #: The raw msgpack body: bytes, and file arrays after their headers (``segments``).
+    raw: tuple[bytes | Extents, ...] = ()
 
 
 def _replace(value: Any, found: Provenance, real: str, kept: list[int]) -> Any:
@@ -66,6 +78,59 @@ def _replace(value: Any, found: Provenance, real: str, kept: list[int]) -> Any:
     if isinstance(value, list | tuple):
         return [_replace(v, found, real, kept) for v in value]
     return value
+
+
+_PACKER = msgpack.Packer(use_bin_type=True)
+
+
+def _bin_header(n: int) -> bytes:
+    """The smallest msgpack bin header for ``n`` bytes (as ``wire`` and msgpack write it)."""
+    if n < 0x100:
+        return bytes((0xC4, n))
+    if n < 0x10000:
+        return b"\xc5" + n.to_bytes(2, "big")
+    return b"\xc6" + n.to_bytes(4, "big")
+
+
+def _segments(skeleton: Any, out: list[bytes | Extents], raw: bool) -> None:
+    """The body of ``skeleton`` as msgpack bytes and file arrays, in order. With ``raw``
+    a file array comes after its header (framed exactly as ``wire.pack_chunks`` frames an
+    array of that dtype and shape); else it stands for its whole array map."""
+    if isinstance(skeleton, Extents):
+        if raw:
+            head = b"\x83\xa5dtype" + _PACKER.pack(skeleton.dtype) + b"\xa5shape"
+            head += _PACKER.pack(list(skeleton.shape)) + b"\xa4data"
+            out.append(head + _bin_header(skeleton.nbytes))
+        out.append(skeleton)
+    elif isinstance(skeleton, dict):
+        out.append(_PACKER.pack_map_header(len(skeleton)))
+        for k, v in skeleton.items():
+            out.append(_PACKER.pack(k))
+            _segments(v, out, raw)
+    elif isinstance(skeleton, list):
+        out.append(_PACKER.pack_array_header(len(skeleton)))
+        for v in skeleton:
+            _segments(v, out, raw)
+    else:
+        out.append(b"".join(bytes(c) for c in wire.pack_chunks(skeleton)))
+
+
+def _merged(found: list[bytes | Extents]) -> list[bytes | Extents]:
+    out: list[bytes | Extents] = []
+    for seg in found:
+        if isinstance(seg, bytes) and out and isinstance(out[-1], bytes):
+            out[-1] += seg
+        elif not isinstance(seg, bytes) or seg:
+            out.append(seg)
+    return out
+
+
+def segments(skeleton: Any, *, raw: bool) -> list[bytes | Extents]:
+    """The msgpack body of ``skeleton`` as bytes and file arrays in order, adjacent bytes
+    joined (see ``_segments``)."""
+    found: list[bytes | Extents] = []
+    _segments(skeleton, found, raw)
+    return _merged(found)
 
 
 def _file_arrays(skeleton: Any) -> list[Extents]:
@@ -105,6 +170,19 @@ def _same_bytes(fd: int, ext: Extents, array: np.ndarray[Any, Any]) -> bool:
             done += n
             pos += n
     return pos == raw.nbytes
+
+
+def read_extents(fd: int, ext: Extents) -> np.ndarray[Any, Any] | None:
+    """The array ``ext`` describes, read from ``fd`` with ``pread``; None when the file ends
+    before its bytes do (it was cut)."""
+    out = np.empty(ext.shape, np.dtype(ext.dtype))
+    view = out.reshape(-1).view(np.uint8).data
+    pos = 0
+    for offset, count in ext.spans:
+        if os.preadv(fd, [view[pos : pos + count]], offset) != count:
+            return None
+        pos += count
+    return out
 
 
 def unchanged(fd: int, identity: FileIdentity, policy: LockPolicy) -> bool:
@@ -162,6 +240,51 @@ class PlanStore:
             self.in_flight += 1
             return plan
 
+    def packed_answer(
+        self, key: Hashable, real: str, identity: FileIdentity, fd: int | None = None
+    ) -> tuple[list[bytes | memoryview], list[np.ndarray[Any, Any]]] | None:
+        """The answer for ``key`` packed as ``wire.pack_chunks`` packs it (the same bytes),
+        built from its plan and the bytes of ``real`` now, with ``pread`` and no HDF5 call,
+        and the arrays read (the chunks are views of them); None when there is no plan, the
+        file is not the version ``identity`` any more or changed while it was read (read it
+        through HDF5 then). ``fd``: the file already open and checked to be at ``identity``
+        (left open), else it is opened here. Runs on a worker thread: a few system calls per
+        array.
+        """
+        plan = self.get(key)
+        if plan is None:
+            return None
+        try:
+            if plan.identity != identity or not plan.raw:
+                return None
+            own = fd is None
+            if fd is None:
+                fd = open_version(real, identity, self.policy)
+            if fd is None:
+                return None
+            chunks: list[bytes | memoryview] = []
+            arrays: list[np.ndarray[Any, Any]] = []
+            try:
+                for seg in plan.raw:
+                    if isinstance(seg, bytes):
+                        chunks.append(seg)
+                        continue
+                    array = read_extents(fd, seg)
+                    if array is None:
+                        return None
+                    arrays.append(array)
+                    chunks.append(array.reshape(-1).view(np.uint8).data)
+                if not unchanged(fd, identity, self.policy):
+                    return None
+            finally:
+                if own:
+                    os.close(fd)
+            self.add("responses")
+            self.add("copied_bytes", sum(a.nbytes for a in arrays))
+            return chunks, arrays
+        finally:
+            self.done()
+
     def done(self) -> None:
         """An answer sent from a plan (one ``get`` returned) is over."""
         with self._lock:
@@ -215,7 +338,8 @@ class PlanStore:
                 return
         finally:
             os.close(fd)
-        plan = FilePlan(skeleton, identity, sum(e.nbytes for e in files) + kept[0])
+        nbytes = sum(e.nbytes for e in files) + kept[0]
+        plan = FilePlan(skeleton, identity, nbytes, tuple(segments(skeleton, raw=True)))
         with self._lock:
             self._plans[key] = plan
             self._plans.move_to_end(key)

@@ -21,18 +21,21 @@ import weakref
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+from starlette.background import BackgroundTask
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from xpcs_io import wire
 from xpcs_io.schemas import Schema
 from xpcs_io.server.responses import MSGPACK_MEDIA_TYPE, SLICE_BYTES
+from xpcs_io.server.zerocopy import EXTENSION, SENDFILE
 
 __all__ = [
     "OWN_BYTES",
     "WHOLE_BYTES",
     "ItemsResponse",
     "array_header",
+    "item_head",
     "result_item",
     "slices",
 ]
@@ -70,8 +73,18 @@ def result_item(index: int, file_path: str, value: Schema) -> Packed:
     else:
         chunks = wire.pack_chunks(value.to_dict())
         _packed[key] = (weakref.ref(value, _forget(key)), chunks)
-    head = b"\x83" + wire.pack("index") + wire.pack(index) + wire.pack("file_path")
-    return [head + wire.pack(file_path) + wire.pack("result"), *chunks]
+    return [item_head(index, file_path), *chunks]
+
+
+def item_head(index: int, file_path: str) -> bytes:
+    """The packed start of a result item, up to its ``result`` value."""
+    return (
+        b"\x83\xa5index"
+        + wire.pack(index)
+        + b"\xa9file_path"
+        + wire.pack(file_path)
+        + b"\xa6result"
+    )
 
 
 def array_header(n: int) -> bytes:
@@ -136,16 +149,22 @@ class ItemsResponse(Response):
         count: int,
         items: AsyncIterator[dict[str, Any] | Packed],
         whole_bytes: int = WHOLE_BYTES,
+        background: BackgroundTask | None = None,
     ) -> None:
         self.count = count
         self.items = items
         self.whole_bytes = whole_bytes
-        super().__init__(None, headers={"content-length": "0"})
+        super().__init__(None, headers={"content-length": "0"}, background=background)
 
     def render(self, content: Any) -> bytes:
         return b""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._answer(scope, send)
+        if self.background is not None:
+            await self.background()
+
+    async def _answer(self, scope: Scope, send: Send) -> None:
         async with contextlib.aclosing(self.items) as items:  # type: ignore[type-var]
             pending: list[Chunk] = [array_header(self.count)]
             held = len(pending[0])
@@ -168,6 +187,13 @@ class ItemsResponse(Response):
                     "headers": self.raw_headers,
                 }
             )
+            if whole and EXTENSION in (scope.get("extensions") or {}):
+                # One message: a worker thread writes every piece with writev, where one
+                # ASGI message per piece costs tens of microseconds each on the event loop.
+                message = {"type": SENDFILE, "fd": -1, "parts": pending, "count": held}
+                await send({**message, "check": None})
+                await send({"type": "http.response.body", "body": b""})
+                return
             await self._send(send, pending, more=not whole)
             if whole:
                 return

@@ -31,9 +31,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from xpcs_io import arraycodec, wire
+from xpcs_io import arraycodec
 from xpcs_io.extents import Extents
-from xpcs_io.server.fileplans import FilePlan, PlanStore, unchanged
+from xpcs_io.server.fileplans import FilePlan, PlanStore, segments, unchanged
 from xpcs_io.server.responses import MSGPACK_MEDIA_TYPE
 from xpcs_io.server.zerocopy import ABORT, EXTENSION, SENDFILE
 
@@ -46,6 +46,7 @@ _PIECE: Final = 4 << 20
 #: Pieces read and compressed ahead of the one being written (one: blosc2 already
 #: compresses a piece on every core).
 _AHEAD: Final = 1
+_PACKER = msgpack.Packer(use_bin_type=True)
 
 
 def _window_bound() -> int:
@@ -64,9 +65,6 @@ def _window_bound() -> int:
 TAIL: Final = _window_bound()
 
 
-_PACKER = msgpack.Packer(use_bin_type=True)
-
-
 def _bin_header(n: int) -> bytes:
     """The smallest msgpack bin header for ``n`` bytes (as ``wire`` and msgpack write it)."""
     if n < 0x100:
@@ -74,29 +72,6 @@ def _bin_header(n: int) -> bytes:
     if n < 0x10000:
         return b"\xc5" + n.to_bytes(2, "big")
     return b"\xc6" + n.to_bytes(4, "big")
-
-
-def _segments(skeleton: Any, out: list[bytes | Extents], raw: bool) -> None:
-    """The body of ``skeleton`` as msgpack bytes and file arrays, in order. With ``raw``
-    a file array comes after its header (framed exactly as ``wire.pack_chunks`` frames an
-    array of that dtype and shape); else it stands for its whole array map."""
-    if isinstance(skeleton, Extents):
-        if raw:
-            head = b"\x83\xa5dtype" + _PACKER.pack(skeleton.dtype) + b"\xa5shape"
-            head += _PACKER.pack(list(skeleton.shape)) + b"\xa4data"
-            out.append(head + _bin_header(skeleton.nbytes))
-        out.append(skeleton)
-    elif isinstance(skeleton, dict):
-        out.append(_PACKER.pack_map_header(len(skeleton)))
-        for k, v in skeleton.items():
-            out.append(_PACKER.pack(k))
-            _segments(v, out, raw)
-    elif isinstance(skeleton, list):
-        out.append(_PACKER.pack_array_header(len(skeleton)))
-        for v in skeleton:
-            _segments(v, out, raw)
-    else:
-        out.append(b"".join(bytes(c) for c in wire.pack_chunks(skeleton)))
 
 
 def _worth(ext: Extents) -> bool:
@@ -122,16 +97,6 @@ def _array_head(ext: Extents, squeezed: bool, pieces: int) -> bytes:
         array: bytes = _PACKER.pack_array_header(pieces)
         return head + b"\xa5codec\xa6blosc2\xa4data" + array
     return head + b"\xa4data" + _bin_header(ext.nbytes)
-
-
-def _merged(segments: list[bytes | Extents]) -> list[bytes | Extents]:
-    out: list[bytes | Extents] = []
-    for seg in segments:
-        if isinstance(seg, bytes) and out and isinstance(out[-1], bytes):
-            out[-1] += seg
-        elif not isinstance(seg, bytes) or seg:
-            out.append(seg)
-    return out
 
 
 def _pread(fd: int, offset: int, count: int) -> bytes:
@@ -181,9 +146,7 @@ class PlanResponse(Response):
     ) -> None:
         self.plan, self.fd, self.store, self.preset = plan, fd, store, preset
         self.release = release
-        segments: list[bytes | Extents] = []
-        _segments(plan.skeleton, segments, raw=preset is None)
-        self.segments = _merged(segments)
+        self.segments = segments(plan.skeleton, raw=preset is None)
         super().__init__(None, headers=headers)
         self.length = sum(len(s) if isinstance(s, bytes) else s.nbytes for s in self.segments)
         if preset is None:

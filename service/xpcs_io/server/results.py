@@ -123,13 +123,10 @@ class ResultCache:
         """
         if self.max_bytes <= 0:
             self._check_unshared(self._sizes.get(key, 0))
-            return self._lend(key, await _in_thread(compute))
-        with self._lock:
-            entry = self._entries.get(key)
-            if entry is not None:
-                self._entries.move_to_end(key)
-                self.hits += 1
-                return entry[0]
+            return self.lend(key, await _in_thread(compute))
+        cached = self.peek(key)
+        if cached is not None:
+            return cached
         flight = self._flights.get(key)
         if flight is not None:
             self.coalesced += 1
@@ -148,7 +145,7 @@ class ResultCache:
         self.misses += 1
         if not self._store(key, file, version, value):
             try:
-                self._lend(key, value)
+                self.lend(key, value)
             except ServerBusyError as exc:
                 future.set_exception(exc)
                 future.exception()
@@ -165,8 +162,22 @@ class ResultCache:
                 f"{self.unshared_limit:,}): retry shortly"
             )
 
-    def _lend(self, key: Hashable, value: Any) -> Any:
-        """Count ``value``'s arrays as held by answers until they are freed.
+    def peek(self, key: Hashable) -> Any:
+        """The cached result for ``key`` (counted as a hit), or None: no read, no wait (a
+        many-file read answers its cached files in one pass on the event loop)."""
+        if self.max_bytes <= 0:
+            return None
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                return None
+            self._entries.move_to_end(key)
+            self.hits += 1
+            return entry[0]
+
+    def lend(self, key: Hashable, value: Any) -> Any:
+        """Count ``value``'s arrays (a result read for ``key`` and not kept) as held by
+        answers until they are freed; returns ``value``.
 
         Raises:
             ServerBusyError: they would pass ``unshared_limit``.

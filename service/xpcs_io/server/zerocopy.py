@@ -194,6 +194,34 @@ def _write_all(sock: int, data: bytes | memoryview, deadline: float) -> None:
             _wait_writable(sock, deadline)
 
 
+#: Buffers per ``writev`` call (Linux's IOV_MAX is 1024).
+_IOV_MAX: Final = 1024
+
+
+def _writev_all(sock: int, pieces: list[memoryview]) -> None:
+    """Write ``pieces`` in order with as few ``writev`` calls as the socket takes.
+
+    Raises:
+        OSError: the client went away or stalled past ``STALL_SECONDS``.
+    """
+    deadline = time.monotonic() + STALL_SECONDS
+    first = 0
+    while first < len(pieces):
+        batch = pieces[first : first + _IOV_MAX]
+        try:
+            done = os.writev(sock, batch)
+        except BlockingIOError:
+            _wait_writable(sock, deadline)
+            continue
+        deadline = time.monotonic() + STALL_SECONDS
+        for piece in batch:  # skip what went out; the first piece left keeps its rest
+            if done < piece.nbytes:
+                pieces[first] = piece[done:]
+                break
+            done -= piece.nbytes
+            first += 1
+
+
 def _transfer(sock: int, fd: int, parts: list[Any], check: Callable[[], bool] | None) -> bool:
     """Write ``parts`` (see the module docstring) to ``sock``; False when ``check`` failed.
 
@@ -202,14 +230,23 @@ def _transfer(sock: int, fd: int, parts: list[Any], check: Callable[[], bool] | 
     """
     *body, last = parts
     used_sendfile = False
+    run: list[memoryview] = []  # consecutive bytes parts: one writev
     for part in body:
         if isinstance(part, bytes | memoryview):
-            _write_all(sock, part, time.monotonic() + STALL_SECONDS)
-        elif part[2]:
+            view = memoryview(part).cast("B")
+            if view.nbytes:
+                run.append(view)
+            continue
+        if run:
+            _writev_all(sock, run)
+            run = []
+        if part[2]:
             _copy_all(sock, fd, part[0], part[1])
         else:
             _sendfile_all(sock, fd, part[0], part[1])
             used_sendfile = True
+    if run:
+        _writev_all(sock, run)
     if check is not None:
         if used_sendfile:
             _drain(sock)
