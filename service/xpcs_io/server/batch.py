@@ -168,8 +168,8 @@ async def _items(
                     answer = None
                     if not identity.swmr:
                         answer = store.packed_answer(full, real, identity.file, fd)
-                except OSError:  # the read through HDF5 says what is wrong with the file
-                    answer = None
+                except Exception:  # the read through HDF5 says what is wrong with the file
+                    answer = None  # (and every descriptor this hop opened is closed)
                 finally:
                     os.close(fd)
                 out.append((index, path, (real, identity, answer)))
