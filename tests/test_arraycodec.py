@@ -4,6 +4,7 @@ negotiation by the client, and the server's answers equal to the file's bytes.""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import blosc2
 import h5py
@@ -47,12 +48,32 @@ def test_documented_bytes_are_what_pack_writes_and_decode_to_the_array() -> None
     assert blosc2.get_cbuffer_sizes(chunk) == (8, 40, 8)
 
 
+def _doc_decoder() -> Any:
+    """The documented ``to_array`` (plain msgpack + blosc2), run as the page shows it."""
+    text = DOC.read_text().split("with only `msgpack`, `numpy` and `blosc2`:")[1]
+    code = text.split("```python\n")[1].split("```")[0]
+    scope: dict[str, Any] = {}
+    exec(code, scope)
+    return scope["to_array"]
+
+
 def test_documented_bytes_decode_with_plain_msgpack_and_blosc2() -> None:
     m = msgpack.unpackb(_doc_example())["g2"]
     assert list(m) == ["dtype", "shape", "codec", "data"]
     assert m["codec"] == "blosc2"
     raw = blosc2.decompress2(m["data"])
     np.testing.assert_array_equal(np.frombuffer(raw, m["dtype"]).reshape(m["shape"]), [[1.5, 2]])
+    to_array = _doc_decoder()
+    np.testing.assert_array_equal(to_array(m), [[1.5, 2]])
+    a = (np.arange(600_000) % 11).astype("<u2").reshape(600, 1000)  # in two pieces
+    raw_bytes = a.reshape(-1).view(np.uint8).data
+    pieces = [
+        arraycodec.compress_piece(raw_bytes[i : i + 2**20], 2, "blosc2-lz4") for i in (0, 2**20)
+    ]
+    body = msgpack.packb(
+        {"a": {"dtype": "<u2", "shape": [600, 1000], "codec": "blosc2", "data": pieces}}
+    )
+    np.testing.assert_array_equal(to_array(msgpack.unpackb(body)["a"]), a)
 
 
 @pytest.mark.parametrize("preset", sorted(arraycodec.PRESETS))
@@ -85,6 +106,34 @@ def test_bad_compressed_maps_are_schema_errors() -> None:
     ):
         with pytest.raises(SchemaError, match=words):
             wire.unpack(msgpack.packb({"a": {**good, **change}}), codecs=True)
+
+
+def test_an_array_compressed_in_pieces_decodes_and_is_checked() -> None:
+    a = (np.arange(300_000) % 13).astype(">f8")  # 2.4 MB: three pieces of 1 MB and a rest
+    raw = a.view(np.uint8).data
+    pieces = [arraycodec.compress_piece(raw[i : i + 10**6], 8, "blosc2-zstd") for i in (0, 10**6)]
+    pieces.append(arraycodec.compress_piece(raw[2 * 10**6 :], 8, "blosc2-lz4"))
+    fast = arraycodec.compress_piece(raw[: 10**6], 8, "blosc2-zstd", fast=True)
+    assert fast != pieces[0]
+    assert blosc2.decompress2(fast) == bytes(raw[: 10**6])
+    good = {"dtype": ">f8", "shape": [300_000], "codec": "blosc2", "data": pieces}
+    got = wire.unpack(msgpack.packb({"a": good}), codecs=True)["a"]
+    assert got.dtype.str == ">f8"
+    np.testing.assert_array_equal(got, a)
+    # Plain msgpack + blosc2: the pieces' bytes one after the other.
+    m = msgpack.unpackb(msgpack.packb(good))
+    joined = b"".join(blosc2.decompress2(p) for p in m["data"])
+    np.testing.assert_array_equal(np.frombuffer(joined, m["dtype"]), a)
+    for change, words in (
+        ({"data": pieces[:2]}, "3 blosc2 chunks hold|2 blosc2 chunks hold 2000000 bytes"),
+        ({"data": [*pieces, pieces[0]]}, "4 blosc2 chunks hold 3400000 bytes"),
+        ({"data": [pieces[0], 7]}, "data pieces must be bytes"),
+        ({"data": [pieces[0], b"\x00" * 40]}, "blosc2"),
+    ):
+        with pytest.raises(SchemaError, match=words):
+            wire.unpack(msgpack.packb({"a": {**good, **change}}), codecs=True)
+    with pytest.raises(SchemaError, match="must be bytes"):  # a plain map takes no pieces
+        wire.unpack(msgpack.packb({"a": {"dtype": ">f8", "shape": [0], "data": []}}))
 
 
 def test_compressed_arrays_are_refused_unless_asked_for() -> None:
@@ -161,21 +210,84 @@ def test_client_reads_equal_with_each_compression(
             np.testing.assert_array_equal(getattr(q, name), f[f"/xpcs/qmap/{name}"][()])
 
 
-def test_auto_compression_follows_what_is_faster_and_keeps_probing() -> None:
-    auto = AutoCompression("blosc2-zstd")
-    big = 4 * AutoCompression.MIN_BYTES
-    assert auto.wanted()  # starts compressed
-    auto.observe(True, big, 1.0)
-    assert not auto.wanted()  # then one raw answer to compare with
-    auto.observe(False, big, 0.25)  # raw was faster (a fast link)
-    choices = []
-    for _ in range(3 * AutoCompression.PROBE_EVERY):
+def _reads(
+    auto: AutoCompression,
+    count: int,
+    *,
+    link: float,
+    decode: float,
+    ratio: float = 4.0,
+    server: float | None = None,
+    size: int = 64 << 20,
+) -> list[tuple[bool, float]]:
+    """``count`` large reads through ``auto`` over a modelled link: ``link`` bytes/s,
+    decompression at ``decode`` array bytes/s, compressed answers ``ratio`` times smaller and,
+    with ``server``, compressed by the server while sent at that many array bytes/s."""
+    done = []
+    for _ in range(count):
         asked = auto.wanted()
-        choices.append(asked)
-        auto.observe(asked, big, 1.0 if asked else 0.25)
-    assert choices.count(True) == 3  # only the probes
-    auto.observe(False, big, 5.0)  # the link got slow: raw answers now take long
-    auto.observe(False, big, 5.0)
+        if asked:
+            wire_bytes = size / ratio
+            moving = wire_bytes / link if server is None else max(wire_bytes / link, size / server)
+            seconds = moving + size / decode
+            decoded = (int(wire_bytes), size / decode)
+            auto.observe(True, size, seconds, streamed=server is not None, decoded=decoded)
+        else:
+            seconds = size / link
+            auto.observe(False, size, seconds, decoded=(0, 0.0))
+        done.append((asked, seconds))
+    return done
+
+
+def test_auto_over_a_slow_link_never_pays_a_raw_answer_early() -> None:
+    # 1 Gbit/s: a raw answer costs 3.5 compressed ones; probing stays within its share.
+    reads = _reads(AutoCompression("blosc2-zstd"), 400, link=125e6, decode=2.5e9)
+    assert all(asked for asked, _ in reads[:40])
+    best = 64 * 2**20 / 4 / 125e6 + 64 * 2**20 / 2.5e9
+    assert sum(s for _, s in reads) <= 400 * best * (1 + 2 * AutoCompression.PROBE_SHARE)
+    # Same at 100 Mbit/s, where the server's compression might have set the pace.
+    reads = _reads(AutoCompression("blosc2-zstd"), 40, link=12.5e6, decode=2.5e9, server=6e8)
+    assert all(asked for asked, _ in reads)
+
+
+def test_auto_goes_raw_when_decompressing_is_slower_than_the_link() -> None:
+    reads = _reads(AutoCompression("blosc2-zstd"), 200, link=4e9, decode=1e9)
+    assert reads[0][0]
+    assert not any(asked for asked, _ in reads[1:20])
+    raw = 64 * 2**20 / 4e9
+    assert sum(s for _, s in reads[1:]) <= 199 * raw * (1 + 2 * AutoCompression.PROBE_SHARE)
+
+
+def test_auto_measures_raw_once_when_the_server_may_set_the_pace() -> None:
+    # 10 Gbit/s, server compressing at 800 MB/s while it sends: raw (sendfile) is faster.
+    auto = AutoCompression("blosc2-zstd")
+    reads = _reads(auto, 100, link=1.25e9, decode=2.5e9, server=8e8)
+    assert [asked for asked, _ in reads[:2]] == [True, False]
+    assert sum(asked for asked, _ in reads) <= 1 + 100 * AutoCompression.PROBE_SHARE
+    # Also after a first answer compressed whole before it was sent (a slow estimate).
+    auto = AutoCompression("blosc2-zstd")
+    auto.observe(True, 64 << 20, 0.5, decoded=(16 << 20, 0.03))
+    reads = _reads(auto, 100, link=1.25e9, decode=2.5e9, server=8e8)
+    assert [asked for asked, _ in reads[:2]] == [True, False]
+    assert sum(asked for asked, _ in reads) <= 1 + 100 * AutoCompression.PROBE_SHARE
+    # 1 Gbit/s with that server: one raw answer tells, and compression stays.
+    reads = _reads(AutoCompression("blosc2-zstd"), 100, link=125e6, decode=2.5e9, server=8e8)
+    assert [asked for asked, _ in reads[:2]] == [True, False]
+    assert sum(not asked for asked, _ in reads) <= 1 + 100 * AutoCompression.PROBE_SHARE / 3
+
+
+def test_auto_follows_a_link_that_changes() -> None:
+    auto = AutoCompression("blosc2-zstd")
+    _reads(auto, 20, link=125e6, decode=2.5e9)
     assert auto.wanted()
-    auto.observe(True, AutoCompression.MIN_BYTES - 1, 100.0)  # small answers say nothing
+    after = _reads(auto, 20, link=8e9, decode=1e9)  # now decompression is the limit
+    assert not any(asked for asked, _ in after[5:])
+    back = _reads(auto, 200, link=50e6, decode=1e9)  # slow again: compression comes back
+    assert sum(asked for asked, _ in back[-100:]) >= 100 * (1 - AutoCompression.PROBE_SHARE)
+
+
+def test_auto_ignores_small_answers() -> None:
+    auto = AutoCompression("blosc2-zstd")
+    auto.observe(True, AutoCompression.MIN_BYTES - 1, 100.0, decoded=(10, 1.0))
     assert auto.wanted()
+    assert auto.cost == {True: None, False: None}

@@ -15,8 +15,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import blosc2
 import h5py
 import httpx
+import msgpack
 import numpy as np
 import pytest
 
@@ -125,26 +127,40 @@ def test_cold_read_sends_the_file_bytes_with_sendfile(
     assert _qmap_bytes_sent(cold_server.url) - counted == 2 * len(expected)
 
 
+@pytest.mark.parametrize("name", ["contiguous.h5", "rows.h5"])
 @pytest.mark.parametrize("preset", ["blosc2-zstd", "blosc2-lz4"])
 def test_cold_compressed_read_is_read_and_compressed_from_the_file(
-    cold_server: Server, cold_root: Path, preset: str
+    cold_server: Server, cold_root: Path, preset: str, name: str
 ) -> None:
     headers = {**MSGPACK, "xpcs-array-codec": preset}
-    _warm(cold_server.url, "contiguous.h5", headers)
+    _warm(cold_server.url, name, headers)
     before = _counters(cold_server.url)
-    params = {"file_path": "contiguous.h5"}
+    params = {"file_path": name}
     answers = [
         httpx.get(f"{cold_server.url}/v1/qmap", params=params, headers=headers, timeout=60)
         for _ in range(2)
     ]
     assert _counters(cold_server.url)["responses"] == before["responses"] + 2
-    with h5py.File(cold_root / "contiguous.h5", "r") as f:
+    with h5py.File(cold_root / name, "r") as f:
         for r in answers:
             assert r.status_code == 200
             got = wire.unpack(r.content, codecs=True)
             for field in MAPS:
                 np.testing.assert_array_equal(got[field], f[f"xpcs/qmap/{field}"][()])
             assert got["sqmap_unit"] == "nm^-1"
+        # Decoded with plain msgpack + blosc2: the big maps came in pieces, one chunk each.
+        body = msgpack.unpackb(answers[0].content)
+        for field in MAPS:
+            m, want = body[field], f[f"xpcs/qmap/{field}"][()]
+            if field in ("sqmap", "dqmap", "phis"):
+                assert m["codec"] == "blosc2"
+                assert len(m["data"]) == -(-want.nbytes // (4 << 20))
+            if m.get("codec") == "blosc2":
+                raw = b"".join(blosc2.decompress2(piece) for piece in m["data"])
+            else:
+                raw = m["data"]
+            got = np.frombuffer(raw, np.dtype(m["dtype"])).reshape(m["shape"])
+            np.testing.assert_array_equal(got, want)
 
 
 def test_filtered_datasets_go_through_hdf5(cold_server: Server, cold_root: Path) -> None:
@@ -353,3 +369,25 @@ def test_learning_copies_no_array_once_the_plan_cannot_be_kept() -> None:
     assert not skeleton["a"].flags.writeable
     np.testing.assert_array_equal(skeleton["a"], small)
     assert skeleton["b"] is big  # not copied: ``learn`` keeps no plan past the budget
+
+
+def test_cold_compressed_read_sends_an_incompressible_map_plain(
+    cold_server: Server, cold_root: Path
+) -> None:
+    path = cold_root / "noise.h5"
+    _rechunk(cold_root / "contiguous.h5", path)
+    bits = np.random.default_rng(7).integers(0, 2**32, SHAPE, dtype="<u4") & 0xBFFFFFFF
+    noise = bits.view("<f4")  # finite (the exponent below 0xff) and incompressible
+    with h5py.File(path, "r+") as f:
+        f["xpcs/qmap/sqmap"][...] = noise
+    headers = {**MSGPACK, "xpcs-array-codec": "blosc2-zstd"}
+    _warm(cold_server.url, "noise.h5", headers)
+    r = httpx.get(
+        f"{cold_server.url}/v1/qmap", params={"file_path": "noise.h5"}, headers=headers, timeout=60
+    )
+    assert r.status_code == 200
+    body = msgpack.unpackb(r.content)
+    assert list(body["sqmap"]) == ["dtype", "shape", "data"]
+    assert body["dqmap"]["codec"] == "blosc2"
+    got = wire.unpack(r.content, codecs=True)
+    np.testing.assert_array_equal(got["sqmap"].view("<u4"), noise.view("<u4"))

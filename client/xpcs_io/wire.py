@@ -197,9 +197,11 @@ def decode_array(
         raise bad(f"shape must be a list of non-negative ints, got {shape!r:.80}")
     if len(shape) > _MAX_DIMS:
         raise bad(f"shape has {len(shape)} dimensions, at most {_MAX_DIMS} are allowed")
-    if not isinstance(data, bytes | bytearray | memoryview):
+    pieces = codec is not None and isinstance(data, list)  # compressed in pieces
+    if pieces and not all(isinstance(p, bytes | bytearray | memoryview) for p in data):
+        raise bad("data pieces must be bytes (msgpack bin)")
+    if not pieces and not isinstance(data, bytes | bytearray | memoryview):
         raise bad(f"data must be bytes (msgpack bin), got {type(data).__name__}")
-    view = memoryview(data)
     dims = tuple(int(n) for n in shape)
     count = math.prod(dims)  # Python ints: a lying shape cannot overflow
     if codec is not None:
@@ -208,10 +210,12 @@ def decode_array(
                 f"compressed array decodes to {count * dt.itemsize:,} bytes, more than the "
                 f"{max_nbytes:,} this message may still hold"
             )
+        packed = [memoryview(p) for p in data] if pieces else memoryview(data)
         try:
-            return arraycodec.decompress(dt, dims, view)
+            return arraycodec.decompress(dt, dims, packed)
         except ValueError as exc:
             raise bad(str(exc)) from None
+    view = memoryview(data)
     if view.nbytes != count * dt.itemsize:
         raise bad(
             f"data has {view.nbytes} bytes but shape {list(dims)} of dtype {text!r} needs "

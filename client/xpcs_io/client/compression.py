@@ -64,34 +64,94 @@ class AutoCompression:
     """``compression="auto"``: ask for compressed arrays only while that is faster here.
 
     Whether compression pays depends on the link (and on whether the server has the
-    compressed answer cached), which a client cannot know in advance. So it measures: every
-    large answer (at least ``MIN_BYTES`` of arrays) gives seconds per array byte, request to
-    decoded result, kept as a running mean for "compressed" and for "raw". It asks for the
-    cheaper one, and for the other on every ``PROBE_EVERY``-th large read, so a changed link
-    is noticed. It starts with compression (the default off loopback).
+    compressed answer cached), which a client cannot know in advance. So it measures every
+    large answer (at least ``MIN_BYTES`` of arrays): seconds per array byte, request to
+    decoded result, kept as a running mean for "compressed" and for "raw". It starts with
+    compression (the default off loopback) and asks for the cheaper way.
+
+    Raw answers are not tried blindly: over a slow link one costs several compressed ones.
+    A compressed answer also tells what raw would cost: its compressed bytes crossed the
+    link in its seconds less the decompression (``arraycodec.take_decode_stats``), so the
+    link moves at least that many bytes a second, and the raw bytes at that rate bound what
+    raw would take. Raw is asked for when that bound (or raw's measured cost, once known)
+    is lower: when decompressing is slower than the link. A server that compresses while
+    it sends (``streamed``: result cache off) may itself be what limits that rate: when its
+    raw bytes came faster than ``SERVER_RATE`` (what a compressing server surely manages:
+    a slower answer was paced by the link), the link may be much faster than it looked,
+    and one raw answer is measured (the one way to tell, once). Beyond that,
+    the way not taken is tried again only with probe credit: ``PROBE_SHARE`` of the time of
+    each large read, spent when it covers the expected extra time of the other way, so
+    probing costs at most about that share of the time, whatever the link.
     """
 
     MIN_BYTES = 1 << 20
-    PROBE_EVERY = 8
+    PROBE_SHARE = 0.05
+    SERVER_RATE = 150e6  # raw bytes/s
 
     def __init__(self, preset: str) -> None:
         self.preset = preset
+        #: Measured seconds per array byte, compressed (True) and raw (False).
         self.cost: dict[bool, float | None] = {True: None, False: None}
-        self.large = 0
+        #: Raw's seconds per array byte as judged from compressed answers (None: not judged,
+        #: or not judgeable because the server's compression may have set the pace).
+        self.estimate: float | None = None
+        self.credit = 0.0
+        self.size = 0  # array bytes of the last large answer
+
+    def _raw_cost(self) -> float | None:
+        return self.cost[False] if self.cost[False] is not None else self.estimate
+
+    def _best(self) -> bool | None:
+        """The cheaper way as known now (True: compressed); None while it is not known."""
+        on, off = self.cost[True], self._raw_cost()
+        if on is None or off is None:
+            return None if on is None and off is None else on is not None
+        return on <= off
 
     def wanted(self) -> bool:
         """Whether the next request should ask for compressed arrays."""
-        on, off = self.cost[True], self.cost[False]
-        if on is None or off is None:
-            return on is None  # one large answer each way first: compressed, then raw
+        on, off = self.cost[True], self._raw_cost()
+        if on is None:
+            return True  # start compressed (and after raw answers only, compare once)
+        if off is None:
+            return False  # raw's cost could not be judged: measure it once
         best = on <= off
-        return (not best) if self.large % self.PROBE_EVERY == 0 else best
+        return (not best) if self.credit >= abs(on - off) * self.size else best
 
-    def observe(self, compressed: bool, nbytes: int, seconds: float) -> None:
-        """Record one answer: whether compression was asked, array bytes, seconds taken."""
+    def observe(
+        self,
+        compressed: bool,
+        nbytes: int,
+        seconds: float,
+        *,
+        streamed: bool = False,
+        decoded: tuple[int, float] | None = None,
+    ) -> None:
+        """Record one answer: whether compression was asked, array bytes, seconds taken,
+        whether the server compressed while sending (no Content-Length), and the compressed
+        bytes decompressed with the seconds that took (default: what this thread
+        decompressed since the last answer, ``arraycodec.take_decode_stats``)."""
+        taken = arraycodec.take_decode_stats()
+        wire_bytes, decode_s = taken if decoded is None else decoded
         if nbytes < self.MIN_BYTES or seconds <= 0:
             return
-        self.large += 1
-        cost = seconds / nbytes
+        compressed = compressed and wire_bytes > 0  # else the server sent every array raw
+        best = self._best()
+        if best is not None and compressed != best:  # a probe: paid from the credit
+            usual = self.cost[True] if best else self._raw_cost()
+            self.credit -= max(0.0, seconds - (usual or 0.0) * nbytes)
+        else:
+            self.credit += self.PROBE_SHARE * seconds
+        self.size = nbytes
         old = self.cost[compressed]
+        cost = seconds / nbytes
         self.cost[compressed] = cost if old is None else 0.5 * old + 0.5 * cost
+        if not compressed:
+            return
+        moving = max(seconds - decode_s, 1e-9)  # request to last byte
+        if streamed and nbytes / moving > self.SERVER_RATE:
+            if self.cost[False] is None:  # as fast as a server compresses: the link may be
+                self.estimate = None  # much faster than any estimate says; measure raw
+            return
+        guess = moving / wire_bytes
+        self.estimate = guess if self.estimate is None else 0.5 * self.estimate + 0.5 * guess

@@ -343,10 +343,14 @@ class ClientCore(Generic[H]):
             raise RemoteConnectionError(
                 f"{call.method} {self.base_url}{call.path} failed: {exc}"
             ) from exc
+        if self.auto is not None:
+            arraycodec.take_decode_stats()  # from here on: this answer's decompression only
         result = finish(call, response.status, response.headers.get("content-type", ""), body)
         if self.auto is not None and response.status == 200:
             asked = arraycodec.HEADER in request.headers
-            self.auto.observe(asked, array_bytes(result), time.perf_counter() - started)
+            streamed = "content-length" not in response.headers  # compressed while sent
+            elapsed = time.perf_counter() - started
+            self.auto.observe(asked, array_bytes(result), elapsed, streamed=streamed)
         if call.cacheable and self.cache.max_bytes > 0:
             key = self.cache.key(call.path, call.params)
             stored: T = self.cache.store(key, response.headers.get("etag"), result)

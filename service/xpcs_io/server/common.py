@@ -208,9 +208,13 @@ async def _answer_read(
     if preset is not None:
         raw = content.to_dict() if isinstance(content, Schema) else content
         if "etag" in headers:
-            # Kept compressed beside the raw result: a hot file is compressed once per preset.
+            # Kept compressed beside the raw result: a hot file is compressed once per preset,
+            # harder than an answer compressed for one sending.
             content = await results.get(
-                (*key, preset), real, identity, lambda: arraycodec.compress_tree(raw, preset)
+                (*key, preset),
+                real,
+                identity,
+                lambda: arraycodec.compress_tree(raw, preset, keep=results.max_bytes > 0),
             )
         else:  # a read that raced a change is not kept, compressed or not
             content = await run_in_threadpool(arraycodec.compress_tree, raw, preset)

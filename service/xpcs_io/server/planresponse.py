@@ -3,8 +3,8 @@
 - raw arrays: the msgpack headers, then each array's bytes with ``os.sendfile`` (the
   ``xpcs_io.server.zerocopy`` extension; else read with ``pread``), Content-Length exact;
 - compressed arrays (``XPCS-Array-Codec``): each array read with ``pread`` and compressed
-  on a worker thread while the previous one is written (chunked transfer encoding: the
-  compressed size is not known before).
+  4 MiB at a time on a worker thread while the previous piece is written, one blosc2 chunk
+  a piece (chunked transfer encoding: the compressed size is not known before).
 
 Never an answer that mixes file states: the file open for sending must be the version the
 plan was made from (device, inode, size, mtime, ctime; no writer's lock, not marked open),
@@ -21,23 +21,32 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Callable
 from typing import Any, Final
 
+import msgpack
 import numpy as np
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from xpcs_io import arraycodec, wire
+from xpcs_io import arraycodec
 from xpcs_io.extents import Extents
-from xpcs_io.server.fileplans import FilePlan, PlanStore, read_extents, segments, unchanged
+from xpcs_io.server.fileplans import FilePlan, PlanStore, segments, unchanged
 from xpcs_io.server.responses import MSGPACK_MEDIA_TYPE
 from xpcs_io.server.zerocopy import ABORT, EXTENSION, SENDFILE
 
 __all__ = ["TAIL", "PlanResponse"]
 
 _SLICE: Final = 1 << 20
+#: Raw bytes of an array read and compressed at a time (one blosc2 chunk each): the first
+#: bytes of a compressed array leave after this much was compressed, not the whole array.
+_PIECE: Final = 4 << 20
+#: Pieces read and compressed ahead of the one being written (one: blosc2 already
+#: compresses a piece on every core).
+_AHEAD: Final = 1
+_PACKER = msgpack.Packer(use_bin_type=True)
 
 
 def _window_bound() -> int:
@@ -56,6 +65,40 @@ def _window_bound() -> int:
 TAIL: Final = _window_bound()
 
 
+def _bin_header(n: int) -> bytes:
+    """The smallest msgpack bin header for ``n`` bytes (as ``wire`` and msgpack write it)."""
+    if n < 0x100:
+        return bytes((0xC4, n))
+    if n < 0x10000:
+        return b"\xc5" + n.to_bytes(2, "big")
+    return b"\xc6" + n.to_bytes(4, "big")
+
+
+def _worth(ext: Extents) -> bool:
+    """Whether an array is sent compressed (when its first piece shrinks enough)."""
+    return ext.nbytes >= arraycodec.MIN_BYTES and np.dtype(ext.dtype).kind in "biufc"
+
+
+def _pieces(ext: Extents) -> list[tuple[int, int]]:
+    """``(start, count)`` of the pieces an array's bytes are compressed in (one for an
+    array sent plain)."""
+    n = ext.nbytes
+    if not _worth(ext):
+        return [(0, n)]
+    return [(start, min(_PIECE, n - start)) for start in range(0, n, _PIECE)]
+
+
+def _array_head(ext: Extents, squeezed: bool, pieces: int) -> bytes:
+    """What comes before an array's data: a compressed array map up to its array of
+    ``pieces`` chunks, or a plain array map up to its bin header."""
+    head: bytes = b"\x84" if squeezed else b"\x83"
+    head += b"\xa5dtype" + _PACKER.pack(ext.dtype) + b"\xa5shape" + _PACKER.pack(list(ext.shape))
+    if squeezed:
+        array: bytes = _PACKER.pack_array_header(pieces)
+        return head + b"\xa5codec\xa6blosc2\xa4data" + array
+    return head + b"\xa4data" + _bin_header(ext.nbytes)
+
+
 def _pread(fd: int, offset: int, count: int) -> bytes:
     data = os.pread(fd, count, offset)
     if len(data) != count:
@@ -63,11 +106,19 @@ def _pread(fd: int, offset: int, count: int) -> bytes:
     return data
 
 
-def _read_array(fd: int, ext: Extents) -> np.ndarray[Any, Any]:
-    array = read_extents(fd, ext)
-    if array is None:
-        raise _ChangedError
-    return array
+def _read_range(fd: int, ext: Extents, start: int, count: int) -> np.ndarray[Any, Any]:
+    """Bytes ``start`` to ``start + count`` of an array (in C order) from its spans."""
+    out = np.empty(count, np.uint8)
+    view = out.data
+    pos = logical = 0
+    for offset, n in ext.spans:
+        lo, hi = max(start, logical), min(start + count, logical + n)
+        if lo < hi:
+            if os.preadv(fd, [view[pos : pos + hi - lo]], offset + lo - logical) != hi - lo:
+                raise _ChangedError
+            pos += hi - lo
+        logical += n
+    return out
 
 
 class _ChangedError(Exception):
@@ -211,8 +262,16 @@ class PlanResponse(Response):
         return final
 
     async def _send_compressed(self, send: Send) -> bytes:
-        """Send all but the final piece, compressing each array while the previous one is
-        written; returns the final piece."""
+        """Send all but the final piece, reading and compressing the arrays piece by piece
+        (``_PIECE`` raw bytes each, ``_AHEAD`` at a time on worker threads) while earlier
+        pieces are written; returns the final piece.
+
+        A worthwhile array goes out as a compressed array map whose ``data`` is a msgpack
+        array of blosc2 chunks, one per piece: its first bytes leave after one piece was
+        compressed, not the whole array. One whose first piece does not shrink below
+        ``arraycodec.MAX_RATIO``, or too small or of a kind the codec leaves alone, goes out
+        as a plain array map.
+        """
         preset = self.preset
         assert preset is not None
         held: list[bytes | memoryview] = []
@@ -226,31 +285,63 @@ class PlanResponse(Response):
                         await send({"type": "http.response.body", "body": body, "more_body": True})
                     held.append(view[i : i + _SLICE])
 
-        def prepare(ext: Extents) -> list[bytes | memoryview]:
-            array = _read_array(self.fd, ext)
-            self.store.add("copied_bytes", ext.nbytes)
-            return wire.pack_chunks(arraycodec.compress(array, preset) or array)
+        # Whether the next piece is made with the faster compressor: while the last piece
+        # kept the sender waiting longer than writing the one before took (the link took
+        # it faster than it was compressed), and back once the link is the slower again.
+        fast = False
 
+        def job(
+            ext: Extents, start: int, count: int, pack: bool, fast: bool
+        ) -> tuple[Any, bytes | None]:
+            raw = _read_range(self.fd, ext, start, count)
+            self.store.add("copied_bytes", count)
+            if not pack:
+                return raw, None
+            itemsize = np.dtype(ext.dtype).itemsize
+            return raw, arraycodec.compress_piece(raw.data, itemsize, preset, fast)
+
+        work = [
+            (ext, start, count, _worth(ext))
+            for ext in self.segments
+            if isinstance(ext, Extents)
+            for start, count in _pieces(ext)
+        ]
         loop = asyncio.get_running_loop()
-        files = [s for s in self.segments if isinstance(s, Extents)]
-        ahead: dict[int, asyncio.Future[list[bytes | memoryview]]] = {}
+        ahead: list[asyncio.Future[tuple[Any, bytes | None]]] = []
 
-        def start(i: int) -> None:
-            if i < len(files):
-                ahead[i] = loop.create_task(run_in_threadpool(prepare, files[i]))
+        def refill() -> None:
+            while work and len(ahead) < _AHEAD:
+                ext, a, b, pack = work.pop(0)
+                ahead.append(loop.create_task(run_in_threadpool(job, ext, a, b, pack, fast)))
 
-        start(0)
-        index = 0
+        writing: float | None = None  # seconds the last piece took to write
         try:
+            refill()
             for seg in self.segments:
                 if isinstance(seg, bytes):
                     await emit([seg])
                     continue
-                chunks = await ahead.pop(index)
-                index += 1
-                start(index)  # read and compress the next array while this one is written
-                await emit(chunks)
+                count = len(_pieces(seg))
+                squeezed = False
+                for k in range(count):
+                    began = time.perf_counter()
+                    raw, packed = await ahead.pop(0)
+                    waited = time.perf_counter() - began
+                    if writing is not None:  # not for the first piece: nothing was written
+                        fast = waited > writing
+                    refill()  # read and compress the next pieces while this one is written
+                    if k == 0:  # the first piece decides for the array
+                        limit = arraycodec.MAX_RATIO * raw.nbytes
+                        squeezed = packed is not None and len(packed) <= limit
+                        await emit([_array_head(seg, squeezed, count)])
+                    began = time.perf_counter()
+                    if squeezed:
+                        assert packed is not None
+                        await emit([_bin_header(len(packed)), packed])
+                    else:
+                        await emit([raw.data])
+                    writing = time.perf_counter() - began
         finally:
             if ahead:  # a thread still reading the file must be done before it is closed
-                await asyncio.wait(ahead.values())
+                await asyncio.wait(ahead)
         return bytes(held.pop()) if held else b""
