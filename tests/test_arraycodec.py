@@ -219,10 +219,12 @@ def _reads(
     ratio: float = 4.0,
     server: float | None = None,
     size: int = 64 << 20,
+    told: bool = False,
 ) -> list[tuple[bool, float]]:
     """``count`` large reads through ``auto`` over a modelled link: ``link`` bytes/s,
     decompression at ``decode`` array bytes/s, compressed answers ``ratio`` times smaller and,
-    with ``server``, compressed by the server while sent at that many array bytes/s."""
+    with ``server``, compressed by the server while sent at that many array bytes/s (which
+    it says in its answers when ``told``)."""
     done = []
     for _ in range(count):
         asked = auto.wanted()
@@ -231,7 +233,9 @@ def _reads(
             moving = wire_bytes / link if server is None else max(wire_bytes / link, size / server)
             seconds = moving + size / decode
             decoded = (int(wire_bytes), size / decode)
-            auto.observe(True, size, seconds, streamed=server is not None, decoded=decoded)
+            streamed = server is not None
+            rate = server if told else None
+            auto.observe(True, size, seconds, streamed=streamed, decoded=decoded, server_rate=rate)
         else:
             seconds = size / link
             auto.observe(False, size, seconds, decoded=(0, 0.0))
@@ -274,6 +278,22 @@ def test_auto_measures_raw_once_when_the_server_may_set_the_pace() -> None:
     reads = _reads(AutoCompression("blosc2-zstd"), 100, link=125e6, decode=2.5e9, server=8e8)
     assert [asked for asked, _ in reads[:2]] == [True, False]
     assert sum(not asked for asked, _ in reads) <= 1 + 100 * AutoCompression.PROBE_SHARE / 3
+
+
+def test_auto_trusts_the_link_when_the_server_says_it_compresses_faster() -> None:
+    """A server that says its compression pace (``arraycodec.RATE_HEADER``): an answer that
+    came in clearly below it was paced by the link, so no raw answer is measured over 1 Gbit/s;
+    one that came in at that pace (10 Gbit/s) still has raw measured once, and raw wins."""
+    reads = _reads(
+        AutoCompression("blosc2-zstd"), 100, link=125e6, decode=2.5e9, server=8e8, told=True
+    )
+    assert all(asked for asked, _ in reads[:40])  # (told nothing: the second is raw)
+    assert sum(not asked for asked, _ in reads) <= 2  # the probe credit's, 5% of the time
+    reads = _reads(
+        AutoCompression("blosc2-zstd"), 100, link=1.25e9, decode=2.5e9, server=8e8, told=True
+    )
+    assert [asked for asked, _ in reads[:2]] == [True, False]
+    assert sum(asked for asked, _ in reads) <= 1 + 100 * AutoCompression.PROBE_SHARE
 
 
 def test_auto_follows_a_link_that_changes() -> None:

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import Server, free_port, start_server
-from xpcs_io import wire
+from xpcs_io import arraycodec, wire
 from xpcs_io.demo import DemoSpec, write_native_file
 from xpcs_io.errors import FileBusyError, FileMarkedOpenError, RemoteConnectionError
 from xpcs_io.extents import Provenance
@@ -141,6 +141,9 @@ def test_cold_compressed_read_is_read_and_compressed_from_the_file(
         for _ in range(2)
     ]
     assert _counters(cold_server.url)["responses"] == before["responses"] + 2
+    # Compressed while sent; once pieces were compressed, answers say the server's pace.
+    assert all("content-length" not in r.headers for r in answers)
+    assert int(answers[-1].headers[arraycodec.RATE_HEADER]) > 1e6  # raw bytes/s
     with h5py.File(cold_root / name, "r") as f:
         for r in answers:
             assert r.status_code == 200

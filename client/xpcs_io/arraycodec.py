@@ -32,6 +32,7 @@ __all__ = [
     "HEADER",
     "PIECE_CODECS",
     "PRESETS",
+    "RATE_HEADER",
     "CompressedArray",
     "available",
     "compress",
@@ -46,6 +47,10 @@ __all__ = [
 CODEC: Final = "blosc2"
 #: The request header a client names its accepted presets in (comma-separated, best first).
 HEADER: Final = "xpcs-array-codec"
+#: Response header of an answer compressed while it is sent: the raw bytes a second the
+#: server reads and compresses at lately (an integer), so that a client can tell an answer
+#: the link paced (it came in well below that) from one the server's compression paced.
+RATE_HEADER: Final = "xpcs-compress-rate"
 #: Preset name -> (compressor, clevel). Both use shuffle + bytedelta and 1 MiB blocks.
 PRESETS: Final[dict[str, tuple[str, int]]] = {"blosc2-zstd": ("ZSTD", 1), "blosc2-lz4": ("LZ4", 5)}
 #: Preset name -> clevel for a copy compressed once and sent many times (``keep=True``):

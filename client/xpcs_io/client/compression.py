@@ -77,7 +77,8 @@ class AutoCompression:
     is lower: when decompressing is slower than the link. A server that compresses while
     it sends (``streamed``: result cache off) may itself be what limits that rate: when its
     raw bytes came faster than ``SERVER_RATE`` (what a compressing server surely manages:
-    a slower answer was paced by the link), the link may be much faster than it looked,
+    a slower answer was paced by the link) and than 3/4 of the pace the server says it
+    compresses at (``arraycodec.RATE_HEADER``), the link may be much faster than it looked,
     and one raw answer is measured (the one way to tell, once). Beyond that,
     the way not taken is tried again only with probe credit: ``PROBE_SHARE`` of the time of
     each large read, spent when it covers the expected extra time of the other way, so
@@ -126,11 +127,13 @@ class AutoCompression:
         *,
         streamed: bool = False,
         decoded: tuple[int, float] | None = None,
+        server_rate: float | None = None,
     ) -> None:
         """Record one answer: whether compression was asked, array bytes, seconds taken,
-        whether the server compressed while sending (no Content-Length), and the compressed
+        whether the server compressed while sending (no Content-Length), the compressed
         bytes decompressed with the seconds that took (default: what this thread
-        decompressed since the last answer, ``arraycodec.take_decode_stats``)."""
+        decompressed since the last answer, ``arraycodec.take_decode_stats``), and the raw
+        bytes a second the server said it compresses at (``arraycodec.RATE_HEADER``)."""
         taken = arraycodec.take_decode_stats()
         wire_bytes, decode_s = taken if decoded is None else decoded
         if nbytes < self.MIN_BYTES or seconds <= 0:
@@ -149,7 +152,12 @@ class AutoCompression:
         if not compressed:
             return
         moving = max(seconds - decode_s, 1e-9)  # request to last byte
-        if streamed and nbytes / moving > self.SERVER_RATE:
+        # Paced by the server's compression, not the link, unless it came in clearly below
+        # the pace the server says it compresses at (or below what any server manages).
+        pace = (
+            self.SERVER_RATE if server_rate is None else max(self.SERVER_RATE, 0.75 * server_rate)
+        )
+        if streamed and nbytes / moving > pace:
             if self.cost[False] is None:  # as fast as a server compresses: the link may be
                 self.estimate = None  # much faster than any estimate says; measure raw
             return

@@ -350,9 +350,24 @@ class ClientCore(Generic[H]):
             asked = arraycodec.HEADER in request.headers
             streamed = "content-length" not in response.headers  # compressed while sent
             elapsed = time.perf_counter() - started
-            self.auto.observe(asked, array_bytes(result), elapsed, streamed=streamed)
+            self.auto.observe(
+                asked,
+                array_bytes(result),
+                elapsed,
+                streamed=streamed,
+                server_rate=_rate(response.headers.get(arraycodec.RATE_HEADER)),
+            )
         if call.cacheable and self.cache.max_bytes > 0:
             key = self.cache.key(call.path, call.params)
             stored: T = self.cache.store(key, response.headers.get("etag"), result)
             return stored
         return result
+
+
+def _rate(text: str | None) -> float | None:
+    """A server's ``arraycodec.RATE_HEADER`` value, None when absent or not a rate."""
+    try:
+        rate = float(text) if text is not None else None
+    except ValueError:
+        return None
+    return rate if rate is not None and 0 < rate < float("inf") else None

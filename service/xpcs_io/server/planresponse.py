@@ -37,7 +37,7 @@ from xpcs_io.server.fileplans import FilePlan, PlanStore, segments, unchanged
 from xpcs_io.server.responses import MSGPACK_MEDIA_TYPE
 from xpcs_io.server.zerocopy import ABORT, EXTENSION, SENDFILE
 
-__all__ = ["TAIL", "PlanResponse"]
+__all__ = ["COMPRESS_RATE", "TAIL", "PlanResponse"]
 
 _SLICE: Final = 1 << 20
 #: Raw bytes of an array read and compressed at a time (one blosc2 chunk each): the first
@@ -121,6 +121,30 @@ def _read_range(fd: int, ext: Extents, start: int, count: int) -> np.ndarray[Any
     return out
 
 
+class _Rate:
+    """The raw bytes a second this process reads and compresses pieces at: a running mean
+    over recent pieces (sent as ``arraycodec.RATE_HEADER`` with compressed answers)."""
+
+    def __init__(self) -> None:
+        self._seconds_per_byte: float | None = None
+
+    def note(self, nbytes: int, seconds: float) -> None:
+        """One piece of ``nbytes`` raw bytes took ``seconds`` to read and compress."""
+        if nbytes <= 0 or seconds <= 0:
+            return
+        cost, old = seconds / nbytes, self._seconds_per_byte
+        self._seconds_per_byte = cost if old is None else 0.8 * old + 0.2 * cost
+
+    def bytes_per_second(self) -> float | None:
+        """The rate, None before the first piece."""
+        cost = self._seconds_per_byte
+        return None if cost is None else 1.0 / cost
+
+
+#: This process's pace of reading and compressing pieces.
+COMPRESS_RATE: Final = _Rate()
+
+
 class _ChangedError(Exception):
     """The file changed (or was cut) while its bytes were being sent."""
 
@@ -153,6 +177,9 @@ class PlanResponse(Response):
             self.headers["content-length"] = str(self.length)
         else:
             del self.headers["content-length"]
+            rate = COMPRESS_RATE.bytes_per_second()
+            if rate is not None:  # lets a client tell a link-paced answer from our pace
+                self.headers[arraycodec.RATE_HEADER] = str(int(rate))
 
     def render(self, content: Any) -> bytes:
         return b""
@@ -293,12 +320,15 @@ class PlanResponse(Response):
         def job(
             ext: Extents, start: int, count: int, pack: bool, fast: bool
         ) -> tuple[Any, bytes | None]:
+            began = time.perf_counter()
             raw = _read_range(self.fd, ext, start, count)
             self.store.add("copied_bytes", count)
             if not pack:
                 return raw, None
             itemsize = np.dtype(ext.dtype).itemsize
-            return raw, arraycodec.compress_piece(raw.data, itemsize, preset, fast)
+            packed = arraycodec.compress_piece(raw.data, itemsize, preset, fast)
+            COMPRESS_RATE.note(count, time.perf_counter() - began)
+            return raw, packed
 
         work = [
             (ext, start, count, _worth(ext))
