@@ -101,25 +101,13 @@ def compress(a: npt.NDArray[Any], preset: str, *, keep: bool = False) -> Compres
     Raises:
         KeyError: ``preset`` is not one of ``PRESETS``.
     """
-    import blosc2
-
     codec, clevel = PRESETS[preset]
     if keep:
         clevel = KEEP_CLEVEL[preset]
     if a.nbytes < MIN_BYTES or a.nbytes > MAX_BYTES or a.dtype.kind not in "biufc":
         return None
     src = np.ascontiguousarray(a)
-    typesize = src.dtype.itemsize
-    filters = [blosc2.Filter.SHUFFLE, blosc2.Filter.BYTEDELTA] if typesize > 1 else []
-    packed = blosc2.compress2(
-        src,
-        typesize=typesize,
-        clevel=clevel,
-        codec=getattr(blosc2.Codec, codec),
-        filters=filters,
-        filters_meta=[0] * len(filters),
-        blocksize=1 << 20,
-    )
+    packed = _chunk(src, src.dtype.itemsize, codec, clevel)
     if len(packed) > MAX_RATIO * a.nbytes:
         return None
     data = np.frombuffer(packed, np.uint8)
@@ -168,12 +156,18 @@ def compress_piece(piece: memoryview, typesize: int, preset: str, fast: bool = F
     Raises:
         KeyError: ``preset`` is not one of ``PRESETS``.
     """
+    codec, clevel = PIECE_CODECS[preset][fast]
+    return _chunk(piece, typesize, codec, clevel)
+
+
+def _chunk(data: Any, typesize: int, codec: str, clevel: int) -> bytes:
+    """``data`` as one blosc2 chunk: byte shuffle + byte delta (for items over one byte),
+    ``codec`` at ``clevel``, 1 MiB blocks."""
     import blosc2
 
-    codec, clevel = PIECE_CODECS[preset][fast]
     filters = [blosc2.Filter.SHUFFLE, blosc2.Filter.BYTEDELTA] if typesize > 1 else []
     packed: bytes = blosc2.compress2(
-        piece,
+        data,
         typesize=typesize,
         clevel=clevel,
         codec=getattr(blosc2.Codec, codec),

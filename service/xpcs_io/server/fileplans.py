@@ -32,6 +32,7 @@ __all__ = [
     "MAX_IN_FLIGHT",
     "FilePlan",
     "PlanStore",
+    "bin_header",
     "open_version",
     "read_extents",
     "segments",
@@ -85,7 +86,7 @@ def _replace(value: Any, found: Provenance, real: str, kept: list[int]) -> Any:
 _PACKER = msgpack.Packer(use_bin_type=True)
 
 
-def _bin_header(n: int) -> bytes:
+def bin_header(n: int) -> bytes:
     """The smallest msgpack bin header for ``n`` bytes (as ``wire`` and msgpack write it)."""
     if n < 0x100:
         return bytes((0xC4, n))
@@ -102,7 +103,7 @@ def _segments(skeleton: Any, out: list[bytes | Extents], raw: bool) -> None:
         if raw:
             head = b"\x83\xa5dtype" + _PACKER.pack(skeleton.dtype) + b"\xa5shape"
             head += _PACKER.pack(list(skeleton.shape)) + b"\xa4data"
-            out.append(head + _bin_header(skeleton.nbytes))
+            out.append(head + bin_header(skeleton.nbytes))
         out.append(skeleton)
     elif isinstance(skeleton, dict):
         out.append(_PACKER.pack_map_header(len(skeleton)))

@@ -33,7 +33,7 @@ from starlette.types import Receive, Scope, Send
 
 from xpcs_io import arraycodec
 from xpcs_io.extents import Extents
-from xpcs_io.server.fileplans import FilePlan, PlanStore, segments, unchanged
+from xpcs_io.server.fileplans import FilePlan, PlanStore, bin_header, segments, unchanged
 from xpcs_io.server.responses import MSGPACK_MEDIA_TYPE
 from xpcs_io.server.zerocopy import ABORT, EXTENSION, SENDFILE
 
@@ -65,15 +65,6 @@ def _window_bound() -> int:
 TAIL: Final = _window_bound()
 
 
-def _bin_header(n: int) -> bytes:
-    """The smallest msgpack bin header for ``n`` bytes (as ``wire`` and msgpack write it)."""
-    if n < 0x100:
-        return bytes((0xC4, n))
-    if n < 0x10000:
-        return b"\xc5" + n.to_bytes(2, "big")
-    return b"\xc6" + n.to_bytes(4, "big")
-
-
 def _worth(ext: Extents) -> bool:
     """Whether an array is sent compressed (when its first piece shrinks enough)."""
     return ext.nbytes >= arraycodec.MIN_BYTES and np.dtype(ext.dtype).kind in "biufc"
@@ -96,7 +87,7 @@ def _array_head(ext: Extents, squeezed: bool, pieces: int) -> bytes:
     if squeezed:
         array: bytes = _PACKER.pack_array_header(pieces)
         return head + b"\xa5codec\xa6blosc2\xa4data" + array
-    return head + b"\xa4data" + _bin_header(ext.nbytes)
+    return head + b"\xa4data" + bin_header(ext.nbytes)
 
 
 def _pread(fd: int, offset: int, count: int) -> bytes:
@@ -367,7 +358,7 @@ class PlanResponse(Response):
                     began = time.perf_counter()
                     if squeezed:
                         assert packed is not None
-                        await emit([_bin_header(len(packed)), packed])
+                        await emit([bin_header(len(packed)), packed])
                     else:
                         await emit([raw.data])
                     writing = time.perf_counter() - began
