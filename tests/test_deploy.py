@@ -27,21 +27,11 @@ from xpcs_io.schemas import MaskSchema
 from xpcs_io.tools.demo import DemoSpec, write_native_file
 
 from .conftest import Server, free_port, start_server
+from .nginxsupport import ROOT, need, running_nginx, shipped_conf
 
-ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
-import lint_dockerfile  # type: ignore[import-not-found]  # noqa: E402
-
-
-def _need(tool: str) -> str:
-    path = shutil.which(tool) or (
-        f"/usr/sbin/{tool}" if Path(f"/usr/sbin/{tool}").exists() else None
-    )
-    if path is None:
-        pytest.fail(f"{tool} is not installed (.ci/run installs it with apt-get)")
-    return path
-
+import lint_dockerfile  # type: ignore[import-not-found]
 
 # ---------------------------------------------------------------- Dockerfile
 
@@ -203,7 +193,7 @@ def test_image_install_and_start_replayed_in_clean_venvs(tmp_path: Path) -> None
 
 
 def test_compose_file_parses_and_fails_fast_without_keys() -> None:
-    compose = _need("docker-compose")
+    compose = need("docker-compose")
     env = {**os.environ, "XPCS_IO_API_KEYS": "k:read"}
     for args in ([], ["--profile", "scale"]):
         r = subprocess.run(
@@ -226,56 +216,19 @@ def test_compose_file_parses_and_fails_fast_without_keys() -> None:
 
 @pytest.fixture
 def scaled(tmp_path: Path) -> Iterator[tuple[str, list[Server], Path]]:
-    nginx = _need("nginx")
+    need("nginx")
     root = tmp_path / "shared"
     root.mkdir()
     write_native_file(root / "shared.hdf5", DemoSpec(shape=(200, 180), n_delay=8, n_q=4))
     replicas = [start_server(root, tmp_path / f"replica{i}.log") for i in range(2)]
-    port = free_port()
-    conf = (ROOT / "deploy" / "nginx.conf").read_text()
     # The replicas by address: a variable naming an upstream{} block is used as is, unresolved.
     upstreams = "".join(f"server {s.url.removeprefix('http://')}; " for s in replicas)
-    conf = conf.replace("set $replicas replica:8000;", "set $replicas local_replicas;")
+    conf = shipped_conf().replace("set $replicas replica:8000;", "set $replicas local_replicas;")
     conf = conf.replace("server {", f"upstream local_replicas {{ {upstreams}}}\n    server {{", 1)
-    conf = conf.replace("listen 8080;", f"listen 127.0.0.1:{port};")
-    conf = conf.replace("worker_processes auto;", "worker_processes 1;")
-    prefix = tmp_path / "nginx"
-    (prefix / "logs").mkdir(parents=True)
-    (prefix / "nginx.conf").write_text(conf)
-    proc = subprocess.Popen(
-        [
-            nginx,
-            "-p",
-            str(prefix),
-            "-c",
-            str(prefix / "nginx.conf"),
-            "-e",
-            str(prefix / "logs/error.log"),
-            "-g",
-            f"daemon off; pid {prefix}/nginx.pid;",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None, (prefix / "logs/error.log").read_text()
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
-        yield url, replicas, root
+        with running_nginx(tmp_path, conf) as nginx:
+            yield nginx.url, replicas, root
     finally:
-        proc.send_signal(signal.SIGQUIT)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
         for s in replicas:
             s.stop()
 

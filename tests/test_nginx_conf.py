@@ -23,7 +23,7 @@ import httpx
 import pytest
 
 from .conftest import free_port
-from .test_deploy import ROOT, _need
+from .nginxsupport import running_nginx, shipped_conf
 
 
 class NameServer:
@@ -105,66 +105,45 @@ def names() -> Iterator[NameServer]:
 
 @pytest.mark.slow
 def test_a_replica_back_at_a_new_address_rejoins(tmp_path: Path, names: NameServer) -> None:
-    nginx = _need("nginx")
     replica_port = free_port()
     names.address = "127.0.0.2"
     first = _replica(tmp_path, "127.0.0.2", replica_port, tmp_path / "first.log")
-    conf = (ROOT / "deploy" / "nginx.conf").read_text()
+    conf = shipped_conf()
     assert "resolver 127.0.0.11 valid=5s" in conf
     conf = conf.replace("resolver 127.0.0.11 valid=5s", f"resolver 127.0.0.1:{names.port} valid=1s")
     conf = conf.replace("replica:8000", f"replica:{replica_port}")
-    port = free_port()
-    conf = conf.replace("listen 8080;", f"listen 127.0.0.1:{port};")
-    conf = conf.replace("worker_processes auto;", "worker_processes 1;")
-    prefix = tmp_path / "nginx"
-    (prefix / "logs").mkdir(parents=True)
-    (prefix / "nginx.conf").write_text(conf)
-    proc = subprocess.Popen(
-        [
-            *(nginx, "-p", str(prefix), "-c", str(prefix / "nginx.conf")),
-            *("-e", str(prefix / "logs/error.log"), "-g", f"daemon off; pid {prefix}/nginx.pid;"),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}/health"
     second = None
     try:
+        with running_nginx(tmp_path, conf, wait_healthy=False) as nginx:
 
-        def served_by() -> str | None:
-            with contextlib.suppress(httpx.TransportError):
-                r = httpx.get(url, timeout=5)
-                if r.status_code == 200:
-                    return r.headers["x-served-by"]
-            return None
+            def served_by() -> str | None:
+                with contextlib.suppress(httpx.TransportError):
+                    r = httpx.get(f"{nginx.url}/health", timeout=5)
+                    if r.status_code == 200:
+                        return r.headers["x-served-by"]
+                return None
 
-        for _ in range(200):
-            if served_by() == f"127.0.0.2:{replica_port}":
-                break
-            assert proc.poll() is None, (prefix / "logs/error.log").read_text()
-            time.sleep(0.1)
-        else:
-            raise AssertionError("nginx never reached the first replica")
-        asked = names.queries
-        _stop(first)  # the container restarts, and comes back elsewhere
-        names.address = "127.0.0.3"
-        second = _replica(tmp_path, "127.0.0.3", replica_port, tmp_path / "second.log")
-        seen = []
-        for _ in range(100):  # the answer is valid for 1 s: a few tries are enough
-            seen.append(served_by())
-            if seen[-1] == f"127.0.0.3:{replica_port}":
-                break
-            time.sleep(0.1)
-        else:
-            raise AssertionError(f"the replica never rejoined; nginx answered via {seen[-5:]}")
-        assert names.queries > asked  # nginx asked again, it did not cache forever
+            for _ in range(200):
+                if served_by() == f"127.0.0.2:{replica_port}":
+                    break
+                nginx.check_alive()
+                time.sleep(0.1)
+            else:
+                raise AssertionError("nginx never reached the first replica")
+            asked = names.queries
+            _stop(first)  # the container restarts, and comes back elsewhere
+            names.address = "127.0.0.3"
+            second = _replica(tmp_path, "127.0.0.3", replica_port, tmp_path / "second.log")
+            seen = []
+            for _ in range(100):  # the answer is valid for 1 s: a few tries are enough
+                seen.append(served_by())
+                if seen[-1] == f"127.0.0.3:{replica_port}":
+                    break
+                time.sleep(0.1)
+            else:
+                raise AssertionError(f"the replica never rejoined; nginx answered via {seen[-5:]}")
+            assert names.queries > asked  # nginx asked again, it did not cache forever
     finally:
-        proc.send_signal(signal.SIGQUIT)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
         _stop(first)
         if second is not None:
             _stop(second)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -22,7 +21,8 @@ import msgpack
 import numpy as np
 import pytest
 
-from tests.conftest import Server, free_port, start_server
+from tests.conftest import Server, start_server
+from tests.nginxsupport import running_nginx, shipped_conf
 from xpcs_io import arraycodec, wire
 from xpcs_io.demo import DemoSpec, write_native_file
 from xpcs_io.errors import FileBusyError, FileMarkedOpenError, RemoteConnectionError
@@ -314,49 +314,18 @@ def test_without_the_extension_the_file_bytes_are_read_and_sent(cold_root: Path)
 
 
 def test_cold_reads_through_nginx(cold_root: Path, cold_server: Server, tmp_path: Path) -> None:
-    from tests.test_deploy import ROOT, _need
-
-    nginx = _need("nginx")
-    port = free_port()
-    conf = (ROOT / "deploy" / "nginx.conf").read_text()
     upstream = cold_server.url.removeprefix("http://")
-    conf = conf.replace("set $replicas replica:8000;", "set $replicas cold;")
+    conf = shipped_conf().replace("set $replicas replica:8000;", "set $replicas cold;")
     conf = conf.replace("server {", f"upstream cold {{ server {upstream}; }}\n    server {{", 1)
-    conf = conf.replace("listen 8080;", f"listen 127.0.0.1:{port};")
-    conf = conf.replace("worker_processes auto;", "worker_processes 1;")
-    prefix = tmp_path / "nginx"
-    (prefix / "logs").mkdir(parents=True)
-    (prefix / "nginx.conf").write_text(conf)
-    cmd = [nginx, "-p", str(prefix), "-c", str(prefix / "nginx.conf")]
-    cmd += ["-e", str(prefix / "logs/error.log"), "-g", f"daemon off; pid {prefix}/nginx.pid;"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None, (prefix / "logs/error.log").read_text()
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+    with running_nginx(tmp_path, conf) as nginx:
         _warm(cold_server.url, "contiguous.h5")
         before = _counters(cold_server.url)
         expected = _expected_body(cold_root, "contiguous.h5")
         params = {"file_path": "contiguous.h5"}
         for _ in range(2):
-            r = httpx.get(f"{url}/v1/qmap", params=params, headers=MSGPACK, timeout=60)
+            r = httpx.get(f"{nginx.url}/v1/qmap", params=params, headers=MSGPACK, timeout=60)
             assert r.content == expected
         assert _counters(cold_server.url)["sendfile_bytes"] > before["sendfile_bytes"]
-    finally:
-        proc.send_signal(signal.SIGQUIT)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def test_learning_copies_no_array_once_the_plan_cannot_be_kept() -> None:
