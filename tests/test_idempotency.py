@@ -24,34 +24,9 @@ from xpcs_io.errors import WriteLockTimeout
 from xpcs_io.facade import HDF5Facade
 from xpcs_io.locking import FileWriteLock
 from xpcs_io.pool import HDF5ConnectionPool
-from xpcs_io.schemas import GeometryMetadata, MaskSchema, PartitionSchema
 
 from .conftest import Server, Side
-
-SHAPE = (16, 16)
-
-
-def _geometry() -> GeometryMetadata:
-    return GeometryMetadata(
-        bcx=8.0, bcy=8.0, det_dist=5000.0, lambda_=1.54, pix_dim=0.075, shape=SHAPE
-    )
-
-
-def _mask(rows: int = 1, description: str | None = "one call") -> MaskSchema:
-    m = np.zeros(SHAPE, np.uint8)
-    m[:rows] = 1
-    return MaskSchema(mask=m, metadata=_geometry(), description=description)
-
-
-def _partition() -> PartitionSchema:
-    pmap = np.ones(SHAPE, np.uint8)
-    return PartitionSchema(
-        partition_map=pmap,
-        num_pts=1,
-        val_list=np.array([0.01]),
-        num_list=np.array([pmap.size]),
-        metadata=_geometry(),
-    )
+from .writesupport import SHAPE, mask, partition
 
 
 def _body(rows: int) -> bytes:
@@ -73,22 +48,22 @@ def _body(rows: int) -> bytes:
 
 def test_same_key_stores_one_version(side: Side, workdir: Path) -> None:
     p = side.path(workdir / "k.hdf5")
-    side.api.write_mask(p, _mask(), idempotency_key="call-1")
-    side.api.write_mask(p, _mask(), idempotency_key="call-1")
+    side.api.write_mask(p, mask(), idempotency_key="call-1")
+    side.api.write_mask(p, mask(), idempotency_key="call-1")
     (record,) = side.api.list_mask_versions(p)
     assert record["idempotency_key"] == "call-1"
-    side.api.write_partition(p, _partition(), idempotency_key="call-2")
-    side.api.write_partition(p, _partition(), idempotency_key="call-2")
+    side.api.write_partition(p, partition(), idempotency_key="call-2")
+    side.api.write_partition(p, partition(), idempotency_key="call-2")
     assert len(side.api.list_partition_versions(p)) == 1
     # The same key in another group is another write.
-    side.api.write_mask(p, _mask(), group="/other/mask", idempotency_key="call-1")
+    side.api.write_mask(p, mask(), group="/other/mask", idempotency_key="call-1")
     assert len(side.api.list_mask_versions(p, group="/other/mask")) == 1
 
 
 def test_calls_without_a_key_are_separate_writes(side: Side, workdir: Path) -> None:
     p = side.path(workdir / "nokey.hdf5")
-    side.api.write_mask(p, _mask())
-    side.api.write_mask(p, _mask())
+    side.api.write_mask(p, mask())
+    side.api.write_mask(p, mask())
     versions = side.api.list_mask_versions(p)
     assert [v["version"] for v in versions] == [1, 2]
     if side.name == "remote":  # the client makes up a fresh key for every call
@@ -100,12 +75,12 @@ def test_calls_without_a_key_are_separate_writes(side: Side, workdir: Path) -> N
 def test_same_key_for_different_data_is_refused(side: Side, workdir: Path) -> None:
     path = workdir / "reuse.hdf5"
     p = side.path(path)
-    side.api.write_mask(p, _mask(1), idempotency_key="k")
+    side.api.write_mask(p, mask(1), idempotency_key="k")
     before = path.read_bytes()
     with pytest.raises(ValueError, match="different write"):
-        side.api.write_mask(p, _mask(2), idempotency_key="k")
+        side.api.write_mask(p, mask(2), idempotency_key="k")
     with pytest.raises(ValueError, match="different write"):
-        side.api.write_mask(p, _mask(1, description="changed"), idempotency_key="k")
+        side.api.write_mask(p, mask(1, description="changed"), idempotency_key="k")
     assert path.read_bytes() == before
 
 
@@ -116,16 +91,16 @@ def test_same_key_for_different_data_is_refused(side: Side, workdir: Path) -> No
 def test_malformed_keys_are_refused(side: Side, workdir: Path, key: Any, error: type) -> None:
     path = workdir / "bad.hdf5"
     with pytest.raises(error, match="idempotency_key"):
-        side.api.write_mask(side.path(path), _mask(), idempotency_key=key)
+        side.api.write_mask(side.path(path), mask(), idempotency_key=key)
     assert not path.exists()
 
 
 def test_replay_returns_the_first_record_and_leaves_the_file(workdir: Path) -> None:
     facade = HDF5Facade(pool=HDF5ConnectionPool(max_size=2))
     path = workdir / "replay.hdf5"
-    first = facade.write_mask_version(path, _mask(), idempotency_key="abc")
+    first = facade.write_mask_version(path, mask(), idempotency_key="abc")
     stat = path.stat()
-    again = facade.write_mask_version(path, _mask(), idempotency_key="abc")
+    again = facade.write_mask_version(path, mask(), idempotency_key="abc")
     assert again == first
     after = path.stat()
     assert (after.st_ino, after.st_mtime_ns, after.st_size) == (
@@ -140,13 +115,13 @@ def test_replay_needs_no_write_lock(workdir: Path) -> None:
     copies the file. A new key still waits (and times out here)."""
     facade = HDF5Facade(pool=HDF5ConnectionPool(max_size=2), lock_timeout=0.3)
     path = workdir / "locked.hdf5"
-    first = facade.write_mask_version(path, _mask(), idempotency_key="held")
+    first = facade.write_mask_version(path, mask(), idempotency_key="held")
     with FileWriteLock(path.resolve(), timeout=5.0):
-        assert facade.write_mask_version(path, _mask(), idempotency_key="held") == first
+        assert facade.write_mask_version(path, mask(), idempotency_key="held") == first
         with pytest.raises(WriteLockTimeout):
-            facade.write_mask(path, _mask(), idempotency_key="new")
+            facade.write_mask(path, mask(), idempotency_key="new")
         with pytest.raises(ValueError, match="different write"):
-            facade.write_mask(path, _mask(3), idempotency_key="held")
+            facade.write_mask(path, mask(3), idempotency_key="held")
     assert len(facade.list_mask_versions(path)) == 1
 
 
@@ -220,7 +195,7 @@ def test_concurrent_resends_store_one_version(server: Server, workdir: Path) -> 
 
 
 def _write_with_key(path: str, key: str) -> None:
-    HDF5Facade(pool=HDF5ConnectionPool(max_size=1)).write_mask(path, _mask(), idempotency_key=key)
+    HDF5Facade(pool=HDF5ConnectionPool(max_size=1)).write_mask(path, mask(), idempotency_key=key)
 
 
 def test_processes_writing_the_same_key_store_one_version(workdir: Path) -> None:
@@ -241,9 +216,9 @@ def test_async_client_sends_one_key_per_call(server: Server, workdir: Path) -> N
 
     async def run() -> list[dict[str, Any]]:
         async with AsyncRemoteHDF5Facade(server.url) as api:
-            await api.write_mask(rel, _mask(), idempotency_key="async-1")
-            await api.write_mask(rel, _mask(), idempotency_key="async-1")
-            await api.write_mask(rel, _mask())
+            await api.write_mask(rel, mask(), idempotency_key="async-1")
+            await api.write_mask(rel, mask(), idempotency_key="async-1")
+            await api.write_mask(rel, mask())
             return await api.list_mask_versions(rel)
 
     versions = asyncio.run(run())
@@ -342,13 +317,13 @@ def test_write_whose_answer_was_lost_is_stored_once(
     client's retry policy does: either way one call stores one version."""
     rel = (workdir / "drop.hdf5").relative_to(server.root).as_posix()
     with RemoteHDF5Facade(server.url) as api:
-        api.write_mask(rel, _mask(1, "first"))
+        api.write_mask(rel, mask(1, "first"))
     with drop_proxy(server) as proxy:
         url = f"http://127.0.0.1:{proxy.port}"
         with RemoteHDF5Facade(url, timeout=30, retry=RetryPolicy(attempts=3)) as api:
             if warm:
                 api.list_mask_versions(rel)
-            api.write_mask(rel, _mask(2, "one call"))
+            api.write_mask(rel, mask(2, "one call"))
         assert proxy.dropped == 1
         assert proxy.posts == 2
     with RemoteHDF5Facade(server.url) as api:

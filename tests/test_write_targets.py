@@ -15,35 +15,10 @@ import pytest
 from xpcs_io.api import FacadeAPI
 from xpcs_io.facade import HDF5Facade
 from xpcs_io.pool import HDF5ConnectionPool
-from xpcs_io.schemas import GeometryMetadata, MaskSchema, PartitionSchema
 from xpcs_io.tools.demo import DemoSpec, write_native_file
 
 from .conftest import Side
-
-SHAPE = (16, 16)
-
-
-def _geometry() -> GeometryMetadata:
-    return GeometryMetadata(
-        bcx=8.0, bcy=8.0, det_dist=5000.0, lambda_=1.54, pix_dim=0.075, shape=SHAPE
-    )
-
-
-def _mask(rows: int = 1) -> MaskSchema:
-    m = np.zeros(SHAPE, np.uint8)
-    m[:rows] = 1
-    return MaskSchema(mask=m, metadata=_geometry(), description=f"{rows} rows")
-
-
-def _partition() -> PartitionSchema:
-    pmap = np.ones(SHAPE, np.uint8)
-    return PartitionSchema(
-        partition_map=pmap,
-        num_pts=1,
-        val_list=np.array([0.01]),
-        num_list=np.array([pmap.size]),
-        metadata=_geometry(),
-    )
+from .writesupport import SHAPE, mask, partition
 
 
 def _digest(path: Path) -> str:
@@ -80,15 +55,15 @@ def _refused(
 def test_write_inside_a_version_store_is_refused(side: Side, workdir: Path, group: str) -> None:
     path = _native(workdir)
     p = side.path(path)
-    side.api.write_mask(p, _mask(1))
-    side.api.write_mask(p, _mask(2))
+    side.api.write_mask(p, mask(1))
+    side.api.write_mask(p, mask(2))
     listed = side.api.list_mask_versions(p)
     _refused(
         side,
         path,
         ValueError,
         "inside the versioned group",
-        lambda: side.api.write_mask(p, _mask(9), group=group),
+        lambda: side.api.write_mask(p, mask(9), group=group),
     )
     assert side.api.list_mask_versions(p) == listed
     assert int(side.api.read_mask(p, version=1).mask.sum()) == 16
@@ -105,28 +80,28 @@ def test_write_inside_a_reference_layout_group_is_refused(side: Side, workdir: P
         path,
         ValueError,
         "inside the versioned group",
-        lambda: side.api.write_mask(side.path(path), _mask(), group="/simplemask/mask/metadata"),
+        lambda: side.api.write_mask(side.path(path), mask(), group="/simplemask/mask/metadata"),
     )
 
 
 def test_mask_write_into_a_partition_group_is_refused(side: Side, workdir: Path) -> None:
     path = workdir / "kinds.hdf5"
     p = side.path(path)
-    side.api.write_partition(p, _partition())
-    side.api.write_mask(p, _mask())
+    side.api.write_partition(p, partition())
+    side.api.write_mask(p, mask())
     _refused(
         side,
         path,
         ValueError,
         "holds partitions",
-        lambda: side.api.write_mask(p, _mask(), group="/simplemask/partition"),
+        lambda: side.api.write_mask(p, mask(), group="/simplemask/partition"),
     )
     _refused(
         side,
         path,
         ValueError,
         "holds masks",
-        lambda: side.api.write_partition(p, _partition(), group="/simplemask/mask"),
+        lambda: side.api.write_partition(p, partition(), group="/simplemask/mask"),
     )
 
 
@@ -139,14 +114,14 @@ def test_mask_write_into_a_partition_group_is_refused(side: Side, workdir: Path)
 def test_write_over_the_files_own_data_is_refused(side: Side, workdir: Path, group: str) -> None:
     path = _native(workdir)
     p = side.path(path)
-    side.api.write_mask(p, _mask())  # makes /simplemask a group of groups
+    side.api.write_mask(p, mask())  # makes /simplemask a group of groups
     qmap, geometry = side.api.read_qmap(p), side.api.read_geometry_metadata(p)
     _refused(
         side,
         path,
         ValueError,
         "did not write",
-        lambda: side.api.write_mask(p, _mask(5), group=group),
+        lambda: side.api.write_mask(p, mask(5), group=group),
     )
     assert side.api.read_qmap(p) == qmap
     assert side.api.read_geometry_metadata(p) == geometry
@@ -159,7 +134,7 @@ def test_write_through_a_dataset_is_refused(side: Side, workdir: Path) -> None:
         path,
         ValueError,
         "is a dataset",
-        lambda: side.api.write_mask(side.path(path), _mask(), group="/xpcs/qmap/sqmap/mask"),
+        lambda: side.api.write_mask(side.path(path), mask(), group="/xpcs/qmap/sqmap/mask"),
     )
 
 
@@ -174,11 +149,11 @@ def test_existing_group_with_foreign_attributes_only(side: Side, workdir: Path) 
         path,
         ValueError,
         "did not write",
-        lambda: side.api.write_mask(p, _mask(), group="/notes"),
+        lambda: side.api.write_mask(p, mask(), group="/notes"),
     )
     # An empty group whose attributes a write does not set is fine, and they stay.
-    side.api.write_mask(p, _mask(), group="/analysis/masks")
-    assert side.api.read_mask(p, group="/analysis/masks") == _mask()
+    side.api.write_mask(p, mask(), group="/analysis/masks")
+    assert side.api.read_mask(p, group="/analysis/masks") == mask()
     with h5py.File(path, "r") as f:
         assert f["/analysis/masks"].attrs["NX_class"] == "NXcollection"
         assert f["/notes"].attrs["description"] == "someone else's words"
@@ -188,8 +163,8 @@ def test_new_group_beside_foreign_data_is_allowed(side: Side, workdir: Path) -> 
     path = _native(workdir)
     p = side.path(path)
     qmap = side.api.read_qmap(p)
-    side.api.write_mask(p, _mask(3), group="/xpcs/masks_drawn")
-    assert side.api.read_mask(p, group="/xpcs/masks_drawn") == _mask(3)
+    side.api.write_mask(p, mask(3), group="/xpcs/masks_drawn")
+    assert side.api.read_mask(p, group="/xpcs/masks_drawn") == mask(3)
     assert side.api.read_qmap(p) == qmap
 
 
@@ -221,7 +196,7 @@ def test_write_through_external_link_out_of_the_root(
     rel = linked.relative_to(side.root).as_posix()
     before = _digest(victim)
     _refused(
-        side, linked, PermissionError, "outside the data root", lambda: api.write_mask(rel, _mask())
+        side, linked, PermissionError, "outside the data root", lambda: api.write_mask(rel, mask())
     )
     with pytest.raises(PermissionError):
         api.list_mask_versions(rel)
@@ -235,7 +210,7 @@ def test_external_link_without_a_root_is_refused_for_writes(workdir: Path, tmp_p
     facade = HDF5Facade(pool=HDF5ConnectionPool(max_size=2))
     before = (_digest(linked), _digest(victim))
     with pytest.raises(ValueError, match="external link"):
-        facade.write_mask(linked, _mask())
+        facade.write_mask(linked, mask())
     assert (_digest(linked), _digest(victim)) == before
 
 
@@ -252,7 +227,7 @@ def test_external_link_inside_the_root_is_refused_for_writes(side: Side, workdir
         path,
         ValueError,
         "external link",
-        lambda: side.api.write_mask(side.path(path), _mask()),
+        lambda: side.api.write_mask(side.path(path), mask()),
     )
     assert _digest(other) == before
 
@@ -263,7 +238,7 @@ def test_external_link_inside_the_version_store(side: Side, workdir: Path, tmp_p
         f.create_group("/v")
     path = workdir / "store.hdf5"
     p = side.path(path)
-    side.api.write_mask(p, _mask(1))
+    side.api.write_mask(p, mask(1))
     if side.name == "local":
         side.api.clear_pool()
     with h5py.File(path, "a", locking=False) as f:
@@ -272,7 +247,7 @@ def test_external_link_inside_the_version_store(side: Side, workdir: Path, tmp_p
     rel = path.relative_to(side.root).as_posix()
     before = _digest(outside)
     _refused(
-        side, path, PermissionError, "outside the data root", lambda: api.write_mask(rel, _mask(2))
+        side, path, PermissionError, "outside the data root", lambda: api.write_mask(rel, mask(2))
     )
     with pytest.raises(PermissionError):
         api.list_mask_versions(rel)
@@ -286,13 +261,13 @@ def test_soft_links_leaving_the_group_are_refused(side: Side, workdir: Path) -> 
         f.create_group("/masks/a")
         f["/masks/a/mask"] = h5py.SoftLink("/xpcs/qmap/mask")  # a member leaving the group
     p = side.path(path)
-    _refused(side, path, ValueError, "soft link", lambda: side.api.write_mask(p, _mask()))
+    _refused(side, path, ValueError, "soft link", lambda: side.api.write_mask(p, mask()))
     _refused(
         side,
         path,
         ValueError,
         "soft link",
-        lambda: side.api.write_mask(p, _mask(), group="/masks/a"),
+        lambda: side.api.write_mask(p, mask(), group="/masks/a"),
     )
 
 
@@ -312,7 +287,7 @@ def test_virtual_dataset_with_outside_source_is_refused(
     api = _rooted(side, side.root)
     rel = path.relative_to(side.root).as_posix()
     _refused(
-        side, path, PermissionError, "outside the data root", lambda: api.write_mask(rel, _mask())
+        side, path, PermissionError, "outside the data root", lambda: api.write_mask(rel, mask())
     )
     with pytest.raises(PermissionError):
         api.list_mask_versions(rel)
@@ -330,7 +305,7 @@ def test_soft_link_inside_the_group_chaining_out_is_not_followed(
     api = _rooted(side, side.root)
     rel = path.relative_to(side.root).as_posix()
     before = _digest(outside)
-    _refused(side, path, ValueError, "soft link", lambda: api.write_mask(rel, _mask()))
+    _refused(side, path, ValueError, "soft link", lambda: api.write_mask(rel, mask()))
     assert api.list_mask_versions(rel) == []  # a soft-linked mask is not found data
     with pytest.raises(KeyError, match="holds no versions"):
         api.read_mask(rel)
