@@ -13,6 +13,7 @@ import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import blosc2
 import h5py
@@ -181,7 +182,8 @@ WRITER = textwrap.dedent(
     import h5py
     import numpy as np
     path, rounds, pause = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-    for i in range(rounds):
+    first = int(sys.argv[4]) if len(sys.argv) > 4 else 0
+    for i in range(first, first + rounds):
         while True:
             try:
                 f = h5py.File(path, "r+")
@@ -198,9 +200,23 @@ WRITER = textwrap.dedent(
 )
 
 
-def _writer(path: Path, rounds: int, pause: float) -> subprocess.Popen[str]:
-    cmd = [sys.executable, "-c", WRITER, str(path), str(rounds), str(pause)]
+def _writer(path: Path, rounds: int, pause: float, first: int = 0) -> subprocess.Popen[str]:
+    """Rewrites the three float maps of ``path`` in place ``rounds`` times; round ``i``
+    (counted from ``first``) fills them with ``i % 7 + 1``."""
+    cmd = [sys.executable, "-c", WRITER, str(path), str(rounds), str(pause), str(first)]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+
+
+def _one_value(api: Any, name: str) -> float:
+    """The single value the three float maps of ``name`` hold (fails on a mixed answer)."""
+    q = api.read_qmap(name)
+    values = {float(q.sqmap.flat[0])}
+    for field in ("sqmap", "dqmap", "phis"):
+        arr = getattr(q, field)
+        values |= {float(arr.min()), float(arr.max())}
+    # One write's state: every pixel of the three maps holds the same value.
+    assert len(values) == 1, f"mixed answer: {sorted(values)[:5]}"
+    return values.pop()
 
 
 def test_a_rewrite_in_place_never_gives_a_mixed_answer(
@@ -213,27 +229,31 @@ def test_a_rewrite_in_place_never_gives_a_mixed_answer(
     with h5py.File(path, "r+") as f:
         for field in ("sqmap", "dqmap", "phis"):
             f[f"xpcs/qmap/{field}"][...] = 0.0
-    before = _counters(cold_server.url)
-    writer = _writer(path, 12, 0.5)
-    good = refused = 0
     with RemoteHDF5Facade(cold_server.url, timeout=60, compression="none") as api:
+        # Reads racing a writer: whichever path each read takes, never a mixed answer.
+        writer = _writer(path, 12, 0.5)
+        good = 0
         while writer.poll() is None or good < 3:
             try:
-                q = api.read_qmap("rewritten.h5")
+                _one_value(api, "rewritten.h5")
             except (RemoteConnectionError, FileBusyError, FileMarkedOpenError):
-                refused += 1
                 continue
-            values = {float(q.sqmap.flat[0])}
-            for field in ("sqmap", "dqmap", "phis"):
-                arr = getattr(q, field)
-                values |= {float(arr.min()), float(arr.max())}
-            # One write's state: every pixel of the three maps holds the same value.
-            assert len(values) == 1, f"mixed answer: {sorted(values)[:5]}"
             good += 1
-    assert writer.wait(60) == 0
-    writer.communicate()
-    assert good >= 3
-    assert _counters(cold_server.url)["responses"] > before["responses"]
+        assert writer.wait(60) == 0
+        writer.communicate()
+        # Then step by step: each version is sent from its plan once learnt, and never once
+        # the file was rewritten (no stale answer).
+        for _ in range(3):
+            _warm(cold_server.url, "rewritten.h5")
+            before = _counters(cold_server.url)["responses"]
+            value = _one_value(api, "rewritten.h5")
+            assert _counters(cold_server.url)["responses"] == before + 1
+            rewrite = _writer(path, 1, 0, first=int(value))  # writes value % 7 + 1
+            assert rewrite.wait(60) == 0
+            rewrite.communicate()
+            before = _counters(cold_server.url)["responses"]
+            assert _one_value(api, "rewritten.h5") == float(int(value) % 7 + 1)
+            assert _counters(cold_server.url)["responses"] == before
 
 
 def test_a_change_while_sending_resets_the_connection(cold_server: Server, cold_root: Path) -> None:
