@@ -129,8 +129,9 @@ def start_server(
     args: tuple[str, ...] = (),
     port: int | None = None,
 ) -> Server:
-    """Start ``xpcs-io serve`` on ``port`` (default: a free one) and wait until /health
-    answers."""
+    """Start ``xpcs-io serve`` on ``port`` (default: a free one) and wait until /ready
+    answers 200: the pool is up and the root is watched (a file created from then on is
+    an event)."""
     port = port or free_port()
     cmd = [
         sys.executable,
@@ -155,7 +156,7 @@ def start_server(
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode}: {log.read_text()[-2000:]}")
         try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+            if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
                 return Server(proc, url, root, log)
         except httpx.TransportError:
             pass

@@ -19,6 +19,10 @@ from tests.conftest import Server, start_server
 from xpcs_io.client import AsyncRemoteHDF5Facade, RemoteHDF5Facade
 from xpcs_io.events import Event, EventStreamParser
 from xpcs_io.schemas import MaskSchema
+from xpcs_io.server.app import create_app
+from xpcs_io.server.events import EventHub
+from xpcs_io.server.settings import Settings
+from xpcs_io.server.watcher import RootWatcher
 from xpcs_io.tools.demo import DemoSpec, write_native_file
 
 
@@ -301,3 +305,59 @@ def test_hostile_event_parameters_get_a_stream_or_a_client_error(
             assert first.startswith(b"retry:")
         else:
             assert response.headers["content-type"] == "application/problem+json"
+
+
+def test_ready_only_once_the_root_is_watched(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The watcher's first scan of the root is held: until it is released and the watcher
+    # watches, /ready answers 503, so a client that waited for /ready never creates a file
+    # the watcher would miss.
+    scanning = threading.Event()
+    release = threading.Event()
+    scan = RootWatcher._scan
+
+    def held_scan(self: RootWatcher) -> None:
+        scanning.set()
+        assert release.wait(60)
+        scan(self)
+
+    monkeypatch.setattr(RootWatcher, "_scan", held_scan)
+    app = create_app(Settings(data_root=tmp_path))
+
+    async def main() -> None:
+        transport = httpx.ASGITransport(app=app)
+        async with (
+            app.router.lifespan_context(app),
+            httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client,
+        ):
+            try:
+                for _ in range(1200):  # bounded: the scan starts as soon as the app does
+                    if scanning.is_set():
+                        break
+                    await asyncio.sleep(0.05)
+                assert scanning.is_set()
+                assert (await client.get("/health")).status_code == 200  # alive, not ready
+                held = await client.get("/ready")
+                assert held.status_code == 503, held.text
+                assert "file watcher" in held.text
+                release.set()
+                for _ in range(1200):  # bounded: the scan of an empty root is quick
+                    answer = await client.get("/ready")
+                    if answer.status_code == 200:
+                        break
+                    await asyncio.sleep(0.05)
+                assert answer.status_code == 200, answer.text
+                # Watching from then on: a file created right away becomes an event.
+                with h5py.File(tmp_path / "right-after.h5", "w") as f:
+                    f["x"] = 1
+                hub: EventHub = app.state.events
+                for _ in range(1200):
+                    if any(e.data.get("file_path") == "right-after.h5" for e in hub.since(0)[0]):
+                        return
+                    await asyncio.sleep(0.05)
+                raise AssertionError("no event for a file created once /ready answered 200")
+            finally:
+                release.set()  # the app's shutdown waits for the scan
+
+    asyncio.run(main())

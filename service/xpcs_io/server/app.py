@@ -88,6 +88,7 @@ def _lifespan(
             # one pool knows every open of a file in this process.
             watcher = RootWatcher(root, events, app.state.facade_unchecked)
             watch_task = asyncio.create_task(watcher.run())
+        app.state.watcher = watcher  # /ready waits for it to watch
         log.info("serving %s with a pool of %d handles", root, settings.pool_size)
         try:
             yield

@@ -13,6 +13,7 @@ from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Respon
 from xpcs_io.server.deps import MetricsDep, RootDep, get_pool
 from xpcs_io.server.observability import render
 from xpcs_io.server.problems import problem
+from xpcs_io.server.watcher import RootWatcher
 
 __all__ = ["STATIC", "VERSION", "router"]
 
@@ -76,12 +77,18 @@ def health() -> dict[str, str]:
     summary="Readiness",
     operation_id="service-ready",
     tags=["service"],
-    responses={503: {"description": "Data root unreadable or pool shut down."}},
+    responses={
+        503: {"description": "Data root unreadable, pool shut down or root not watched yet."}
+    },
 )
 def ready(request: Request, root: RootDep) -> Response:
-    """Ready when the data root is readable and the pool accepts checkouts."""
+    """Ready when the data root is readable, the pool accepts checkouts and (unless watching
+    is off) the file watcher watches the root: a file created from then on becomes an event."""
     pool = get_pool(request)
     problems = []
+    watcher: RootWatcher | None = getattr(request.app.state, "watcher", None)
+    if watcher is not None and not watcher.ready.is_set():
+        problems.append("file watcher not watching yet")
     if not os.access(root, os.R_OK | os.X_OK):
         problems.append("data root not readable")
     if pool is None or pool.closed:

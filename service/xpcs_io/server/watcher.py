@@ -80,7 +80,10 @@ class RootWatcher:
         polling = self.force_polling
         while not self._stop.is_set():
             try:
-                self.ready.set()
+                # awatch adds its watches (or takes its first poll) when first stepped, in this
+                # very task step, before it first awaits: a callback run after this step
+                # finds the root watched, so a change made once ``ready`` is set is seen.
+                asyncio.get_running_loop().call_soon(self.ready.set)
                 async for changes in awatch(
                     self.root,
                     watch_filter=_wanted,
