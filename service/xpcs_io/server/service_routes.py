@@ -77,15 +77,14 @@ def health() -> dict[str, str]:
     summary="Readiness",
     operation_id="service-ready",
     tags=["service"],
-    responses={
-        503: {"description": "Data root unreadable, pool shut down or root not watched yet."}
-    },
+    responses={503: {"description": "Data root unreadable or pool shut down."}},
 )
 def ready(request: Request, root: RootDep) -> Response:
-    """Ready when the data root is readable, the pool accepts checkouts and (unless watching
-    is off) the file watcher watches the root: a file created from then on becomes an event."""
+    """Ready when the data root is readable and the pool accepts checkouts."""
     pool = get_pool(request)
     problems = []
+    # And once the file watcher watches the root (unless watching is off): a client that
+    # waited for /ready gets an event for a file it creates right after.
     watcher: RootWatcher | None = getattr(request.app.state, "watcher", None)
     if watcher is not None and not watcher.ready.is_set():
         problems.append("file watcher not watching yet")
