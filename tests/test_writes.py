@@ -61,7 +61,8 @@ def sha(arr: Array) -> str:
 
 
 # A writer in another interpreter: prints "ready" once imported, waits for a line on stdin,
-# then writes ``count`` masks (forever if negative) described "<prefix>-<i>".
+# then writes ``count`` masks (forever if negative) described "<prefix>-<i>", printing "wrote"
+# after each; with a last argument "step", it waits for another line before each later one.
 WRITER = f"""
 from __future__ import annotations
 import hashlib, sys
@@ -74,6 +75,7 @@ from xpcs_io.schemas import GeometryMetadata, MaskSchema
 
 path, prefix, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
 shape = (int(sys.argv[4]), int(sys.argv[5]))
+step = sys.argv[6:] == ["step"]
 facade = HDF5Facade(pool=HDF5ConnectionPool(max_size=1))
 geometry = GeometryMetadata(
     bcx=10.0, bcy=12.0, det_dist=5000.0, lambda_=1.54, pix_dim=0.075, shape=shape
@@ -82,6 +84,8 @@ print("ready", flush=True)
 sys.stdin.readline()
 i = 0
 while count < 0 or i < count:
+    if step and i:
+        sys.stdin.readline()
     description = f"{{prefix}}-{{i}}"
     schema = MaskSchema(
         mask=mask_for(description, shape), metadata=geometry, description=description
@@ -93,11 +97,21 @@ while count < 0 or i < count:
 
 
 class Writer:
-    """A writer process started on ``path``; ``go()`` lets it write."""
+    """A writer process started on ``path``; ``go()`` lets it write (with ``step``: write
+    one mask; each later ``go()`` the next one)."""
 
-    def __init__(self, path: Path, prefix: str, count: int, shape: tuple[int, int] = SHAPE):
+    def __init__(
+        self,
+        path: Path,
+        prefix: str,
+        count: int,
+        shape: tuple[int, int] = SHAPE,
+        *,
+        step: bool = False,
+    ):
+        args = [str(path), prefix, str(count), *map(str, shape), *(["step"] if step else [])]
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", WRITER, str(path), prefix, str(count), *map(str, shape)],
+            [sys.executable, "-c", WRITER, *args],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -412,27 +426,43 @@ def test_reader_never_sees_a_torn_state(tmp_path: Path, where: str) -> None:
     reader_pool = HDF5ConnectionPool(max_size=2)
     reader = HDF5Facade(pool=reader_pool)
     stop = threading.Event()
-    seen: list[str] = []
+    # Driven by counts, not speeds: ``phase`` is 2i+1 while write i runs and 2i+2 once it
+    # returned; the next write starts only after a read that began in phase 2i+2 finished.
+    phase = 0
+    seen: list[tuple[int, int, str]] = []  # (phase a read began in, ended in, description)
     errors: list[BaseException] = []
 
     def read_loop() -> None:
         try:
             while not stop.is_set():
+                began = phase
                 got = reader.read_mask(path)
                 assert got.description in allowed, got.description
                 assert got.description is not None
                 np.testing.assert_array_equal(got.mask, mask_for(got.description, SHAPE))
-                seen.append(got.description)
+                seen.append((began, phase, got.description))
         except BaseException as exc:
             errors.append(exc)
 
+    def wait_for_a_read_after(write: int) -> None:
+        for _ in range(int(SUBPROCESS_TIMEOUT / 0.005)):  # bounded: a safety cap
+            if errors or any(began >= 2 * write + 2 for began, _, _ in seen[-50:]):
+                return
+            time.sleep(0.005)
+        raise AssertionError(f"no read began after write {write} within the cap")
+
     thread = threading.Thread(target=read_loop)
     if where == "process":
-        writer = Writer(path, "w", n_writes)
+        writer = Writer(path, "w", n_writes, step=True)
         try:
             writer.wait_ready()
             thread.start()
-            writer.go()
+            for i in range(n_writes):
+                phase = 2 * i + 1
+                writer.go()  # one write
+                writer.wait_writes(1)
+                phase = 2 * i + 2
+                wait_for_a_read_after(i)
             writer.finish()
         finally:
             writer.kill()
@@ -441,19 +471,28 @@ def test_reader_never_sees_a_torn_state(tmp_path: Path, where: str) -> None:
         writer_facade = HDF5Facade(pool=writer_pool)
         thread.start()
         for i in range(n_writes):
+            phase = 2 * i + 1
             writer_facade.write_mask(path, schema_for(f"w-{i}"), compression=None)
-            time.sleep(0.005)
+            phase = 2 * i + 2
+            wait_for_a_read_after(i)
         writer_pool.shutdown()
-    time.sleep(0.05)
     stop.set()
     thread.join(timeout=SUBPROCESS_TIMEOUT)
     reader_pool.shutdown()
     assert errors == []
-    assert len(seen) >= n_writes
-    assert seen[-1] == f"w-{n_writes - 1}"
-    order = [-1 if d == "w-init" else int(d.split("-")[1]) for d in seen]
+    # A read with no write running from its start to its end sees the last write, exactly.
+    for began, ended, description in seen:
+        if began == ended and began % 2 == 0:
+            assert description == ("w-init" if began == 0 else f"w-{began // 2 - 1}"), (
+                began,
+                description,
+            )
+    assert seen[-1][2] == f"w-{n_writes - 1}"
+    order = [-1 if d == "w-init" else int(d.split("-")[1]) for _, _, d in seen]
     assert order == sorted(order), "a reader went back in time"
-    assert len(set(seen)) >= 3, "the reader never overlapped the writer"
+    overlapping = sum(began % 2 == 1 or ended != began for began, ended, _ in seen)
+    assert overlapping >= 1, "the reader never overlapped the writer"
+    print(f"{len(seen)} reads, {overlapping} of them overlapping a write")
 
 
 # ---------------------------------------------------------------- permissions and locks
@@ -515,7 +554,8 @@ def test_lock_held_by_another_process_times_out(tmp_path: Path) -> None:
             facade.write_mask(path, schema_for("blocked"))
         elapsed = time.monotonic() - start
         assert isinstance(info.value, TimeoutError)
-        assert 0.3 <= elapsed < 3.0
+        # Well below the 60 s default a forgotten timeout would wait (a cap, not a speed).
+        assert 0.3 <= elapsed < 30.0
         assert path.read_bytes() == before
         assert leftovers(tmp_path) == []
     facade.write_mask(path, schema_for("free"))  # released: the write goes through
