@@ -80,11 +80,33 @@ def _qmap_bytes_sent(url: str) -> float:
     return float(found.group(1)) if found else 0.0
 
 
+def _qmap_done(url: str) -> float:
+    """Requests to /v1/qmap the server finished with: the request duration's count, updated
+    last (after the zero-copy and byte counters, which move after the client has the last
+    byte)."""
+    text = httpx.get(f"{url}/metrics").text
+    pattern = r'^xpcs_io_request_duration_seconds_count\{[^}]*route="/v1/qmap"[^}]*\} (\S+)$'
+    return sum(float(v) for v in re.findall(pattern, text, re.M))
+
+
+def _settle(url: str, done_before: float, n: int) -> None:
+    """Wait (bounded) until the server has finished ``n`` more /v1/qmap requests than
+    ``done_before``, so every counter of theirs is final."""
+    for _ in range(200):
+        if _qmap_done(url) >= done_before + n:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"the server did not finish {n} /v1/qmap requests")
+
+
 def _warm(url: str, name: str, headers: dict[str, str] = MSGPACK) -> None:
-    """Read ``name`` once and wait until its plan is learnt (after that answer was sent)."""
+    """Read ``name`` once and wait until its plan is learnt (after that answer was sent) and
+    the request is finished, so a baseline taken next includes it."""
     before = _counters(url)
+    done = _qmap_done(url)
     r = httpx.get(f"{url}/v1/qmap", params={"file_path": name}, headers=headers, timeout=60)
     assert r.status_code == 200
+    _settle(url, done, 1)
     for _ in range(400):
         now = _counters(url)
         if now["plans"] > before["plans"] or now["responses"] > before["responses"]:
@@ -109,11 +131,13 @@ def test_cold_read_sends_the_file_bytes_with_sendfile(
     _warm(cold_server.url, name)
     before = _counters(cold_server.url)
     counted = _qmap_bytes_sent(cold_server.url)
+    done = _qmap_done(cold_server.url)
     params = {"file_path": name}
     bodies = [
         httpx.get(f"{cold_server.url}/v1/qmap", params=params, headers=MSGPACK, timeout=60)
         for _ in range(2)
     ]
+    _settle(cold_server.url, done, 2)
     after = _counters(cold_server.url)
     for r in bodies:
         assert r.status_code == 200
@@ -136,11 +160,13 @@ def test_cold_compressed_read_is_read_and_compressed_from_the_file(
     headers = {**MSGPACK, "xpcs-array-codec": preset}
     _warm(cold_server.url, name, headers)
     before = _counters(cold_server.url)
+    done = _qmap_done(cold_server.url)
     params = {"file_path": name}
     answers = [
         httpx.get(f"{cold_server.url}/v1/qmap", params=params, headers=headers, timeout=60)
         for _ in range(2)
     ]
+    _settle(cold_server.url, done, 2)
     assert _counters(cold_server.url)["responses"] == before["responses"] + 2
     # Compressed while sent; once pieces were compressed, answers say the server's pace.
     assert all("content-length" not in r.headers for r in answers)
@@ -169,10 +195,12 @@ def test_cold_compressed_read_is_read_and_compressed_from_the_file(
 
 def test_filtered_datasets_go_through_hdf5(cold_server: Server, cold_root: Path) -> None:
     before = _counters(cold_server.url)
+    done = _qmap_done(cold_server.url)
     params = {"file_path": "gzip.h5"}
     for _ in range(2):
         r = httpx.get(f"{cold_server.url}/v1/qmap", params=params, headers=MSGPACK, timeout=60)
         assert r.content == _expected_body(cold_root, "gzip.h5")
+    _settle(cold_server.url, done, 2)
     assert _counters(cold_server.url)["responses"] == before["responses"]
 
 
@@ -246,13 +274,17 @@ def test_a_rewrite_in_place_never_gives_a_mixed_answer(
         for _ in range(3):
             _warm(cold_server.url, "rewritten.h5")
             before = _counters(cold_server.url)["responses"]
+            done = _qmap_done(cold_server.url)
             value = _one_value(api, "rewritten.h5")
+            _settle(cold_server.url, done, 1)
             assert _counters(cold_server.url)["responses"] == before + 1
             rewrite = _writer(path, 1, 0, first=int(value))  # writes value % 7 + 1
             assert rewrite.wait(60) == 0
             rewrite.communicate()
             before = _counters(cold_server.url)["responses"]
+            done = _qmap_done(cold_server.url)
             assert _one_value(api, "rewritten.h5") == float(int(value) % 7 + 1)
+            _settle(cold_server.url, done, 1)
             assert _counters(cold_server.url)["responses"] == before
 
 
@@ -299,9 +331,15 @@ def test_two_workers_send_from_the_file(cold_root: Path, tmp_path: Path) -> None
                 with httpx.Client(timeout=60) as fresh:  # a new connection: maybe the other worker
                     r = fresh.get(f"{srv.url}/v1/qmap", params=params, headers=MSGPACK)
                     assert r.content == expected
-        counts = _counters(srv.url)  # both workers' counters, merged
-        assert counts["responses"] >= 1
-        assert counts["sendfile_bytes"] > 0
+        # Both workers' counters, merged: the other worker's arrive through files it
+        # publishes every 0.2 s, and plans are learnt in the background, so poll (bounded).
+        for _ in range(600):
+            counts = _counters(srv.url)
+            if counts["responses"] >= 1 and counts["sendfile_bytes"] > 0:
+                break
+            time.sleep(0.05)
+        assert counts["responses"] >= 1, counts
+        assert counts["sendfile_bytes"] > 0, counts
     finally:
         srv.stop()
 
@@ -340,11 +378,13 @@ def test_cold_reads_through_nginx(cold_root: Path, cold_server: Server, tmp_path
     with running_nginx(tmp_path, conf) as nginx:
         _warm(cold_server.url, "contiguous.h5")
         before = _counters(cold_server.url)
+        done = _qmap_done(cold_server.url)
         expected = _expected_body(cold_root, "contiguous.h5")
         params = {"file_path": "contiguous.h5"}
         for _ in range(2):
             r = httpx.get(f"{nginx.url}/v1/qmap", params=params, headers=MSGPACK, timeout=60)
             assert r.content == expected
+        _settle(cold_server.url, done, 2)
         assert _counters(cold_server.url)["sendfile_bytes"] > before["sendfile_bytes"]
 
 
