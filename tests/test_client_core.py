@@ -84,6 +84,11 @@ def test_a_timeout_is_retried(raw: list[RawServer], client: str) -> None:
     srv = _serve(raw, lambda n: time.sleep(2))  # answers nothing, then closes
     with pytest.raises(RemoteConnectionError, match="timed out"):
         run(client, srv.url, lambda api: api.read_g2_data("f.hdf5"), retry=RETRY, timeout=0.2)
+    # The raw server's thread records the last request on its own time: poll (bounded).
+    for _ in range(200):
+        if len(srv.requests) >= 3:
+            break
+        time.sleep(0.05)
     assert len(srv.requests) == 3
 
 

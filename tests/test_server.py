@@ -469,7 +469,10 @@ def test_reads_retry_until_the_server_is_up(data_root: Path, tmp_path: Path) -> 
     timer.start()
     try:
         with RemoteHDF5Facade(
-            f"http://127.0.0.1:{port}", retry=RetryPolicy(attempts=40, base=0.1, cap=0.5)
+            # At least 50 s of attempts (jitter halves a delay at most): more than the 30 s a
+            # start may take on a loaded machine.
+            f"http://127.0.0.1:{port}",
+            retry=RetryPolicy(attempts=40, base=0.1, cap=3.0),
         ) as api:
             assert api.read_geometry_metadata("late.hdf5").shape == (8, 8)
     finally:
