@@ -182,6 +182,8 @@ while swaps % 50 or not os.path.exists(os.environ["STOP_FILE"]):
         os.rename(real, race)
         time.sleep(0.0005)
         swaps += 1
+        if swaps == 1:
+            print("swapping", flush=True)  # the readers and writers start from here
     except OSError:
         pass
 print(swaps, flush=True)
@@ -236,6 +238,10 @@ def test_symlink_swaps_during_reads_and_writes(tmp_path: Path) -> None:
     threads = [threading.Thread(target=worker, args=(n_reads // 4, False)) for _ in range(4)]
     threads.append(threading.Thread(target=worker, args=(n_writes, True)))
     try:
+        # Swapping before anyone reads: the swapper then goes on until told to stop (and to
+        # a multiple of 50 swaps), however slowly it started.
+        assert swapper.stdout is not None
+        assert swapper.stdout.readline().strip() == "swapping"
         for t in threads:
             t.start()
         for t in threads:

@@ -85,7 +85,8 @@ def _limited(
     root: Path, log: Path, prefix: tuple[str, ...], env: dict[str, str] | None = None
 ) -> Iterator[Server]:
     """``serving`` under a resource limit: ``prefix`` is e.g. ``prlimit --nofile=1024 --``;
-    the server is the process prlimit execs into, so its pid is the server's."""
+    the server is the process prlimit execs into, so its pid is the server's. Yielded once
+    /ready answers 200 (the root watched: the watcher's descriptors are open by then)."""
     port = free_port()
     cmd = [*prefix, sys.executable, "-m", "xpcs_io.tools.cli", "serve", "--root", str(root)]
     cmd += ["--port", str(port), "--log-level", "warning"]
@@ -100,7 +101,7 @@ def _limited(
             assert proc.poll() is None, log.read_text()[-2000:]
             assert time.monotonic() < deadline, "server did not start"
             with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{srv.url}/health", timeout=1).status_code == 200:
+                if httpx.get(f"{srv.url}/ready", timeout=1).status_code == 200:
                     break
             time.sleep(0.05)
         yield srv
@@ -202,7 +203,14 @@ def test_header_only_and_crawling_bodies(tmp_path: Path) -> None:
     fig.target("peak RSS growth (MiB)", round(grown, 1), "< 64", grown < 64)
     fig.target("answered and closed", n503 + n408, f"{HEADER_ONLY}", n503 + n408 == HEADER_ONLY)
     fig.target("bodies held at once (MiB)", n408 * 200, "<= 512", n408 * 200 <= 512)
-    fig.target("closed within the body timeout", round(closed_after, 1), "< 8 s", closed_after < 8)
+    # The 408s come once the 3 s body timeout has passed, never before; the upper bound is a
+    # safety cap (a timer that never fires leaves the reads to their 30 s socket timeout).
+    fig.target(
+        "closed at the body timeout",
+        round(closed_after, 1),
+        ">= 3 s (if any 408), < 23 s",
+        (n408 == 0 or closed_after >= 3) and closed_after < 23,
+    )
     fig.target("crawling body answered", _status(crawl_answer), "408", _status(crawl_answer) == 408)
     fig.target("write after the attack", good.status_code, "201", good.status_code == 201)
     fig.target("/health after the attack", healthy, "True", healthy)
@@ -291,7 +299,7 @@ def test_half_open_connections_cannot_starve_the_server(tmp_path: Path) -> None:
         except httpx.HTTPError as exc:
             first = type(exc).__name__
         recovered = None
-        while time.monotonic() - t0 < 30:
+        while time.monotonic() - t0 < 60:
             peak = max(peak, fd_count(pid))
             try:
                 if httpx.get(f"{srv.url}/health", timeout=2).status_code == 200:
@@ -307,7 +315,7 @@ def test_half_open_connections_cannot_starve_the_server(tmp_path: Path) -> None:
         idle = socket.create_connection(("127.0.0.1", port), timeout=10)
         idle.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         t1 = time.monotonic()
-        _read_all(idle, 10)
+        _read_all(idle, 40)
         idle_closed = time.monotonic() - t1
         idle.close()
         time.sleep(0.5)
@@ -322,15 +330,23 @@ def test_half_open_connections_cannot_starve_the_server(tmp_path: Path) -> None:
     fig["answered 408 at the head timeout (3 s)"] = answers.count(408)
     fig["idle keep-alive closed after (s)"] = round(idle_closed, 1)
     fig.target("peak fds", peak, f"< {NOFILE}", peak < NOFILE)
-    fig.target("/health recovers", recovered is not None, "within 30 s", recovered is not None)
+    fig.target("/health recovers", recovered is not None, "within 60 s", recovered is not None)
+    # Bounds with room for a loaded machine: the 3 s head timeout frees the descriptors (a
+    # timer that never fires leaves /health unanswered for the whole 60 s).
     fig.target(
         "recovery time (s)",
         None if recovered is None else round(recovered, 1),
-        "< 10",
-        recovered is not None and recovered < 10,
+        "< 23",
+        recovered is not None and recovered < 23,
     )
     fig.target("fds after", fd_end - fd0, "<= 2 over the start", fd_end - fd0 <= 2)
-    fig.target("idle connection closed", round(idle_closed, 1), "< 5 s", idle_closed < 5)
+    # Not before the 2 s keep-alive timeout; well before the 40 s read timeout (a cap).
+    fig.target(
+        "idle connection closed",
+        round(idle_closed, 1),
+        ">= 1.5 s, < 22 s",
+        1.5 <= idle_closed < 22,
+    )
     fig.target("server faults (5xx but 503)", faults, "0", faults == 0)
     fig.check()
 
@@ -538,8 +554,12 @@ def test_stalled_readers_of_uncached_answers_are_bounded(tmp_path: Path) -> None
         grown = (rss_bytes(pid) - rss0) / MiB
         for c in socks:
             c.close()
-        time.sleep(1)
-        after = httpx.get(f"{srv.url}/v1/qmap", params={"file_path": "big.hdf5"}, timeout=60)
+        # The server notices the closed readers on its own time: 503 (retry) until then.
+        for _ in range(100):
+            after = httpx.get(f"{srv.url}/v1/qmap", params={"file_path": "big.hdf5"}, timeout=60)
+            if after.status_code != 503:
+                break
+            time.sleep(0.1)
         faults = _server_faults(srv)
     held = statuses.count(200)
     fig["answer size (MiB)"] = round(size / MiB, 1)
