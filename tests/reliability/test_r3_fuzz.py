@@ -133,7 +133,7 @@ class Tally:
         fig.target("offline cases", offline, f">= {want_offline}", offline >= want_offline)
         fig.target("5xx responses", len(self.api_5xx), "0", not self.api_5xx)
         fig.target("schema check failures", len(self.api_failures), "0", not self.api_failures)
-        fig.target("hangs (> 10 s)", len(self.hangs), "0", not self.hangs)
+        fig.target(f"hangs (> {HANG_SECONDS:g} s)", len(self.hangs), "0", not self.hangs)
         fig.target(
             "exceptions outside the error table", len(self.unhandled), "0", not self.unhandled
         )
