@@ -4,8 +4,10 @@ concurrent identical reads, never serving a file version that is gone."""
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -51,8 +53,18 @@ def test_rewritten_file_is_never_served_from_cache(server: Server, workdir: Path
     with RemoteHDF5Facade(server.url) as api:
         for value in (11.0, 12.0, 13.0):
             api.read_qmap(rel)
+            read = path.stat()  # what the server saw
             with h5py.File(path, "a", locking=False) as f:
                 f["/xpcs/qmap/sqmap"][0, 0] = value
+            # Before Linux 6.13 mtime and ctime move once per clock tick: a rewrite within
+            # the tick of the last change could keep both. Touch until the ctime moved, so
+            # the file's identity surely changed (bounded).
+            for _ in range(1000):
+                if path.stat().st_ctime_ns != read.st_ctime_ns:
+                    break
+                time.sleep(0.001)
+                os.utime(path)
+            assert path.stat().st_ctime_ns != read.st_ctime_ns
             assert api.read_qmap(rel).sqmap[0, 0] == value
 
 

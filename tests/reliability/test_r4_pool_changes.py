@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -273,6 +274,15 @@ def test_rewrite_in_place_with_mtime_preserved_is_not_served_stale(
             with open(path, "r+b") as f:
                 f.write(data)
             os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))  # what cp -p / rsync -t do
+            # Before Linux 6.13 the ctime moves once per clock tick: a rewrite within the
+            # tick of the last change could keep it. Touch again (mtime kept) until it moved,
+            # so the file's identity surely changed (bounded).
+            for _ in range(1000):
+                if path.stat().st_ctime_ns != st.st_ctime_ns:
+                    break
+                time.sleep(0.001)
+                os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+            assert path.stat().st_ctime_ns != st.st_ctime_ns
             with h5py.File(path, "r", locking=False) as f:
                 on_disk = float(f["/xpcs/metadata/det_dist"][()])
             assert on_disk != previous
