@@ -220,11 +220,13 @@ def _reads(
     server: float | None = None,
     size: int = 64 << 20,
     told: bool = False,
+    pieces: bool = False,
 ) -> list[tuple[bool, float]]:
     """``count`` large reads through ``auto`` over a modelled link: ``link`` bytes/s,
     decompression at ``decode`` array bytes/s, compressed answers ``ratio`` times smaller and,
     with ``server``, compressed by the server while sent at that many array bytes/s (which
-    it says in its answers when ``told``)."""
+    it says in its answers when ``told``, and its pieces' compressors show when ``pieces``:
+    the faster one while its compression is slower than the link)."""
     done = []
     for _ in range(count):
         asked = auto.wanted()
@@ -235,7 +237,18 @@ def _reads(
             decoded = (int(wire_bytes), size / decode)
             streamed = server is not None
             rate = server if told else None
-            auto.observe(True, size, seconds, streamed=streamed, decoded=decoded, server_rate=rate)
+            paced = None
+            if pieces and server is not None:
+                paced = wire_bytes / link > size / server
+            auto.observe(
+                True,
+                size,
+                seconds,
+                streamed=streamed,
+                decoded=decoded,
+                server_rate=rate,
+                link_paced=paced,
+            )
         else:
             seconds = size / link
             auto.observe(False, size, seconds, decoded=(0, 0.0))
@@ -294,6 +307,36 @@ def test_auto_trusts_the_link_when_the_server_says_it_compresses_faster() -> Non
     )
     assert [asked for asked, _ in reads[:2]] == [True, False]
     assert sum(asked for asked, _ in reads) <= 1 + 100 * AutoCompression.PROBE_SHARE
+
+
+def test_auto_trusts_pieces_written_at_the_links_pace() -> None:
+    """1 Gbit/s and a server compressing barely faster than the link: the pace it says
+    cannot tell them apart (a raw answer is measured), the compressors of its pieces can
+    (none is). At 10 Gbit/s its pieces say it held the answer back: raw is measured once."""
+
+    def run(link: float, pieces: bool) -> list[tuple[bool, float]]:
+        auto = AutoCompression("blosc2-zstd")
+        return _reads(auto, 100, link=link, decode=2.5e9, server=5.5e8, told=True, pieces=pieces)
+
+    assert [asked for asked, _ in run(125e6, pieces=False)[:2]] == [True, False]
+    reads = run(125e6, pieces=True)
+    assert all(asked for asked, _ in reads[:40])
+    assert sum(not asked for asked, _ in reads) <= 2  # the probe credit's, 5% of the time
+    reads = run(1.25e9, pieces=True)
+    assert [asked for asked, _ in reads[:2]] == [True, False]
+    assert sum(asked for asked, _ in reads) <= 1 + 100 * AutoCompression.PROBE_SHARE
+
+
+def test_pieces_tell_who_paced_an_answer() -> None:
+    a = np.random.default_rng(3).random(1 << 18, dtype=np.float32)
+    own = arraycodec.compress_piece(a.data, 4, "blosc2-zstd")
+    fast = arraycodec.compress_piece(a.data, 4, "blosc2-zstd", fast=True)
+    codes = {arraycodec.chunk_compressor(own), arraycodec.chunk_compressor(fast)}
+    assert codes == {4, 1}  # Zstd and LZ4, as the chunks' headers name them
+    assert arraycodec.link_paced("blosc2-zstd", {arraycodec.chunk_compressor(own)})
+    assert arraycodec.link_paced("blosc2-zstd", {arraycodec.chunk_compressor(fast)}) is False
+    assert arraycodec.link_paced("blosc2-zstd", set()) is None
+    assert arraycodec.link_paced("blosc2-lz4", {1}) is None  # one compressor: no telling
 
 
 def test_auto_follows_a_link_that_changes() -> None:

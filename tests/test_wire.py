@@ -638,7 +638,7 @@ def test_parsed_dtypes_are_remembered_only_when_allowed() -> None:
     for _ in range(2):  # refused every time, never remembered
         for text in ("<f3", "=f8", "O", "<U4", "|f8"):
             with pytest.raises(ValueError, match=r"not allowed|byte order"):
-                wire._parse_dtype(text)
+                wire.parse_dtype(text)
             assert text not in wire._DTYPES
     arrays = [np.arange(6, dtype=d).reshape(2, 3) for d in ("<f4", ">f8", "<i2", "|u1")] * 50
     for a in arrays:

@@ -35,10 +35,12 @@ __all__ = [
     "RATE_HEADER",
     "CompressedArray",
     "available",
+    "chunk_compressor",
     "compress",
     "compress_piece",
     "compress_tree",
     "decompress",
+    "link_paced",
     "negotiate",
     "take_decode_stats",
 ]
@@ -145,6 +147,31 @@ PIECE_CODECS: Final[dict[str, tuple[tuple[str, int], tuple[str, int]]]] = {
     "blosc2-zstd": (("ZSTD", 1), ("LZ4", 5)),
     "blosc2-lz4": (("LZ4", 5), ("LZ4", 5)),
 }
+
+
+# A chunk's compressor as its header names it (bits 5-7 of the flags byte, the third byte of
+# every C-Blosc2 chunk; see the C-Blosc2 chunk format).
+_HEADER_CODES: Final = {"BLOSCLZ": 0, "LZ4": 1, "LZ4HC": 1, "ZLIB": 3, "ZSTD": 4}
+
+
+def chunk_compressor(chunk: bytes | memoryview) -> int:
+    """The compressor code a blosc2 chunk's header names (0 BloscLZ, 1 LZ4, 3 Zlib,
+    4 Zstd); -1 for fewer than 3 bytes."""
+    return (chunk[2] >> 5) & 7 if len(chunk) >= 3 else -1
+
+
+def link_paced(preset: str, later: set[int]) -> bool | None:
+    """Whether an answer compressed while it was sent was paced by the link, judged by the
+    compressors of its pieces after the first (``later``, ``chunk_compressor`` codes): a
+    sender uses the preset's faster compressor while its compression holds the answer back
+    (``PIECE_CODECS``), so a later piece in the preset's own compressor was written while
+    the link was the slower. None when the pieces cannot tell: no later piece, or a preset
+    whose two compressors are the same.
+    """
+    (own, _), (fast, _) = PIECE_CODECS[preset]
+    if own == fast or not later:
+        return None
+    return _HEADER_CODES[own] in later
 
 
 def compress_piece(piece: memoryview, typesize: int, preset: str, fast: bool = False) -> bytes:

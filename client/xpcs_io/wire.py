@@ -23,12 +23,14 @@ from xpcs_io import arraycodec
 from xpcs_io.errors import SchemaError, WireFormatError
 
 __all__ = [
+    "MAX_DIMS",
     "MEDIA_TYPE",
     "decode_array",
     "encode_array",
     "is_array_map",
     "pack",
     "pack_chunks",
+    "parse_dtype",
     "unpack",
 ]
 
@@ -36,7 +38,7 @@ MEDIA_TYPE: Final = "application/msgpack"
 
 _ARRAY_KEYS: Final = frozenset(("dtype", "shape", "data"))
 _CODEC_KEYS: Final = frozenset(("dtype", "shape", "codec", "data"))
-_MAX_DIMS: Final = 32
+MAX_DIMS: Final = 32
 # Same limit as msgpack.packb, so a self-referencing list fails cleanly instead of recursing.
 _MAX_PACK_DEPTH: Final = 512
 # bytes values at least this long get their own chunk instead of being copied into a header.
@@ -86,8 +88,9 @@ def is_array_map(obj: object) -> bool:
 _DTYPES: dict[str, np.dtype[Any]] = {}
 
 
-def _parse_dtype(text: str) -> np.dtype[Any]:
-    """Parse a dtype string of the allowed kinds without handing arbitrary text to numpy.
+def parse_dtype(text: str) -> np.dtype[Any]:
+    """Parse a dtype string of the allowed kinds (``"<f4"``, ``"|u1"``) without handing
+    arbitrary text to numpy.
 
     Raises:
         ValueError: the string is not an allowed dtype.
@@ -188,15 +191,15 @@ def decode_array(
     if not isinstance(text, str):
         raise bad(f"dtype must be a str like '<f4', got {type(text).__name__}")
     try:
-        dt = _parse_dtype(text)
+        dt = parse_dtype(text)
     except ValueError as exc:
         raise bad(str(exc)) from None
     if not isinstance(shape, list | tuple) or not all(
         isinstance(n, int | np.integer) and not isinstance(n, bool) and n >= 0 for n in shape
     ):
         raise bad(f"shape must be a list of non-negative ints, got {shape!r:.80}")
-    if len(shape) > _MAX_DIMS:
-        raise bad(f"shape has {len(shape)} dimensions, at most {_MAX_DIMS} are allowed")
+    if len(shape) > MAX_DIMS:
+        raise bad(f"shape has {len(shape)} dimensions, at most {MAX_DIMS} are allowed")
     pieces = codec is not None and isinstance(data, list)  # compressed in pieces
     if pieces and not all(isinstance(p, bytes | bytearray | memoryview) for p in data):
         raise bad("data pieces must be bytes (msgpack bin)")
@@ -206,10 +209,7 @@ def decode_array(
     count = math.prod(dims)  # Python ints: a lying shape cannot overflow
     if codec is not None:
         if max_nbytes is not None and count * dt.itemsize > max_nbytes:
-            raise bad(
-                f"compressed array decodes to {count * dt.itemsize:,} bytes, more than the "
-                f"{max_nbytes:,} this message may still hold"
-            )
+            raise too_large(field, count * dt.itemsize, max_nbytes)
         packed = [memoryview(p) for p in data] if pieces else memoryview(data)
         try:
             return arraycodec.decompress(dt, dims, packed)
@@ -227,6 +227,13 @@ def decode_array(
     if view.readonly:
         arr = arr.copy()
     return arr.reshape(dims)
+
+
+def too_large(field: str, nbytes: int, budget: int) -> SchemaError:
+    """The error for a compressed array at ``field`` that decodes to more bytes than the
+    ``budget`` its message has left."""
+    problem = f"compressed array decodes to {nbytes:,} bytes, more than the {budget:,}"
+    return SchemaError(f"{field}: {problem} this message may still hold", field=field)
 
 
 def pack(obj: Any) -> bytes:
@@ -359,6 +366,7 @@ def unpack(
     decode_arrays: bool = True,
     codecs: bool = False,
     max_decoded: int | None = None,
+    ready: Mapping[int, tuple[int, npt.NDArray[Any]]] | None = None,
 ) -> Any:
     """Decode one msgpack message; array maps become numpy arrays when ``decode_arrays``.
 
@@ -367,7 +375,10 @@ def unpack(
     ``bytes``. With ``decode_arrays=False`` array maps stay dicts whose ``data`` is a
     memoryview into ``buf``. A view keeps ``buf`` alive and a bytearray cannot be resized
     while one exists. Compressed array maps are decoded only with ``codecs=True`` (see
-    ``decode_array``), to at most ``max_decoded`` bytes in total when given.
+    ``decode_array``), to at most ``max_decoded`` bytes in total when given. ``ready``: the
+    compressed array maps already decoded (as ``decode_array`` would), by the offset of
+    their map in ``buf``, with the offset just past the map (see
+    ``xpcs_io.client.piecedecode``); used only with ``codecs=True``.
 
     Raises:
         WireFormatError: the bytes are not exactly one valid msgpack value: truncated,
@@ -384,6 +395,8 @@ def unpack(
         view = np.frombuffer(view, dtype=np.uint8).data
     reader = _Reader(view, max_depth, decode_arrays, codecs)
     reader.budget = max_decoded
+    if codecs and decode_arrays and ready:
+        reader.ready = ready
     try:
         value = reader.obj(0, "", "")
     except RecursionError:
@@ -402,11 +415,12 @@ def _path(parent: str, key: str | int) -> str:
 class _Reader:
     """Recursive-descent msgpack parser over a flat uint8 memoryview."""
 
-    __slots__ = ("budget", "buf", "codecs", "decode_arrays", "end", "max_depth", "pos")
+    __slots__ = ("budget", "buf", "codecs", "decode_arrays", "end", "max_depth", "pos", "ready")
 
     def __init__(self, buf: memoryview, max_depth: int, decode_arrays: bool, codecs: bool) -> None:
         self.codecs = codecs
         self.budget: int | None = None
+        self.ready: Mapping[int, tuple[int, npt.NDArray[Any]]] = {}
         self.buf, self.pos, self.end = buf, 0, len(buf)
         self.max_depth, self.decode_arrays = max_depth, decode_arrays
 
@@ -484,9 +498,22 @@ class _Reader:
         self.pos = pos + nbytes
         return arr.reshape(dims)
 
+    def _spend(self, nbytes: int, field: str) -> None:
+        """Count ``nbytes`` decoded from a compressed array against the budget.
+
+        Raises:
+            SchemaError: the budget does not hold them.
+        """
+        if self.budget is None:
+            return
+        if nbytes > self.budget:
+            raise too_large(field, nbytes, self.budget)
+        self.budget -= nbytes
+
     def obj(self, depth: int, parent: str, key: str | int) -> Any:
         """Read one value at ``self.pos``; ``parent``/``key`` locate it for error messages."""
         buf, pos = self.buf, self.pos
+        start = pos
         if pos >= self.end:
             raise WireFormatError(f"truncated message: expected a value at byte {pos}")
         code = buf[pos]
@@ -549,6 +576,11 @@ class _Reader:
         ):
             return arr
         path = _path(parent, key)
+        if kind == _MAP and n == 4 and (done := self.ready.get(start)) is not None:
+            end, arr = done
+            self._spend(arr.nbytes, path or "array")
+            self.pos = end
+            return arr
         if kind == _ARR:
             if n >= 64 and (run := self._scalar_run(pos, n)) is not None:
                 return run
@@ -568,8 +600,8 @@ class _Reader:
                 arr = decode_array(
                     out, field=path or "array", codecs=self.codecs, max_nbytes=self.budget
                 )
-                if self.budget is not None and "codec" in out:
-                    self.budget -= arr.nbytes
+                if "codec" in out:
+                    self._spend(arr.nbytes, path or "array")
                 return arr
         elif isinstance(out.get("data"), memoryview):
             out["data"] = bytes(out["data"])  # not an array payload: an ordinary bin

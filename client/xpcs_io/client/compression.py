@@ -79,7 +79,8 @@ class AutoCompression:
     raw bytes came faster than ``SERVER_RATE`` (what a compressing server surely manages:
     a slower answer was paced by the link) and than 3/4 of the pace the server says it
     compresses at (``arraycodec.RATE_HEADER``), the link may be much faster than it looked,
-    and one raw answer is measured (the one way to tell, once). Beyond that,
+    and one raw answer is measured (the one way to tell, once), unless the answer's pieces
+    show the server was waiting for the link (``arraycodec.link_paced``). Beyond that,
     the way not taken is tried again only with probe credit: ``PROBE_SHARE`` of the time of
     each large read, spent when it covers the expected extra time of the other way, so
     probing costs at most about that share of the time, whatever the link.
@@ -128,12 +129,14 @@ class AutoCompression:
         streamed: bool = False,
         decoded: tuple[int, float] | None = None,
         server_rate: float | None = None,
+        link_paced: bool | None = None,
     ) -> None:
         """Record one answer: whether compression was asked, array bytes, seconds taken,
         whether the server compressed while sending (no Content-Length), the compressed
         bytes decompressed with the seconds that took (default: what this thread
         decompressed since the last answer, ``arraycodec.take_decode_stats``), and the raw
-        bytes a second the server said it compresses at (``arraycodec.RATE_HEADER``)."""
+        bytes a second the server said it compresses at (``arraycodec.RATE_HEADER``), and
+        whether the answer's pieces say the link paced it (``arraycodec.link_paced``)."""
         taken = arraycodec.take_decode_stats()
         wire_bytes, decode_s = taken if decoded is None else decoded
         if nbytes < self.MIN_BYTES or seconds <= 0:
@@ -152,12 +155,13 @@ class AutoCompression:
         if not compressed:
             return
         moving = max(seconds - decode_s, 1e-9)  # request to last byte
-        # Paced by the server's compression, not the link, unless it came in clearly below
-        # the pace the server says it compresses at (or below what any server manages).
+        # Paced by the server's compression, not the link, unless its pieces say otherwise
+        # or it came in clearly below the pace the server says it compresses at (or below
+        # what any server manages).
         pace = (
             self.SERVER_RATE if server_rate is None else max(self.SERVER_RATE, 0.75 * server_rate)
         )
-        if streamed and nbytes / moving > pace:
+        if streamed and not link_paced and nbytes / moving > pace:
             if self.cost[False] is None:  # as fast as a server compresses: the link may be
                 self.estimate = None  # much faster than any estimate says; measure raw
             return

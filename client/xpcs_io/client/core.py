@@ -32,6 +32,7 @@ from xpcs_io import arraycodec, wire
 from xpcs_io.client.cache import ResponseCache
 from xpcs_io.client.calls import Call
 from xpcs_io.client.compression import AutoCompression, array_bytes, array_compression
+from xpcs_io.client.piecedecode import PieceDecoder
 from xpcs_io.client.transport import (
     DEFAULT_MAX_RESPONSE_BYTES,
     Bar,
@@ -151,8 +152,13 @@ def decode_error(status: int, content_type: str, body: bytes) -> BaseException:
     return exc
 
 
-def decode_body(content_type: str, body: bytes | bytearray | memoryview) -> Any:
-    """Decode a success body (msgpack, or JSON if a proxy or server sent that).
+def decode_body(
+    content_type: str,
+    body: bytes | bytearray | memoryview,
+    decoded: PieceDecoder | None = None,
+) -> Any:
+    """Decode a success body (msgpack, or JSON if a proxy or server sent that); ``decoded``:
+    what decoded its compressed arrays while it arrived.
 
     Raises:
         WireFormatError: the bytes are not valid msgpack / JSON, or nest too deeply.
@@ -165,10 +171,30 @@ def decode_body(content_type: str, body: bytes | bytearray | memoryview) -> Any:
     if not len(body):
         return None
     # The client asks for compressed arrays itself; what they decode to is bounded like a body.
-    return wire.unpack(body, codecs=True, max_decoded=MAX_DECODED_BYTES)
+    ready = decoded.ready if decoded is not None else None
+    return wire.unpack(body, codecs=True, max_decoded=MAX_DECODED_BYTES, ready=ready)
 
 
-def finish(call: Call[T], status: int, content_type: str, body: Any) -> T:
+def early_decoder(status: int, headers: dict[str, str]) -> PieceDecoder | None:
+    """A ``PieceDecoder`` for an answer whose compressed arrays it may decode as they
+    arrive: a success whose msgpack body is not content-encoded (else None)."""
+    coding = headers.get("content-encoding", "identity").strip().lower()
+    if (
+        status != 200
+        or coding not in ("identity", "")
+        or "msgpack" not in headers.get("content-type", "")
+    ):
+        return None
+    return PieceDecoder(MAX_DECODED_BYTES)
+
+
+def finish(
+    call: Call[T],
+    status: int,
+    content_type: str,
+    body: Any,
+    decoded: PieceDecoder | None = None,
+) -> T:
     """Decode a complete answer or raise the exception it stands for.
 
     Raises:
@@ -180,7 +206,7 @@ def finish(call: Call[T], status: int, content_type: str, body: Any) -> T:
     try:
         if status == 204:
             return call.decode(None)
-        return call.decode(decode_body(content_type, memoryview(body)))
+        return call.decode(decode_body(content_type, memoryview(body), decoded))
     except WireFormatError:
         raise
     except Exception as exc:  # a hostile body may break any decoder (RecursionError too)
@@ -306,6 +332,7 @@ class ClientCore(Generic[H]):
             call.method,
             self.max_response_bytes,
             self._progress_bar(call) if self.progress else None,
+            early_decoder if arraycodec.HEADER in headers else None,
         )
         return Attempt(request, reader), cached
 
@@ -345,8 +372,16 @@ class ClientCore(Generic[H]):
             ) from exc
         if self.auto is not None:
             arraycodec.take_decode_stats()  # from here on: this answer's decompression only
-        result = finish(call, response.status, response.headers.get("content-type", ""), body)
+        early = response.watcher if isinstance(response.watcher, PieceDecoder) else None
+        content_type = response.headers.get("content-type", "")
+        result = finish(call, response.status, content_type, body, early)
         if self.auto is not None and response.status == 200:
+            late_bytes, late_s = arraycodec.take_decode_stats()
+            if early is not None:
+                # Decoded while the answer arrived, too. All of it is taken off the link's
+                # time: exact where decoding held the receiving back (the link waited); else
+                # the link looks faster than it was, which can only make raw look cheaper.
+                late_bytes, late_s = late_bytes + early.nbytes, late_s + early.seconds
             asked = arraycodec.HEADER in request.headers
             streamed = "content-length" not in response.headers  # compressed while sent
             elapsed = time.perf_counter() - started
@@ -355,7 +390,11 @@ class ClientCore(Generic[H]):
                 array_bytes(result),
                 elapsed,
                 streamed=streamed,
+                decoded=(late_bytes, late_s),
                 server_rate=_rate(response.headers.get(arraycodec.RATE_HEADER)),
+                link_paced=None
+                if early is None
+                else arraycodec.link_paced(self.auto.preset, early.later),
             )
         if call.cacheable and self.cache.max_bytes > 0:
             key = self.cache.key(call.path, call.params)

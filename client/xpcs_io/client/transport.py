@@ -17,7 +17,8 @@ how many did (``received(n)``; 0 means the peer closed). A Content-Length body i
 straight into one preallocated numpy buffer, which becomes the decoded arrays' memory: a 67 MB
 q-map is copied once, socket to buffer. Nothing larger than the reader's ``limit`` is ever
 allocated: a Content-Length above it, a chunked or close-delimited body growing past it, a
-gzip body inflating past it are refused as they are seen.
+gzip body inflating past it are refused as they are seen. A ``BodyWatcher`` the reader is
+given may look at the body as it grows (``piecedecode`` decompresses arrays meanwhile).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import numpy.typing as npt
 
 __all__ = [
     "DEFAULT_MAX_RESPONSE_BYTES",
+    "BodyWatcher",
     "Dechunker",
     "Origin",
     "ProtocolError",
@@ -181,6 +183,7 @@ class Response:
     status: int
     headers: dict[str, str]
     body: Any  # a uint8 numpy array or bytes
+    watcher: BodyWatcher | None = None  # what looked at the body while it arrived
 
 
 def parse_length(value: bytes | str) -> int:
@@ -314,6 +317,14 @@ class Dechunker:
             self._store = grown
 
 
+class BodyWatcher(Protocol):
+    """Looks at a body while it arrives (``piecedecode.PieceDecoder`` is one)."""
+
+    def advance(self, body: npt.NDArray[np.uint8]) -> None:
+        """The body received so far; its earlier bytes are as they were at the last call.
+        Must not raise."""
+
+
 class Bar(Protocol):
     """What a progress bar offers the reader (tqdm does)."""
 
@@ -341,10 +352,13 @@ class ResponseReader:
         method: str,
         limit: int = DEFAULT_MAX_RESPONSE_BYTES,
         progress: Callable[[int | None], Bar | None] | None = None,
+        watch: Callable[[int, dict[str, str]], BodyWatcher | None] | None = None,
     ) -> None:
         self.method = method
         self.limit = limit
         self.progress = progress
+        self.watch = watch
+        self._watcher: BodyWatcher | None = None
         self.done = False
         self.status = 0
         self.headers: dict[str, str] = {}
@@ -435,7 +449,7 @@ class ResponseReader:
         body = self._body
         if isinstance(body, bytearray):
             body = np.frombuffer(body, dtype=np.uint8)
-        return Response(self.status, self.headers, body)
+        return Response(self.status, self.headers, body, self._watcher)
 
     # ------------------------------------------------------------------ the head
 
@@ -510,6 +524,8 @@ class ResponseReader:
             self._body = b""
         if self.progress is not None:
             self._bar = self.progress(length)
+        if self.watch is not None and framing != "none":
+            self._watcher = self.watch(self.status, self.headers)
         if framing == "none" or (framing == "length" and length == 0):
             self.keep_alive = self.keep_alive and not len(rest)
             self._finish()
@@ -546,6 +562,13 @@ class ResponseReader:
     def _advance(self, n: int) -> None:
         if self._bar is not None:
             self._bar.update(n)
+        if self._watcher is not None:
+            if self._dechunk is not None:
+                self._watcher.advance(self._dechunk.body)
+            elif self._framing == "length":
+                self._watcher.advance(self._body[: self._got])
+            else:  # a bytearray that grows: the watcher keeps no view of it
+                self._watcher.advance(np.frombuffer(self._body, np.uint8))
 
     def _finish(self) -> None:
         self.done = True
