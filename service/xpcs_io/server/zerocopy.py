@@ -8,9 +8,10 @@ messages on ``send``:
 
 - ``{"type": SENDFILE, "fd": int, "parts": [...], "count": int, "check": callable or
   None}`` (``count``: the bytes of all parts, for byte counters on the way) writes the
-  parts in order, on one worker thread, once uvicorn's own write buffer is empty (``poll``
-  for ``POLLOUT`` on the non-blocking socket): a ``bytes`` part as it is, an
-  ``(offset, count, private)`` part from the file ``fd``, with ``os.sendfile`` straight from
+  parts in order, on worker threads while the client takes bytes (the event loop waits
+  for one that does not, holding no thread), once uvicorn's own write buffer is empty: a
+  ``bytes`` part as it is, an ``(offset, count, private)`` part from the file ``fd``, with
+  ``os.sendfile`` straight from
   the page cache, or with ``private`` through a buffer of the thread's own (``pread`` then
   ``write``: bytes that a later change of the file cannot reach). With ``check``, the last
   part waits until the peer has acknowledged every byte before it (``SIOCOUTQ`` is 0) and
@@ -52,6 +53,11 @@ ABORT: Final = "xpcs_io.abort"
 STALL_SECONDS: Final = 60.0
 _HTTPTOOLS: Final = "uvicorn.protocols.http.httptools_impl"
 _COPY_SLICE: Final = 1 << 20
+#: Seconds a worker thread waits for a connection that takes no bytes before the event loop
+#: waits for it instead: a client that reads keeps its thread, one that stops costs none.
+_THREAD_WAIT: Final = 0.005
+#: Buffers per ``writev`` call (Linux's IOV_MAX is 1024).
+_IOV_MAX: Final = 1024
 
 
 # ``send`` wrappers known to pass every message on unchanged (Starlette's outermost one only
@@ -98,165 +104,211 @@ def _socket_fd(cycle: Any) -> int | None:
     return fd
 
 
-def _wait_writable(fd: int, deadline: float) -> None:
-    poller = select.poll()
-    poller.register(fd, select.POLLOUT)
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise TimeoutError("the client took no bytes for too long")
-        events = poller.poll(min(left, 1.0) * 1000)
-        for _, mask in events:
-            if mask & (select.POLLERR | select.POLLHUP | select.POLLNVAL):
-                raise ConnectionResetError(errno.ECONNRESET, "client connection closed")
-            return
+class _WouldBlockError(Exception):
+    """The peer took no bytes for ``_THREAD_WAIT``: the event loop waits for it instead."""
 
 
-def _sendfile_all(sock: int, fd: int, offset: int, count: int) -> None:
-    """Move ``count`` bytes at ``offset`` of ``fd`` to the non-blocking socket ``sock``.
-
-    Raises:
-        OSError: the client went away, stalled past ``STALL_SECONDS``, or the file is
-            shorter than ``offset + count`` (it was cut while sending).
-    """
-    deadline = time.monotonic() + STALL_SECONDS
-    while count > 0:
-        try:
-            sent = os.sendfile(sock, fd, offset, count)
-        except BlockingIOError:
-            _wait_writable(sock, deadline)
-            continue
-        if sent == 0:
-            raise OSError(errno.EIO, "the file ended before its bytes were sent")
-        offset += sent
-        count -= sent
-        deadline = time.monotonic() + STALL_SECONDS
+def _unacknowledged(sock: int) -> int:
+    """Bytes written to ``sock`` that the peer has not acknowledged yet."""
+    return int.from_bytes(fcntl.ioctl(sock, termios.TIOCOUTQ, b"\0\0\0\0"), "little")
 
 
 _BUFFERS = threading.local()
 
 
-def _copy_all(sock: int, fd: int, offset: int, count: int) -> None:
-    """Like ``_sendfile_all``, through a private buffer reused by this thread.
+class _Transfer:
+    """The parts of one ``SENDFILE`` message (see the module docstring) and how far they
+    have been written to ``sock``.
 
-    Raises:
-        OSError: as for ``_sendfile_all``.
+    ``run`` writes on a worker thread while the peer takes bytes, and hands the connection
+    back as soon as it does not for ``_THREAD_WAIT``: the event loop then waits for it
+    without holding a thread, so clients that stop reading cannot take every worker thread
+    (``_send_file``). Parts are written in order; with ``check``, the last one waits until
+    every byte before it is acknowledged and ``check()`` returned True.
     """
-    buf: bytearray | None = getattr(_BUFFERS, "buf", None)
-    if buf is None:
-        buf = _BUFFERS.buf = bytearray(_COPY_SLICE)
-    view = memoryview(buf)
-    deadline = time.monotonic() + STALL_SECONDS
-    while count > 0:
-        want = min(count, _COPY_SLICE)
-        got = os.preadv(fd, [view[:want]], offset)
-        if got != want:
-            raise OSError(errno.EIO, "the file ended before its bytes were sent")
-        done = 0
-        while done < got:
+
+    def __init__(
+        self, sock: int, fd: int, parts: list[Any], check: Callable[[], bool] | None
+    ) -> None:
+        self.sock, self.fd, self.parts, self.check = sock, fd, parts, check
+        self.index = 0  # the part being written
+        self.done = 0  # its bytes written
+        self.used_sendfile = False
+
+    def run(self) -> str:
+        """Write on: ``"done"``; ``"blocked"`` (the peer takes nothing for now);
+        ``"unacknowledged"`` (the check waits for the peer to acknowledge what was sent);
+        ``"changed"`` (the check failed: the last part is never sent).
+
+        Raises:
+            OSError: the client went away, or the file was cut while sending.
+        """
+        last = len(self.parts) - 1
+        try:
+            while self.index <= last:
+                if self.index == last and self.check is not None and self.done == 0:
+                    if self.used_sendfile and not self._acknowledged():
+                        return "unacknowledged"
+                    if not self.check():
+                        return "changed"
+                    self.check = None
+                part = self.parts[self.index]
+                if isinstance(part, bytes | memoryview):
+                    self._writev(last if self.check is not None else last + 1)
+                elif part[2]:
+                    self._copy(part[0], part[1])
+                else:
+                    self._sendfile(part[0], part[1])
+        except _WouldBlockError:
+            return "blocked"
+        return "done"
+
+    def _next(self) -> None:
+        self.index += 1
+        self.done = 0
+
+    def _wait(self) -> None:
+        """Wait briefly for room in the socket's buffer.
+
+        Raises:
+            _WouldBlockError: none came within ``_THREAD_WAIT``.
+        """
+        poller = select.poll()
+        poller.register(self.sock, select.POLLOUT)
+        if not poller.poll(_THREAD_WAIT * 1000):
+            raise _WouldBlockError
+        # An error or hang-up shows as the next write's OSError.
+
+    def _acknowledged(self) -> bool:
+        """Whether the peer acknowledged every byte sent, waiting ``_THREAD_WAIT`` at most."""
+        deadline = time.monotonic() + _THREAD_WAIT
+        pause = 0.00005
+        while _unacknowledged(self.sock):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(pause)
+            pause = min(pause * 2, 0.001)
+        return True
+
+    def _writev(self, stop: int) -> None:
+        """Write the run of bytes parts from the current one, before part ``stop``."""
+        while self.index < stop:
+            views: list[memoryview] = []
+            for part in self.parts[self.index : min(stop, self.index + _IOV_MAX)]:
+                if not isinstance(part, bytes | memoryview):
+                    break
+                views.append(memoryview(part).cast("B"))
+            if not views:
+                return
+            views[0] = views[0][self.done :]
             try:
-                done += os.write(sock, view[done:got])
-                deadline = time.monotonic() + STALL_SECONDS
+                written = os.writev(self.sock, views)
             except BlockingIOError:
-                _wait_writable(sock, deadline)
-        offset += got
-        count -= got
+                self._wait()
+                continue
+            for view in views:  # skip what went out; the part left keeps its place
+                if written < view.nbytes:
+                    self.done += written
+                    break
+                written -= view.nbytes
+                self._next()
+
+    def _sendfile(self, offset: int, count: int) -> None:
+        """Move the file's bytes straight from the page cache to the socket."""
+        while self.done < count:
+            try:
+                sent = os.sendfile(self.sock, self.fd, offset + self.done, count - self.done)
+            except BlockingIOError:
+                self._wait()
+                continue
+            if sent == 0:
+                raise OSError(errno.EIO, "the file ended before its bytes were sent")
+            self.done += sent
+            self.used_sendfile = True
+        self._next()
+
+    def _copy(self, offset: int, count: int) -> None:
+        """Like ``_sendfile``, through a buffer of this thread's own (``pread``, ``write``):
+        bytes a later change of the file cannot reach. What a pause leaves unwritten of
+        the buffer is read again when writing goes on."""
+        buf: bytearray | None = getattr(_BUFFERS, "buf", None)
+        if buf is None:
+            buf = _BUFFERS.buf = bytearray(_COPY_SLICE)
+        view = memoryview(buf)
+        while self.done < count:
+            want = min(count - self.done, _COPY_SLICE)
+            if os.preadv(self.fd, [view[:want]], offset + self.done) != want:
+                raise OSError(errno.EIO, "the file ended before its bytes were sent")
+            pos = 0
+            while pos < want:
+                try:
+                    n = os.write(self.sock, view[pos:want])
+                except BlockingIOError:
+                    self._wait()
+                    continue
+                pos += n
+                self.done += n
+        self._next()
 
 
-def _drain(sock: int) -> None:
-    """Wait until every byte written to ``sock`` is acknowledged by the peer.
+async def _writable(sock: int) -> None:
+    """Wait, on the event loop, until ``sock`` takes bytes again.
 
     Raises:
-        OSError: the peer stalled past ``STALL_SECONDS`` or the connection broke.
+        TimeoutError: it took none for ``STALL_SECONDS``.
+    """
+    loop = asyncio.get_running_loop()
+    ready: asyncio.Future[None] = loop.create_future()
+
+    def wake() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    loop.add_writer(sock, wake)
+    try:
+        async with asyncio.timeout(STALL_SECONDS):
+            await ready
+    finally:
+        loop.remove_writer(sock)
+
+
+async def _acknowledged(sock: int) -> None:
+    """Wait, on the event loop, until the peer acknowledged every byte sent to ``sock``.
+
+    Raises:
+        TimeoutError: the count of unacknowledged bytes stayed put for ``STALL_SECONDS``.
+        OSError: the connection broke.
     """
     deadline = time.monotonic() + STALL_SECONDS
     last = -1
-    pause = 0.00005
-    while True:
-        left = int.from_bytes(fcntl.ioctl(sock, termios.TIOCOUTQ, b"\0\0\0\0"), "little")
-        if left == 0:
-            return
+    pause = 0.0005
+    while left := _unacknowledged(sock):
         if left != last:
             last, deadline = left, time.monotonic() + STALL_SECONDS
         elif time.monotonic() > deadline:
             raise TimeoutError("the client took no bytes for too long")
-        time.sleep(pause)
-        pause = min(pause * 2, 0.002)
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, 0.01)
 
 
-def _write_all(sock: int, data: bytes | memoryview, deadline: float) -> None:
-    view = memoryview(data)
-    done = 0
-    while done < view.nbytes:
-        try:
-            done += os.write(sock, view[done:])
-        except BlockingIOError:
-            _wait_writable(sock, deadline)
-
-
-#: Buffers per ``writev`` call (Linux's IOV_MAX is 1024).
-_IOV_MAX: Final = 1024
-
-
-def _writev_all(sock: int, pieces: list[memoryview]) -> None:
-    """Write ``pieces`` in order with as few ``writev`` calls as the socket takes.
+async def _transfer(sock: int, fd: int, parts: list[Any], check: Callable[[], bool] | None) -> bool:
+    """Write ``parts`` to ``sock`` (see ``_Transfer``); False when ``check`` failed.
 
     Raises:
-        OSError: the client went away or stalled past ``STALL_SECONDS``.
+        OSError: the client went away or stalled past ``STALL_SECONDS``, or the file was cut
+            while sending.
     """
-    deadline = time.monotonic() + STALL_SECONDS
-    first = 0
-    while first < len(pieces):
-        batch = pieces[first : first + _IOV_MAX]
-        try:
-            done = os.writev(sock, batch)
-        except BlockingIOError:
-            _wait_writable(sock, deadline)
-            continue
-        deadline = time.monotonic() + STALL_SECONDS
-        for piece in batch:  # skip what went out; the first piece left keeps its rest
-            if done < piece.nbytes:
-                pieces[first] = piece[done:]
-                break
-            done -= piece.nbytes
-            first += 1
-
-
-def _transfer(sock: int, fd: int, parts: list[Any], check: Callable[[], bool] | None) -> bool:
-    """Write ``parts`` (see the module docstring) to ``sock``; False when ``check`` failed.
-
-    Raises:
-        OSError: the client went away or stalled, or the file was cut while sending.
-    """
-    *body, last = parts
-    used_sendfile = False
-    run: list[memoryview] = []  # consecutive bytes parts: one writev
-    for part in body:
-        if isinstance(part, bytes | memoryview):
-            view = memoryview(part).cast("B")
-            if view.nbytes:
-                run.append(view)
-            continue
-        if run:
-            _writev_all(sock, run)
-            run = []
-        if part[2]:
-            _copy_all(sock, fd, part[0], part[1])
-        else:
-            _sendfile_all(sock, fd, part[0], part[1])
-            used_sendfile = True
-    if run:
-        _writev_all(sock, run)
-    if check is not None:
-        if used_sendfile:
-            _drain(sock)
-        if not check():
+    transfer = _Transfer(sock, fd, parts, check)
+    while True:
+        status = await run_in_threadpool(transfer.run)
+        if status == "done":
+            return True
+        if status == "changed":
             return False
-    if isinstance(last, bytes | memoryview):
-        _write_all(sock, last, time.monotonic() + STALL_SECONDS)
-    else:
-        _copy_all(sock, fd, last[0], last[1])
-    return True
+        if status == "blocked":
+            await _writable(sock)
+        else:
+            await _acknowledged(sock)
 
 
 def _part_size(part: Any) -> int:
@@ -324,9 +376,7 @@ async def _send_file(cycle: Any, message: Message) -> None:
     # keeps naming this connection (writes to it fail once the peer is gone).
     sock = os.dup(live)
     try:
-        done = await run_in_threadpool(
-            _transfer, sock, int(message["fd"]), parts, message.get("check")
-        )
+        done = await _transfer(sock, int(message["fd"]), parts, message.get("check"))
     except OSError:
         done = False
     finally:
