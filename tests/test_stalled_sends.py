@@ -108,14 +108,14 @@ def test_a_slow_reader_gets_every_byte(srv: Server, root: Path, kind: str) -> No
             assert (item[name] == getattr(qmap, name)).all()
 
 
-def test_readers_that_stop_reading_hold_no_worker_thread(srv: Server) -> None:
+@pytest.mark.parametrize("kind", ["many", "single"])
+def test_readers_that_stop_reading_hold_no_worker_thread(srv: Server, kind: str) -> None:
     for _ in range(2):  # cached, or the file's plan learnt: the next answers come whole
-        headers = {"accept": "application/msgpack", "content-type": "application/json"}
-        r = httpx.post(f"{srv.url}/v1/qmap/many", content=MANY, headers=headers)
-        assert r.status_code == 200
-    stalled = [_connect(srv.url, "many", rcvbuf=4096) for _ in range(STALLED)]
+        with _connect(srv.url, kind) as sock:
+            _slow_read(sock)
+    stalled = [_connect(srv.url, kind, rcvbuf=4096) for _ in range(STALLED)]
     try:
-        for sock in stalled:  # each answer has begun: the server is stuck sending it
+        for sock in stalled:  # each answer has begun (or was refused): the server is stuck
             assert sock.recv(1)
         for _ in range(5):
             r = httpx.get(f"{srv.url}/v1/geometry", params={"file_path": "small.h5"}, timeout=30)
