@@ -52,6 +52,17 @@ def connection_limit(settings: Settings) -> int:
     return max(8, min(settings.max_connections, room))
 
 
+def accept_backlog(settings: Settings) -> int:
+    """The listening socket's backlog: at most half the descriptors left above the connection
+    cap (and at most uvicorn's default, 2048). The event loop accepts up to this many
+    connections at once before any of them is seen and closed past the cap, so a burst of
+    connections can never take the descriptors the server needs for files and its own work."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 2048
+    return max(16, min(2048, (int(soft) - connection_limit(settings)) // 2))
+
+
 def event_loop(settings: Settings) -> str:
     """uvicorn's ``loop`` option for ``settings.event_loop``.
 
@@ -73,6 +84,7 @@ def serve_options(settings: Settings) -> dict[str, Any]:
         "timeout_graceful_shutdown": 30,
         "timeout_keep_alive": settings.keep_alive_timeout,
         "limit_concurrency": connection_limit(settings),
+        "backlog": accept_backlog(settings),
         "http": GuardedHttpProtocol,
         "loop": event_loop(settings),
         "header_timeout": settings.header_timeout,  # taken out again by the worker

@@ -76,7 +76,7 @@ def _worker(host: str, port: int, options: dict[str, Any]) -> None:
     options = dict(options)
     set_header_timeout(options.pop("header_timeout"))
     sock = _socket(host, port)
-    sock.listen(2048)
+    sock.listen(int(options.get("backlog", 2048)))
     config = uvicorn.Config("xpcs_io.server.app:create_app", factory=True, **options)
     Server(config).run(sockets=[sock])
 
