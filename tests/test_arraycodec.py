@@ -333,10 +333,13 @@ def test_pieces_tell_who_paced_an_answer() -> None:
     fast = arraycodec.compress_piece(a.data, 4, "blosc2-zstd", fast=True)
     codes = {arraycodec.chunk_compressor(own), arraycodec.chunk_compressor(fast)}
     assert codes == {4, 1}  # Zstd and LZ4, as the chunks' headers name them
-    assert arraycodec.link_paced("blosc2-zstd", {arraycodec.chunk_compressor(own)})
-    assert arraycodec.link_paced("blosc2-zstd", {arraycodec.chunk_compressor(fast)}) is False
-    assert arraycodec.link_paced("blosc2-zstd", set()) is None
-    assert arraycodec.link_paced("blosc2-lz4", {1}) is None  # one compressor: no telling
+    zstd, lz4 = arraycodec.chunk_compressor(own), arraycodec.chunk_compressor(fast)
+    assert arraycodec.link_paced("blosc2-zstd", {zstd: 5})
+    assert arraycodec.link_paced("blosc2-zstd", {zstd: 6, lz4: 2})
+    assert arraycodec.link_paced("blosc2-zstd", {zstd: 4, lz4: 3}) is False  # a mix: no
+    assert arraycodec.link_paced("blosc2-zstd", {lz4: 5}) is False
+    assert arraycodec.link_paced("blosc2-zstd", {}) is None
+    assert arraycodec.link_paced("blosc2-lz4", {1: 3}) is None  # one compressor: no telling
 
 
 def test_auto_follows_a_link_that_changes() -> None:

@@ -20,7 +20,7 @@ import importlib.util
 import math
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -160,18 +160,21 @@ def chunk_compressor(chunk: bytes | memoryview) -> int:
     return (chunk[2] >> 5) & 7 if len(chunk) >= 3 else -1
 
 
-def link_paced(preset: str, later: set[int]) -> bool | None:
+def link_paced(preset: str, later: Mapping[int, int]) -> bool | None:
     """Whether an answer compressed while it was sent was paced by the link, judged by the
-    compressors of its pieces after the first (``later``, ``chunk_compressor`` codes): a
-    sender uses the preset's faster compressor while its compression holds the answer back
-    (``PIECE_CODECS``), so a later piece in the preset's own compressor was written while
-    the link was the slower. None when the pieces cannot tell: no later piece, or a preset
-    whose two compressors are the same.
+    compressors of its pieces after the first (``later``: ``chunk_compressor`` code -> how
+    many pieces): a sender uses the preset's faster compressor while its compression holds
+    the answer back (``PIECE_CODECS``), so pieces in the preset's own compressor were
+    written while the link was the slower. True when at least 3/4 of them are (a sender
+    that keeps pieces compressed ahead also writes some of those while it is the slower);
+    None when the pieces cannot tell: no later piece, or a preset whose two compressors are
+    the same.
     """
     (own, _), (fast, _) = PIECE_CODECS[preset]
-    if own == fast or not later:
+    total = sum(later.values())
+    if own == fast or not total:
         return None
-    return _HEADER_CODES[own] in later
+    return later.get(_HEADER_CODES[own], 0) >= 0.75 * total
 
 
 def compress_piece(piece: memoryview, typesize: int, preset: str, fast: bool = False) -> bytes:

@@ -85,7 +85,8 @@ class PieceDecoder:
     map, the array)``. ``nbytes``/``seconds``: the compressed bytes decoded and the time
     that took (what ``compression="auto"`` weighs). Arrays are allocated up to ``budget``
     decoded bytes in total (the client's bound on what a body may decode to). ``later``:
-    the compressors (``arraycodec.chunk_compressor``) of the pieces after the body's first,
+    how many pieces after the body's first were made with each compressor
+    (``arraycodec.chunk_compressor`` code),
     which tell whether the link or the sender's compression paced the answer
     (``arraycodec.link_paced``).
     """
@@ -95,7 +96,7 @@ class PieceDecoder:
         self.nbytes = 0
         self.seconds = 0.0
         self.budget = budget
-        self.later: set[int] = set()
+        self.later: dict[int, int] = {}
         self._pieces = 0
         self._pos = 0  # the next value's type byte
         self._array: _Array | None = None  # the array map whose bins come next
@@ -247,7 +248,8 @@ class PieceDecoder:
                 return False
         array.filled += size
         if self._pieces:
-            self.later.add(arraycodec.chunk_compressor(chunk))
+            code = arraycodec.chunk_compressor(chunk)
+            self.later[code] = self.later.get(code, 0) + 1
         self._pieces += 1
         self.nbytes += len(chunk)
         self.seconds += time.perf_counter() - started
