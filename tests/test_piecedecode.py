@@ -4,6 +4,7 @@ a real server's answers compressed while sent, through both kinds of driver."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -206,11 +207,11 @@ def cold(tmp_path_factory: pytest.TempPathFactory) -> Any:
     srv.stop()
 
 
-@pytest.mark.parametrize("driver", ["sockets", "httpx"])
+@pytest.mark.parametrize("driver", ["sockets", "httpx", "async"])
 def test_answers_compressed_while_sent_are_decoded_as_they_arrive(
     cold: Server, driver: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from xpcs_io.client import RemoteHDF5Facade
+    from xpcs_io.client import AsyncRemoteHDF5Facade, RemoteHDF5Facade
 
     made: list[PieceDecoder] = []
     make = core.early_decoder
@@ -222,12 +223,21 @@ def test_answers_compressed_while_sent_are_decoded_as_they_arrive(
         return decoder
 
     monkeypatch.setattr(core, "early_decoder", early)
-    http = httpx.Client(timeout=60) if driver == "httpx" else None
-    with RemoteHDF5Facade(cold.url, compression="blosc2-zstd", http=http) as api:
-        for _ in range(2):  # the first read learns the file's plan; the second is sent from it
-            q = api.read_qmap("q.h5")
-    if http is not None:
-        http.close()
+    if driver == "async":
+
+        async def read_twice() -> Any:
+            async with AsyncRemoteHDF5Facade(cold.url, compression="blosc2-zstd") as api:
+                await api.read_qmap("q.h5")  # learns the file's plan; the second is sent from it
+                return await api.read_qmap("q.h5")
+
+        q = asyncio.run(read_twice())
+    else:
+        http = httpx.Client(timeout=60) if driver == "httpx" else None
+        with RemoteHDF5Facade(cold.url, compression="blosc2-zstd", http=http) as api:
+            for _ in range(2):  # the first read learns the file's plan; the second uses it
+                q = api.read_qmap("q.h5")
+        if http is not None:
+            http.close()
     last = made[-1]
     assert len(last.ready) >= 3  # the three float maps, at least
     assert last.nbytes > 0
