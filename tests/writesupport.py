@@ -23,13 +23,13 @@ def mask(rows: int = 1, description: str | None = "one call") -> MaskSchema:
     return MaskSchema(mask=m, metadata=geometry(), description=description)
 
 
-def partition() -> PartitionSchema:
-    """One q bin holding every pixel."""
+def partition(metadata: GeometryMetadata | None = None) -> PartitionSchema:
+    """One q bin holding every pixel of ``SHAPE``, with ``metadata`` (default ``geometry()``)."""
     pmap = np.ones(SHAPE, np.uint8)
     return PartitionSchema(
         partition_map=pmap,
         num_pts=1,
         val_list=np.array([0.01]),
         num_list=np.array([pmap.size]),
-        metadata=geometry(),
+        metadata=metadata or geometry(),
     )

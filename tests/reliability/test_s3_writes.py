@@ -37,9 +37,9 @@ from xpcs_io.tools.demo import DemoSpec, write_native_file
 
 from ..test_found_versions import GEO, reference_write_mask, reference_write_partition
 from ..test_found_versions import SHAPE as FOUND_SHAPE
+from ..writesupport import SHAPE, partition
 from .support import Figure, geometry, mask_body, port_of, scale, server_5xx, serving, sha256_of
 
-SHAPE = (16, 16)
 SPEC = DemoSpec(shape=SHAPE, n_delay=6, n_q=3)
 KINDS = ("mask", "partition")
 MSGPACK = {"content-type": "application/msgpack", "accept": "application/json"}
@@ -52,14 +52,7 @@ def _mask(rows: int) -> npt.NDArray[np.uint8]:
 
 
 def _partition() -> PartitionSchema:
-    pmap = np.ones(SHAPE, np.uint8)
-    return PartitionSchema(
-        partition_map=pmap,
-        num_pts=1,
-        val_list=np.array([0.01]),
-        num_list=np.array([pmap.size]),
-        metadata=geometry(SHAPE),
-    )
+    return partition(geometry(SHAPE))
 
 
 def _body(kind: str, rows: int = 3) -> bytes:
