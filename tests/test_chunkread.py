@@ -221,3 +221,23 @@ def test_at_most_decode_slots_datasets_decode_at_once(
         for f in files:
             f.close()
     assert 1 <= peak[0] <= chunkread.DECODE_SLOTS
+
+
+def test_chunks_larger_than_a_read_run_and_many_runs_equal_h5py(tmp_path: Path) -> None:
+    """Stored chunks are read run by run into one reused buffer: a chunk larger than a run,
+    and a dataset of many runs (each run's bytes overwritten by the next), decode exactly."""
+    rng = np.random.default_rng(3)
+    big = rng.random((1100, 2100)).astype("<f4")  # random floats: chunks stay ~2 MB stored
+    with h5py.File(tmp_path / "f.h5", "w") as f:
+        f.create_dataset("big", data=big, chunks=(512, 1024), compression="gzip")
+        f.create_dataset("many", data=big, chunks=(64, 128), compression="gzip", shuffle=True)
+    with h5py.File(tmp_path / "f.h5", "r") as f:
+        sizes: list[int] = []
+        f["big"].id.chunk_iter(lambda info: sizes.append(info.size))
+        assert max(sizes) > chunkread._RUN_BYTES
+        stored = f["many"].id.get_storage_size()
+        assert stored > 4 * chunkread._RUN_BYTES
+        for name in ("big", "many"):
+            got = read_whole(f[name])
+            assert got is not None
+            np.testing.assert_array_equal(got, big)

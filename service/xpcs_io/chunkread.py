@@ -11,7 +11,9 @@ thread pool decode on every core, and each decodes about twice as fast with libd
 What still holds the GIL per chunk is a few microseconds of bookkeeping: with hundreds of
 chunks per map, every call into HDF5 and every Python step per chunk is time the other
 readers wait. At most ``DECODE_SLOTS`` datasets (one per core) are decoded at once; more
-readers wait their turn, which finishes the same work with less memory and less switching.
+readers wait their turn, which finishes the same work with less memory and less switching,
+and a free slot goes to the read that began first (``xpcs_io.decodeslots``), so reads finish
+in the order they came instead of all together.
 
 Only filter pipelines it can undo exactly are taken: deflate (gzip) and byte shuffle, in any
 order HDF5 allows, on plain little- or big-endian integer and float data, every chunk
@@ -22,14 +24,16 @@ so the result is always what h5py would return.
 
 from __future__ import annotations
 
+import operator
 import os
-import threading
+from collections.abc import Iterator
 from typing import Any
 
 import h5py
 import numpy as np
 import numpy.typing as npt
 
+from xpcs_io.decodeslots import OrderedSlots
 from xpcs_io.inflate import inflate
 
 __all__ = ["DECODE_SLOTS", "MIN_BYTES", "read_whole"]
@@ -45,12 +49,14 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
-#: Datasets decoded at once in this process: one per core it may run on. Decoding is CPU
-#: work, so more at once finish no sooner in total; each would hold its chunks and output in
-#: memory meanwhile, and many threads on few cores hand the GIL and the caches back and
-#: forth, which costs every reader, and leaves less of the cores to send the answers.
-DECODE_SLOTS = _cores()
-_SLOTS = threading.BoundedSemaphore(DECODE_SLOTS)
+#: Datasets decoded at once in this process: one per core it may run on, and one more.
+#: Decoding is CPU work, so more at once finish no sooner in total; each would hold its
+#: chunks and output in memory meanwhile. The one more is for the GIL: a decoder takes it
+#: back after each chunk (thousands of times per map) and sometimes waits for it, leaving
+#: its core idle. 8 q-map reads queued in one process on 2 cores kept 1.56-1.70 cores busy
+#: with 2 decoders (528-626 MB/s) and 1.75-1.81 with 3 (650-675 MB/s); 4 did no better.
+DECODE_SLOTS = _cores() + 1
+_SLOTS = OrderedSlots(DECODE_SLOTS)  # to the read that began first: see decodeslots
 
 _DEFLATE = h5py.h5z.FILTER_DEFLATE
 _SHUFFLE = h5py.h5z.FILTER_SHUFFLE
@@ -128,7 +134,7 @@ def _decoded(
         n_expected *= -(-n // c)
     if dsid.get_num_chunks() != n_expected:
         return None  # unwritten chunks hold the fill value: HDF5 knows it, we read through it
-    index: list[tuple[tuple[int, ...], int, int, int]] = []
+    index: list[_Entry] = []
     dsid.chunk_iter(
         lambda info: index.append(
             (info.chunk_offset, info.filter_mask, info.byte_offset, info.size)
@@ -141,14 +147,19 @@ def _decoded(
     # ``out`` cut into a grid of chunk-shaped blocks: one numpy copy per chunk, no slicing.
     full = tuple(n // c for n, c in zip(shape, chunks, strict=True))
     grid = _block_grid(out, chunks, full)
+    inside = tuple(f * c for f, c in zip(full, chunks, strict=True))  # full chunks start below
+    # The per-chunk steps hold the GIL that other readers wait for: kept to a few calls.
+    deflate_only = codes == [_DEFLATE]
     for offset, raw, skipped in _stored(ds, index):
-        data = _decode(raw, codes, skipped, itemsize, chunk_bytes)
+        if deflate_only and not skipped:
+            data = inflate(raw, chunk_bytes)
+        else:
+            data = _decode(raw, codes, skipped, itemsize, chunk_bytes)
         if len(data) != chunk_bytes:  # a damaged chunk: said as HDF5 would say it
             raise OSError(f"{ds.name}: chunk at {offset} decodes to {len(data)} bytes")
         block = np.frombuffer(data, dt).reshape(chunks)
-        at = tuple(o // c for o, c in zip(offset, chunks, strict=True))
-        if grid is not None and all(a < f for a, f in zip(at, full, strict=True)):
-            grid[at] = block
+        if grid is not None and all(map(operator.lt, offset, inside)):
+            grid[tuple(map(operator.floordiv, offset, chunks))] = block
             continue
         bounds = zip(offset, chunks, shape, strict=True)
         where = tuple(slice(o, min(o + c, n)) for o, c, n in bounds)
@@ -172,45 +183,59 @@ def _block_grid(
     )
 
 
-#: A run of stored chunks is read with one system call when the gaps between them add at
-#: most this fraction to the bytes read.
+#: Stored chunks next to each other in the file are read with one system call per run of
+#: at most this many bytes, into one buffer reused run after run: each run is decoded while
+#: it is still in the CPU's cache. Reading a map's 14 MB of chunks at once instead cost
+#: 9 ms per 67 MB q-map alone and 27 ms with two reads decoding at once on 2 cores (the
+#: bytes went out to memory and back), and a fresh 14 MB buffer per dataset.
+_RUN_BYTES = 1 << 20
+#: ... when the gaps between them add at most this fraction to the bytes read.
 _SPAN_SLACK = 0.25
-#: ... and it is at most this long (Linux reads at most 2 GiB - 4 KiB at once).
-_SPAN_MAX = 256 << 20
+
+_Entry = tuple[tuple[int, ...], int, int, int]  # chunk offset, filter mask, address, size
 
 
-def _stored(
-    ds: h5py.Dataset, index: list[tuple[tuple[int, ...], int, int, int]]
-) -> list[tuple[tuple[int, ...], Any, int]]:
+def _stored(ds: h5py.Dataset, index: list[_Entry]) -> Iterator[tuple[tuple[int, ...], Any, int]]:
     """Each chunk's offset, stored bytes and filter mask, in file order.
+
+    The stored bytes are valid only until the next item is asked for (they are a view into
+    a buffer the next run of chunks is read into).
 
     Raises:
         OSError: the file ends before a chunk does, or HDF5 cannot read it.
     """
     fd = _plain_descriptor(ds)
     if fd is None or not index:
-        out = []
         for o, _, _, _ in index:
             mask, raw = ds.id.read_direct_chunk(o)
-            out.append((o, raw, mask))
-        return out
+            yield o, raw, mask
+        return
     index.sort(key=lambda entry: entry[2])
-    start = index[0][2]
-    end = max(addr + size for _, _, addr, size in index)
-    stored = sum(size for _, _, _, size in index)
-    if end - start <= min(stored * (1 + _SPAN_SLACK), _SPAN_MAX):
-        span = os.pread(fd, end - start, start)
-        if len(span) != end - start:
-            raise OSError(f"{ds.name}: the file ends inside its chunks (truncated)")
-        view = memoryview(span)
-        return [(o, view[a - start : a - start + n], m) for o, m, a, n in index]
-    out = []
-    for o, m, a, n in index:
-        raw = os.pread(fd, n, a)
-        if len(raw) != n:
-            raise OSError(f"{ds.name}: the file ends inside chunk {o} (truncated)")
-        out.append((o, raw, m))
-    return out
+    view = memoryview(bytearray(max(_RUN_BYTES, max(n for _, _, _, n in index))))
+    for run in _runs(index):
+        start = run[0][2]
+        span = run[-1][2] + run[-1][3] - start
+        if os.preadv(fd, [view[:span]], start) != span:
+            raise OSError(f"{ds.name}: the file ends inside chunk {run[-1][0]} (truncated)")
+        for o, m, a, n in run:
+            yield o, view[a - start : a - start + n], m
+
+
+def _runs(index: list[_Entry]) -> Iterator[list[_Entry]]:
+    """``index`` (sorted by address) cut into runs read at once: each spans at most
+    ``_RUN_BYTES`` (or is one chunk) with gaps of at most ``_SPAN_SLACK`` of its bytes."""
+    run = [index[0]]
+    stored = index[0][3]
+    for entry in index[1:]:
+        span = entry[2] + entry[3] - run[0][2]
+        if span <= _RUN_BYTES and span <= (stored + entry[3]) * (1 + _SPAN_SLACK):
+            run.append(entry)
+            stored += entry[3]
+            continue
+        yield run
+        run = [entry]
+        stored = entry[3]
+    yield run
 
 
 def _plain_descriptor(ds: h5py.Dataset) -> int | None:

@@ -20,6 +20,7 @@ from xpcs_io.api import PathLike
 from xpcs_io.bounded import BoundedCache
 from xpcs_io.checkout import FileCheckout
 from xpcs_io.damage import PASS_THROUGH, damage_error
+from xpcs_io.decodeslots import one_read
 from xpcs_io.errors import FileBusyError, HDF5ValidationError, SchemaError, SchemaTypeError
 from xpcs_io.h5access import Locator
 from xpcs_io.layouts import registry
@@ -221,7 +222,7 @@ class Reading:
         group = self._check_group(group)
         for attempt in range(_READ_ATTEMPTS):
             try:
-                with self._open(file_path) as (loc, identity):
+                with one_read(), self._open(file_path) as (loc, identity):
                     obj = reader(loc)
                     key = (loc.file.filename, identity, tuple(loc.reached), group, kind, *extra)
                 # Validated only now, once the file is known not to have changed meanwhile.
