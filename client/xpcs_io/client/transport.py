@@ -34,6 +34,8 @@ import httpx
 import numpy as np
 import numpy.typing as npt
 
+from xpcs_io.client.bodypool import BODIES
+
 __all__ = [
     "DEFAULT_MAX_RESPONSE_BYTES",
     "BodyWatcher",
@@ -513,7 +515,7 @@ class ResponseReader:
             assert length_text is not None
             length = parse_length(length_text)
             check_length(length, self.limit)
-            self._body = np.empty(length, dtype=np.uint8)
+            self._body = BODIES.take(length)
             self._view = self._body.data
         elif framing == "chunked":
             self._dechunk = Dechunker(self.limit)
