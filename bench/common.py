@@ -28,7 +28,7 @@ class Config:
     repeats: int  # w1, w2 (large reads)
     small_repeats: int  # w3 (small reads)
     load_seconds: float  # w4 duration of one load window
-    load_rounds: int  # w4, w6, w7 interleaved rounds
+    load_rounds: int  # w4, w6 interleaved rounds
     clients: int  # w4 concurrency
     cache_trials: int  # w5 fresh-file trials
     cache_repeats: int  # w5 repeated reads per trial
@@ -38,6 +38,7 @@ class Config:
     viewers: int  # w7 concurrency
     gz_single_reads: int  # w7 reads of the single reader per round
     gz_reads_per_viewer: int  # w7
+    gz_rounds: int  # w7 interleaved rounds (after one untimed round of each)
     write_repeats: int  # w8
     write_sizes: tuple[int, ...]  # w8 target file sizes in bytes
 
@@ -61,6 +62,7 @@ class Config:
             viewers=8,
             gz_single_reads=4,
             gz_reads_per_viewer=1,
+            gz_rounds=2,
             write_repeats=2,
             write_sizes=(100 * MB,),
         )
@@ -85,6 +87,7 @@ class Config:
             viewers=8,
             gz_single_reads=4,
             gz_reads_per_viewer=1,
+            gz_rounds=8,
             write_repeats=5,
             write_sizes=(100 * MB, 1000 * MB),
         )

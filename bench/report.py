@@ -359,6 +359,25 @@ one call at a time per process, a worker holding most viewers is the bottleneck 
 exists to remove, so the project keeps its 160-line supervisor (restarts logged, a crash loop
 backed off, metrics in prometheus-client's multiprocess mode) rather than a process manager.
 
+**Why the client keeps its own memory for large bodies** (`client/xpcs_io/client/bodypool.py`):
+a 67 MB answer received into fresh memory made the kernel zero every page on first touch,
+18 ms of client CPU per q-map read (perf: `clear_page_erms` under `recv`), 7% of the machine
+with 8 viewers in one process; glibc's malloc reuses freed blocks only below 32 MiB and no
+library hands numpy memory back once its last view is gone. With the pool, the w7 client
+process went from 0.24-0.30 to 0.13-0.14 cores for the same reads.
+
+**What bounds P6 in one process** (w7, measured in-process without HTTP by timing 8 queued
+`HDF5Facade.read_qmap` calls on a thread pool): one read decodes for 160-170 ms on one core
+(libdeflate 130 ms of it); the single reader's HTTP answer adds about 25 ms. Two separate
+processes decoding at once each still take 167-169 ms per read, but threads of one process
+take 172-207 ms per read and keep only 1.7-1.8 cores busy, with 2 or 3 decode slots, the
+GIL released during every chunk's decode. A prototype that decoded whole runs of chunks in
+one GIL-free call reached 1.9 cores yet 192-204 ms per read, so the GIL is not the whole
+cost; forcing malloc to reuse memory (no page faults) gave 172-197 ms. Eight viewers add the
+answers' kernel copies on both sides (about 16 ms of server and 18 ms of client CPU per read)
+on the same 2 cores. That puts the one-process ratio near 1.5 here, and `--workers` (one
+process, one GIL and one address space per core) above it.
+
 ## Targets
 
 {targets_md(ts)}
