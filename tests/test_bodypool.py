@@ -61,6 +61,20 @@ def test_a_slab_comes_back_only_when_every_view_is_gone() -> None:
     assert again.nbytes == N
 
 
+def test_a_body_collected_while_the_pool_is_locked_comes_back_later() -> None:
+    """A finalizer may run in a thread that holds the pool's lock (a collection started
+    inside ``take``): it must not wait for the lock, and the slab is not lost."""
+    pool = BodyPool()
+    body = pool.take(N)
+    with pool._lock:
+        del body  # the finalizer runs here, in this thread, with the lock held
+        _collect()
+        assert len(pool._returned) == 1
+    assert pool.idle() >= N
+    pool.take(N)
+    assert pool.reused == 1
+
+
 def test_reuse_takes_a_fitting_slab_and_idle_memory_is_bounded() -> None:
     pool = BodyPool(idle_bytes=3 * N)
     bodies = [pool.take(N) for _ in range(5)]

@@ -17,6 +17,7 @@ memory pressure (they then come back zeroed, as fresh memory would).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import mmap
 import threading
@@ -45,6 +46,10 @@ class BodyPool:
         self.idle_seconds = idle_seconds
         self._lock = threading.Lock()
         self._idle: list[tuple[float, mmap.mmap]] = []  # (when given back, slab), oldest first
+        # Slabs given back but not yet in ``_idle``: a finalizer may run in any thread, also
+        # in one that holds the lock (a collection started inside ``take``), so it never
+        # waits for the lock; whoever holds it next moves these over.
+        self._returned: collections.deque[tuple[float, mmap.mmap]] = collections.deque()
         self.reused = 0  # bodies served from an idle slab (for tests and benchmarks)
 
     def take(self, n: int) -> npt.NDArray[np.uint8]:
@@ -65,12 +70,13 @@ class BodyPool:
     def idle(self) -> int:
         """Bytes kept idle now."""
         with self._lock:
+            self._settle(time.monotonic())
             return sum(len(slab) for _, slab in self._idle)
 
     def _reuse(self, n: int) -> mmap.mmap | None:
         """The smallest idle slab of ``n`` to ``2 n`` bytes, taken out of the pool."""
         with self._lock:
-            self._trim(time.monotonic())
+            self._settle(time.monotonic())
             fits = [i for i, (_, slab) in enumerate(self._idle) if n <= len(slab) <= 2 * n]
             if not fits:
                 return None
@@ -80,13 +86,19 @@ class BodyPool:
 
     def _give_back(self, slab: mmap.mmap) -> None:
         _advise(slab, "MADV_FREE")
-        with self._lock:
-            self._idle.append((time.monotonic(), slab))
-            self._trim(time.monotonic())
+        self._returned.append((time.monotonic(), slab))
+        if self._lock.acquire(blocking=False):  # else the holder settles it
+            try:
+                self._settle(time.monotonic())
+            finally:
+                self._lock.release()
 
-    def _trim(self, now: float) -> None:
-        """Drop slabs idle too long, then the oldest while over ``idle_bytes`` (lock held).
-        A dropped slab is unmapped once collected: nothing else refers to it."""
+    def _settle(self, now: float) -> None:
+        """Move given-back slabs to ``_idle``, drop slabs idle too long, then the oldest
+        while over ``idle_bytes`` (lock held). A dropped slab is unmapped once collected:
+        nothing else refers to it."""
+        while self._returned:
+            self._idle.append(self._returned.popleft())
         self._idle = [(t, s) for t, s in self._idle if now - t <= self.idle_seconds]
         total = sum(len(slab) for _, slab in self._idle)
         while self._idle and total > self.idle_bytes:
