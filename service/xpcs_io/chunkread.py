@@ -186,8 +186,8 @@ def _block_grid(
 #: Stored chunks next to each other in the file are read with one system call per run of
 #: at most this many bytes, into one buffer reused run after run: each run is decoded while
 #: it is still in the CPU's cache. Reading a map's 14 MB of chunks at once instead cost
-#: 9 ms per 67 MB q-map alone and 27 ms with two reads decoding at once on 2 cores (the
-#: bytes went out to memory and back), and a fresh 14 MB buffer per dataset.
+#: 9 ms per 67 MB q-map alone and 27 ms with 8 reads in flight on 2 cores (the bytes went
+#: out to memory and back), and a fresh 14 MB buffer per dataset; runs cost 6-11 ms.
 _RUN_BYTES = 1 << 20
 #: ... when the gaps between them add at most this fraction to the bytes read.
 _SPAN_SLACK = 0.25
