@@ -116,6 +116,20 @@ def _warm(url: str, name: str, headers: dict[str, str] = MSGPACK) -> None:
     raise AssertionError(f"no answer for {name} was sent from a plan")
 
 
+def _warm_client(api: Any, url: str, name: str) -> None:
+    """``_warm`` through the client ``api`` itself: its requests name the group, so their
+    plans are not the plain GET's (the plan key is the request as sent)."""
+    for _ in range(400):  # bounded: a safety cap
+        before = _counters(url)["responses"]
+        done = _qmap_done(url)
+        api.read_qmap(name)
+        _settle(url, done, 1)
+        if _counters(url)["responses"] > before:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"no answer for {name} was sent from a plan")
+
+
 def _expected_body(root: Path, name: str) -> bytes:
     pool = HDF5ConnectionPool(max_size=2)
     try:
@@ -273,7 +287,7 @@ def test_a_rewrite_in_place_never_gives_a_mixed_answer(
         # Then step by step: each version is sent from its plan once learnt, and never once
         # the file was rewritten (no stale answer).
         for _ in range(3):
-            _warm(cold_server.url, "rewritten.h5")
+            _warm_client(api, cold_server.url, "rewritten.h5")
             before = _counters(cold_server.url)["responses"]
             done = _qmap_done(cold_server.url)
             value = _one_value(api, "rewritten.h5")
