@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import gc
 import mmap
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -154,3 +157,41 @@ def test_results_held_are_never_overwritten_and_dropped_ones_are_reused(
     assert bodypool.BODIES.reused >= before + 1
     for i, q in enumerate(again):
         np.testing.assert_array_equal(q.sqmap, base + 100.0 * i)
+
+
+def test_bodies_alive_at_exit_keep_their_memory(tmp_path: Path) -> None:
+    """At interpreter exit, an exit handler may still use a body: its slab must not go back
+    to the pool (or be marked free) before the body itself is gone."""
+    script = tmp_path / "at_exit.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import atexit
+            from xpcs_io.client.bodypool import BODIES
+
+            def check():
+                other = BODIES.take({N})
+                other[:] = 9
+                assert held.ctypes.data != other.ctypes.data, "a live body's slab was reused"
+                assert int(held[0]) == 1 and int(held[-1]) == 1
+                print("intact", flush=True)
+
+            atexit.register(check)
+            held = BODIES.take({N})
+            held[:] = 1
+            """
+        )
+    )
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert "intact" in done.stdout, done.stderr
+
+
+def test_without_private_mappings_bodies_are_plain_arrays(monkeypatch: Any) -> None:
+    monkeypatch.setattr(bodypool, "_PRIVATE", None)  # as on Windows
+    pool = BodyPool()
+    body = pool.take(N)
+    assert body.flags.owndata
+    assert body.nbytes == N

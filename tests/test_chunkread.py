@@ -241,3 +241,27 @@ def test_chunks_larger_than_a_read_run_and_many_runs_equal_h5py(tmp_path: Path) 
             got = read_whole(f[name])
             assert got is not None
             np.testing.assert_array_equal(got, big)
+
+
+def test_run_reads_cover_every_chunk_even_overlapping_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each stored chunk is the file's bytes at its address, whatever the runs: adjacent
+    chunks, a gap, a chunk ending after the next one starts (only in a damaged file), and
+    more bytes than one run holds."""
+    blob = np.random.default_rng(5).integers(0, 256, 3 << 20, dtype=np.uint8).tobytes()
+    path = tmp_path / "blob"
+    path.write_bytes(blob)
+    index = [
+        ((0,), 0, 100, 5000),
+        ((1,), 0, 150, 40),  # inside the chunk before it, and last of its run
+        ((2,), 0, 20_000, 700),  # after a gap: a new run
+        ((3,), 0, 20_700, 100),
+        ((4,), 0, 1 << 20, 1 << 20),  # a whole run by itself
+        ((5,), 0, (2 << 20) + 10, 900_000),
+    ]
+    with path.open("rb") as fh:
+        monkeypatch.setattr(chunkread, "_plain_descriptor", lambda ds: fh.fileno())
+        got = {o: bytes(raw) for o, raw, _ in chunkread._stored(None, list(index))}
+    for o, _, a, n in index:
+        assert got[o] == blob[a : a + n], o

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from pathlib import Path
@@ -121,3 +122,38 @@ def test_a_typed_read_decodes_every_dataset_under_one_place(
     assert first != second
     assert places == sorted(places)  # each read's datasets together, under its own place
     assert set(places) == {first, second}
+
+
+def test_an_interrupted_waiter_leaves_the_queue_and_loses_no_slot() -> None:
+    """A wait cut short (KeyboardInterrupt in a notebook, here an alarm's exception) must
+    not leave a dead entry that the next release hands the slot to."""
+    slots = OrderedSlots(1)
+    slots.acquire()
+
+    class AlarmError(Exception):
+        pass
+
+    def interrupt(*_: object) -> None:
+        raise AlarmError
+
+    old = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.2)
+        with pytest.raises(AlarmError):
+            slots.acquire()  # blocks (the slot is held) until the alarm interrupts it
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    assert not slots._waiting
+    slots.release()
+    assert slots._free == 1
+    got = threading.Event()
+
+    def take() -> None:
+        with slots:
+            got.set()
+
+    thread = threading.Thread(target=take)
+    thread.start()
+    thread.join(timeout=30)
+    assert got.is_set()

@@ -214,7 +214,7 @@ def _stored(ds: h5py.Dataset, index: list[_Entry]) -> Iterator[tuple[tuple[int, 
     view = memoryview(bytearray(max(_RUN_BYTES, max(n for _, _, _, n in index))))
     for run in _runs(index):
         start = run[0][2]
-        span = run[-1][2] + run[-1][3] - start
+        span = max(a + n for _, _, a, n in run) - start  # chunks may overlap in a bad file
         if os.preadv(fd, [view[:span]], start) != span:
             raise OSError(f"{ds.name}: the file ends inside chunk {run[-1][0]} (truncated)")
         for o, m, a, n in run:
@@ -226,15 +226,18 @@ def _runs(index: list[_Entry]) -> Iterator[list[_Entry]]:
     ``_RUN_BYTES`` (or is one chunk) with gaps of at most ``_SPAN_SLACK`` of its bytes."""
     run = [index[0]]
     stored = index[0][3]
+    end = index[0][2] + index[0][3]
     for entry in index[1:]:
-        span = entry[2] + entry[3] - run[0][2]
+        span = max(end, entry[2] + entry[3]) - run[0][2]
         if span <= _RUN_BYTES and span <= (stored + entry[3]) * (1 + _SPAN_SLACK):
             run.append(entry)
             stored += entry[3]
+            end = max(end, entry[2] + entry[3])
             continue
         yield run
         run = [entry]
         stored = entry[3]
+        end = entry[2] + entry[3]
     yield run
 
 

@@ -61,15 +61,28 @@ class OrderedSlots:
         place = _place.get()
         if place is None:
             place = next(_arrival)
-        with self._lock:
-            if self._free:  # never with waiters: release() hands a slot straight on
-                self._free -= 1
-                return
-            # A lock held until release() hands this waiter the slot (no lost wake-ups).
-            handoff = threading.Lock()
+        entry = None
+        try:
+            with self._lock:
+                if self._free:  # never with waiters: release() hands a slot straight on
+                    self._free -= 1
+                    return
+                # A lock held until release() hands this waiter the slot (no lost wake-ups).
+                handoff = threading.Lock()
+                handoff.acquire()
+                entry = (place, next(self._tie), handoff)
+                heapq.heappush(self._waiting, entry)
             handoff.acquire()
-            heapq.heappush(self._waiting, (place, next(self._tie), handoff))
-        handoff.acquire()
+        except BaseException:  # e.g. KeyboardInterrupt while waiting: no slot may be lost
+            if entry is not None:
+                with self._lock:
+                    queued = entry in self._waiting
+                    if queued:
+                        self._waiting.remove(entry)
+                        heapq.heapify(self._waiting)
+                if not queued:  # handed the slot meanwhile: pass it on
+                    self.release()
+            raise
 
     def release(self) -> None:
         """Give the slot to the waiter with the lowest place, or free it."""

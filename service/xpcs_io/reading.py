@@ -220,16 +220,18 @@ class Reading:
         *extra: Any,
     ) -> S:
         group = self._check_group(group)
-        for attempt in range(_READ_ATTEMPTS):
-            try:
-                with one_read(), self._open(file_path) as (loc, identity):
-                    obj = reader(loc)
-                    key = (loc.file.filename, identity, tuple(loc.reached), group, kind, *extra)
-                # Validated only now, once the file is known not to have changed meanwhile.
-                return self._checked(obj, loc, group, key, self.validate)
-            except _ChangedDuringReadError:
-                if attempt + 1 >= _READ_ATTEMPTS:
-                    raise
+        with one_read():  # one place in the decode queue, kept by a retry
+            for attempt in range(_READ_ATTEMPTS):
+                try:
+                    with self._open(file_path) as (loc, identity):
+                        obj = reader(loc)
+                        reached = tuple(loc.reached)
+                        key = (loc.file.filename, identity, reached, group, kind, *extra)
+                    # Validated only now, once the file is known not to have changed meanwhile.
+                    return self._checked(obj, loc, group, key, self.validate)
+                except _ChangedDuringReadError:
+                    if attempt + 1 >= _READ_ATTEMPTS:
+                        raise
         raise AssertionError("unreachable")
 
     # ------------------------------------------------------------------ reads

@@ -33,12 +33,21 @@ __all__ = ["BODIES", "MIN_BYTES", "BodyPool"]
 #: Smaller bodies come from numpy's allocator: malloc already reuses blocks of that size.
 MIN_BYTES = 4 << 20
 
+#: Private anonymous mappings, where the system has them (not on Windows: numpy's allocator
+#: serves every body there).
+_PRIVATE: int | None = (
+    mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
+    if hasattr(mmap, "MAP_PRIVATE") and hasattr(mmap, "MAP_ANONYMOUS")
+    else None
+)
+
 
 class BodyPool:
     """Slabs of memory for bodies of at least ``MIN_BYTES`` (thread-safe).
 
-    ``idle_bytes`` bounds the memory kept idle, ``idle_seconds`` how long a slab is kept
-    unused (checked whenever a body is taken or given back).
+    ``idle_bytes`` bounds the memory kept idle. A slab unused for more than ``idle_seconds``
+    is dropped the next time a body is taken or given back (until then it stays marked
+    ``MADV_FREE``, which the kernel may reclaim).
     """
 
     def __init__(self, idle_bytes: int = 1 << 30, idle_seconds: float = 60.0) -> None:
@@ -54,17 +63,18 @@ class BodyPool:
 
     def take(self, n: int) -> npt.NDArray[np.uint8]:
         """A writable uint8 array of ``n`` bytes (contents undefined)."""
-        if n < MIN_BYTES:
+        if n < MIN_BYTES or _PRIVATE is None:
             return np.empty(n, dtype=np.uint8)
         slab = self._reuse(n)
         if slab is None:
             # Private: MADV_FREE takes only private anonymous memory (and a fork does not share it).
-            slab = mmap.mmap(-1, n, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+            slab = mmap.mmap(-1, n, flags=_PRIVATE)
             _advise(slab, "MADV_HUGEPAGE")  # a fault per 2 MiB, not per 4 KiB page
         # The body's base is a memoryview, not an array: numpy stops its base chain there,
         # so every view made from the body keeps the body itself alive.
         body = np.frombuffer(memoryview(slab)[:n], dtype=np.uint8)
-        weakref.finalize(body, self._give_back, slab)
+        # Not at exit: arrays still alive then (used by later atexit handlers) keep their slab.
+        weakref.finalize(body, self._give_back, slab).atexit = False
         return body
 
     def idle(self) -> int:
