@@ -33,6 +33,8 @@ __all__ = ["BODIES", "MIN_BYTES", "BodyPool"]
 #: Smaller bodies come from numpy's allocator: malloc already reuses blocks of that size.
 MIN_BYTES = 4 << 20
 
+_HUGE_PAGE = 2 << 20  # slabs are whole transparent huge pages
+
 #: Private anonymous mappings, where the system has them (not on Windows: numpy's allocator
 #: serves every body there).
 _PRIVATE: int | None = (
@@ -68,7 +70,10 @@ class BodyPool:
         slab = self._reuse(n)
         if slab is None:
             # Private: MADV_FREE takes only private anonymous memory (and a fork does not share it).
-            slab = mmap.mmap(-1, n, flags=_PRIVATE)
+            # Room to spare: compressed answers of one file differ a little in size from
+            # one read to the next, and each must fit a slab an earlier one left.
+            size = -(-(n + n // 8) // _HUGE_PAGE) * _HUGE_PAGE
+            slab = mmap.mmap(-1, size, flags=_PRIVATE)
             _advise(slab, "MADV_HUGEPAGE")  # a fault per 2 MiB, not per 4 KiB page
         # The body's base is a memoryview, not an array: numpy stops its base chain there,
         # so every view made from the body keeps the body itself alive.
