@@ -8,8 +8,8 @@ sent all at once while the decoding cores idle, and each viewer waits for all th
 
 Here a read takes a place in the queue when it begins (``one_read``), and keeps it for every
 dataset it decodes: a free slot goes to the waiting dataset whose read began first. Reads
-then finish in arrival order, two at a time (0.25 s, 0.5 s, ...), and the first answers are
-on the wire while later reads decode. Decoding outside ``one_read`` queues by the time it
+then finish in arrival order (the first two of those eight at 0.28 s), and the first answers
+are on the wire while later reads decode. Decoding outside ``one_read`` queues by the time it
 asks, as a fair semaphore would.
 """
 
